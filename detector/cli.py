@@ -1,0 +1,158 @@
+"""The one place where Hydra configs become objects; `train.py` and `evaluate.py` call in here.
+
+Everything cheap is built and validated first (losses, criterion, postprocessor, schedule,
+trainer settings), so a bad value fails before any data is generated or read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from detector.data.coco import CocoDetection, CocoSplits
+from detector.data.loader import eval_loader, infinite_train_batches
+from detector.data.transforms import eval_transforms, train_transforms
+from detector.engine.checkpoint import load_checkpoint
+from detector.engine.evaluator import CocoValidator, format_metrics
+from detector.engine.schedule import lambda_scheduler
+from detector.engine.trainer import Trainer, autocast_dtype, resolve_device
+
+log = logging.getLogger("detector")
+
+
+def build(cfg: DictConfig, num_classes: int):
+    """(model, criterion, postprocessor) from the `model`, `loss`, `box_loss`, `criterion` and
+    `postprocess` config nodes; the model only predicts, the criterion owns matching and losses."""
+    criterion = build_criterion(cfg)
+    postprocessor = instantiate(cfg.postprocess)
+    model = instantiate(cfg.model, num_classes=num_classes)
+    return model, criterion, postprocessor
+
+
+def build_criterion(cfg: DictConfig):
+    return instantiate(cfg.criterion, cls_loss=instantiate(cfg.loss), box_loss=instantiate(cfg.box_loss))
+
+
+def build_datasets(data: DictConfig) -> tuple[CocoDetection, CocoDetection]:
+    splits: CocoSplits = instantiate(data.prepare)
+    train_set = CocoDetection(splits.train_ann, splits.train_dir,
+                              train_transforms(list(data.train_min_sizes), data.max_size, data.flip_prob))
+    val_set = CocoDetection(splits.val_ann, splits.val_dir, eval_transforms(data.test_min_size, data.max_size))
+    if train_set.category_ids != val_set.category_ids:
+        raise ValueError(f"{splits.train_ann} and {splits.val_ann} have different categories: "
+                         f"{train_set.class_names} vs {val_set.class_names}")
+    return train_set, val_set
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def output_dir() -> Path:
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def validator_for(dataset: CocoDetection, data: DictConfig, postprocessor, device, amp_dtype) -> CocoValidator:
+    loader = eval_loader(dataset, data.eval_batch_size, data.num_workers, pin_memory=device.type == "cuda")
+    return CocoValidator(loader, dataset.coco, dataset.category_ids, postprocessor, device, amp_dtype)
+
+
+def train(cfg: DictConfig) -> float:
+    """Train as configured; returns the final AP (what a Hydra sweeper optimises)."""
+    run_config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    trainer_cfg = cfg.trainer
+    device = resolve_device(trainer_cfg.device)
+    amp_dtype = autocast_dtype(trainer_cfg.amp, device)
+    criterion = build_criterion(cfg)
+    postprocessor = instantiate(cfg.postprocess)
+    schedule = instantiate(cfg.schedule, max_iters=trainer_cfg.max_iters)
+    seed_everything(cfg.seed)
+
+    train_set, val_set = build_datasets(cfg.data)
+    log.info("data: %d train / %d val images, %d classes: %s", len(train_set), len(val_set),
+             train_set.num_classes, ", ".join(train_set.class_names))
+    model = instantiate(cfg.model, num_classes=train_set.num_classes)
+    log.info("model: %.2fM parameters (%.2fM trainable)", sum(p.numel() for p in model.parameters()) / 1e6,
+             sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6)
+    optimizer = instantiate(cfg.optim)([p for p in model.parameters() if p.requires_grad])
+    run_config["classes"] = train_set.class_names
+
+    out = output_dir()
+    trainer = Trainer(
+        model, criterion, optimizer, lambda_scheduler(optimizer, schedule),
+        batches=infinite_train_batches(train_set, cfg.data.batch_size, cfg.data.num_workers, cfg.seed,
+                                       pin_memory=device.type == "cuda"),
+        validator=validator_for(val_set, cfg.data, postprocessor, device, amp_dtype),
+        output_dir=out, max_iters=trainer_cfg.max_iters, batch_size=cfg.data.batch_size, device=device,
+        amp=trainer_cfg.amp, eval_period=trainer_cfg.eval_period, log_period=trainer_cfg.log_period,
+        checkpoint_period=trainer_cfg.checkpoint_period, clip_grad_norm=trainer_cfg.clip_grad_norm,
+        channels_last=trainer_cfg.channels_last, run_config=run_config)
+    resume_from = _resume_path(trainer_cfg.resume, out)
+    if resume_from is not None:
+        trainer.resume(resume_from)
+    log.info("training for %d iterations on %s (amp=%s); outputs in %s", trainer_cfg.max_iters, device,
+             trainer_cfg.amp, out)
+    metrics = trainer.train()
+    print(f"\nCOCO box AP on the validation split after {metrics['iteration']} iterations "
+          f"({metrics['train_seconds']:.0f} s of training):\n{format_metrics(metrics)}\nmetrics: {out / 'metrics.json'}")
+    return float(metrics.get("AP", 0.0))
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Evaluate `cfg.checkpoint` with the config saved inside it; command-line overrides win."""
+    state = load_checkpoint(cfg.checkpoint)
+    saved = OmegaConf.create(state["config"])
+    for key in _overridden_keys():
+        OmegaConf.update(saved, key, OmegaConf.select(cfg, key), merge=False)
+    device = resolve_device(saved.trainer.device)
+    amp_dtype = autocast_dtype(saved.trainer.amp, device)
+    _, val_set = build_datasets(saved.data)
+    classes = state["config"].get("classes")
+    if classes is not None and list(classes) != val_set.class_names:
+        raise ValueError(f"checkpoint {cfg.checkpoint} was trained on classes {classes}, but "
+                         f"{val_set.ann_file} has {val_set.class_names}")
+    model, _, postprocessor = build(saved, num_classes=val_set.num_classes)
+    model.load_state_dict(state["model"])
+    model.to(device)
+    stats, table, detections = validator_for(val_set, saved.data, postprocessor, device, amp_dtype)(model)
+    out = output_dir()
+    (out / "detections.json").write_text(json.dumps(detections))
+    metrics = {name: stats[name] for name in ("AP", "AP50", "AP75", "APs", "APm", "APl")}
+    metrics.update(iteration=state["iteration"], checkpoint=str(Path(cfg.checkpoint).resolve()))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    log.info("evaluation of %s:\n%s", cfg.checkpoint, table.rstrip())
+    print(f"\n{format_metrics(metrics)}\nmetrics: {out / 'metrics.json'}")
+    return metrics
+
+
+def _resume_path(resume: str | None, out: Path) -> Path | None:
+    """`auto`: this run directory's last.pt if there is one (else start fresh); a path: that file."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        last = out / "checkpoints" / "last.pt"
+        if not last.exists():
+            log.info("trainer.resume=auto: no %s yet; starting from scratch", last)
+            return None
+        return last
+    return Path(resume)
+
+
+def _overridden_keys() -> list[str]:
+    """Config keys the user set on the command line (group choices first), except `checkpoint`."""
+    keys = []
+    for override in HydraConfig.get().overrides.task:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key != "checkpoint" and not key.startswith("hydra") and not override.startswith("~"):
+            keys.append(key)
+    return sorted(keys, key=lambda k: k.count("."))

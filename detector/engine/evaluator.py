@@ -1,0 +1,118 @@
+"""COCO box AP with pycocotools, on the original image coordinates and category ids."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+log = logging.getLogger(__name__)
+
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+class CocoEvaluator:
+    """Collects detections in COCO results format and scores them with `COCOeval`.
+
+    `update` maps boxes from network-input pixels back to the file's pixels
+    (x·orig_w/w, y·orig_h/h), turns xyxy into xywh and labels into category ids.
+    `summarize` returns the 12 COCO stats in percent; −1 where pycocotools has no ground truth
+    for that size range. An empty detection list scores 0 (pycocotools' `loadRes` raises on it).
+    """
+
+    def __init__(self, coco_gt: COCO, category_ids: list[int]):
+        self.coco_gt = coco_gt
+        self.category_ids = category_ids
+        self.results: list[dict] = []
+        self.image_ids: list[int] = []
+
+    def update(self, targets: list[dict], detections: list[dict]) -> None:
+        for target, det in zip(targets, detections):
+            self.image_ids.append(int(target["image_id"]))
+            if len(det["boxes"]) == 0:
+                continue
+            (orig_h, orig_w), (h, w) = target["orig_size"], target["size"]
+            scale = torch.tensor([orig_w / w, orig_h / h, orig_w / w, orig_h / h])
+            boxes = det["boxes"].detach().float().cpu() * scale
+            xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+            for box, score, label in zip(xywh, det["scores"].tolist(), det["labels"].tolist()):
+                self.results.append({"image_id": int(target["image_id"]), "category_id": self.category_ids[label],
+                                     "bbox": [round(v, 2) for v in box], "score": round(score, 5)})
+
+    def summarize(self) -> tuple[dict[str, float], str]:
+        """(stats in percent keyed by STAT_NAMES, pycocotools' printed table)."""
+        coco_dt = self._load_results()
+        evaluator = COCOeval(self.coco_gt, coco_dt, iouType="bbox")
+        evaluator.params.imgIds = sorted(set(self.image_ids)) or evaluator.params.imgIds
+        table = io.StringIO()
+        with contextlib.redirect_stdout(table):
+            evaluator.evaluate()
+            evaluator.accumulate()
+            evaluator.summarize()
+        stats = {name: _percent(v) for name, v in zip(STAT_NAMES, evaluator.stats)}
+        return stats, table.getvalue()
+
+    def _load_results(self) -> COCO:
+        if self.results:
+            with contextlib.redirect_stdout(io.StringIO()):
+                return self.coco_gt.loadRes(copy.deepcopy(self.results))
+        empty = COCO()
+        empty.dataset = {"images": list(self.coco_gt.dataset["images"]), "annotations": [],
+                         "categories": copy.deepcopy(self.coco_gt.dataset["categories"])}
+        with contextlib.redirect_stdout(io.StringIO()):
+            empty.createIndex()
+        return empty
+
+
+def _percent(value: float) -> float:
+    return -1.0 if value < 0 else round(float(value) * 100, 3)
+
+
+@torch.no_grad()
+def run_inference(model, postprocessor, loader, device: torch.device, autocast_dtype: torch.dtype | None,
+                  evaluator: CocoEvaluator) -> None:
+    """Predict every batch of `loader` and feed the detections to `evaluator`."""
+    was_training = model.training
+    model.eval()
+    try:
+        for images, targets in loader:
+            images = images.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                predictions = model(images)
+            detections = postprocessor(predictions, [t["size"] for t in targets])
+            evaluator.update(targets, detections)
+    finally:
+        model.train(was_training)
+
+
+def format_metrics(stats: dict[str, float]) -> str:
+    head = " | ".join(f"{k:>6}" for k in STAT_NAMES[:6])
+    row = " | ".join(f"{stats[k]:6.2f}" for k in STAT_NAMES[:6])
+    return f"{head}\n{row}"
+
+
+__all__ = ["CocoEvaluator", "run_inference", "format_metrics", "STAT_NAMES"]
+
+
+class CocoValidator:
+    """Runs the model over a validation loader and returns (stats, pycocotools table, detections)."""
+
+    def __init__(self, loader, coco_gt: COCO, category_ids: list[int], postprocessor, device: torch.device,
+                 autocast_dtype: torch.dtype | None = None):
+        self.loader = loader
+        self.coco_gt = coco_gt
+        self.category_ids = category_ids
+        self.postprocessor = postprocessor
+        self.device = device
+        self.autocast_dtype = autocast_dtype
+
+    def __call__(self, model) -> tuple[dict[str, float], str, list[dict]]:
+        evaluator = CocoEvaluator(self.coco_gt, self.category_ids)
+        run_inference(model, self.postprocessor, self.loader, self.device, self.autocast_dtype, evaluator)
+        stats, table = evaluator.summarize()
+        return stats, table, evaluator.results

@@ -1,0 +1,193 @@
+"""Iteration-based training loop: AMP, gradient clipping, periodic evaluation, checkpoints, logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from detector.engine.checkpoint import load_checkpoint, save_checkpoint
+from detector.engine.evaluator import STAT_NAMES, format_metrics
+
+log = logging.getLogger(__name__)
+
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"trainer.device must be auto, cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("trainer.device=cuda but no CUDA device is visible; use trainer.device=cpu or auto")
+    return torch.device(device)
+
+
+def autocast_dtype(amp: str | bool, device: torch.device) -> torch.dtype | None:
+    if amp is False:  # YAML 1.1 reads an unquoted `off` as false
+        amp = "off"
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"trainer.amp must be one of {list(AMP_DTYPES)}, got {amp!r}")
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError("trainer.amp=fp16 needs CUDA; on CPU use trainer.amp=bf16")
+    return AMP_DTYPES[amp]
+
+
+class Trainer:
+    """Trains `model` with `criterion` for `max_iters` iterations.
+
+    Every `log_period` iterations it logs losses, learning rate and ETA (log file, TensorBoard);
+    every `eval_period` it runs `validator(model)` and keeps `checkpoints/best.pt` by AP; every
+    `checkpoint_period` and at the end it writes `checkpoints/last.pt`. It stops with a clear
+    error on a non-finite loss. `train()` returns the final metrics, also written to metrics.json.
+    """
+
+    def __init__(self, model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+                 scheduler, batches: Iterator, validator: Callable | None, output_dir: str | Path,
+                 max_iters: int, batch_size: int, device: torch.device, amp: str = "off",
+                 eval_period: int = 0, log_period: int = 20, checkpoint_period: int = 0,
+                 clip_grad_norm: float | None = None, channels_last: bool = False, run_config: dict | None = None):
+        if max_iters < 1:
+            raise ValueError(f"trainer.max_iters must be >= 1, got {max_iters}")
+        for name, value in (("eval_period", eval_period), ("log_period", log_period),
+                            ("checkpoint_period", checkpoint_period)):
+            if value < 0:
+                raise ValueError(f"trainer.{name} must be >= 0 (0 turns it off), got {value}")
+        if clip_grad_norm is not None and clip_grad_norm <= 0:
+            raise ValueError(f"trainer.clip_grad_norm must be > 0 or null, got {clip_grad_norm}")
+        self.model, self.criterion = model, criterion
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.batches, self.validator = batches, validator
+        self.output_dir = Path(output_dir)
+        self.max_iters, self.batch_size = max_iters, batch_size
+        self.device = device
+        self.amp_dtype = autocast_dtype(amp, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        self.eval_period, self.log_period, self.checkpoint_period = eval_period, log_period, checkpoint_period
+        self.clip_grad_norm = clip_grad_norm
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.run_config = run_config or {}
+        self.iteration = 0
+        self.best_ap = -math.inf
+        self.train_seconds = 0.0
+
+    # ---------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "criterion": self.criterion.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "iteration": self.iteration, "best_ap": self.best_ap,
+                "train_seconds": self.train_seconds, "config": self.run_config}
+
+    def resume(self, path: str | Path) -> None:
+        state = load_checkpoint(path)
+        self.model.load_state_dict(state["model"])
+        self.criterion.load_state_dict(state["criterion"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.iteration, self.best_ap = state["iteration"], state["best_ap"]
+        self.train_seconds = state["train_seconds"]
+        log.info("resumed from %s at iteration %d", path, self.iteration)
+
+    # ---------------------------------------------------------------- loop
+    def train(self) -> dict:
+        self.model.to(self.device, memory_format=self.memory_format)
+        self.criterion.to(self.device)
+        self.model.train()
+        writer = SummaryWriter(str(self.output_dir / "tb"))
+        bar = tqdm(total=self.max_iters, initial=self.iteration, disable=not sys.stderr.isatty(),
+                   dynamic_ncols=True, desc="train")
+        try:
+            with logging_redirect_tqdm():  # log lines print above the progress bar
+                metrics = self._loop(writer, bar)
+        finally:
+            bar.close()
+            writer.close()
+        return self._write_metrics(metrics or {})
+
+    def _loop(self, writer: SummaryWriter, bar: tqdm) -> dict | None:
+        metrics = None
+        while self.iteration < self.max_iters:
+            start = time.perf_counter()
+            losses = self.step()
+            self.train_seconds += time.perf_counter() - start
+            self.iteration += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses['loss']:.4f}")
+            if self._due(self.log_period):
+                self._log(writer, losses)
+            metrics = self.evaluate(writer) if self._due(self.eval_period) else None
+            if self._due(self.checkpoint_period) or self.iteration == self.max_iters:
+                save_checkpoint(self.state_dict(), self.output_dir / "checkpoints" / "last.pt")
+        if metrics is None and self.validator is not None:
+            metrics = self.evaluate(writer)
+        return metrics
+
+    def step(self) -> dict[str, float]:
+        images, targets = next(self.batches)
+        images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            outputs = self.model(images)
+        with torch.autocast(self.device.type, enabled=False):
+            loss_dict = self.criterion(outputs, targets)
+        loss = sum(v for k, v in loss_dict.items() if k.startswith("loss_"))
+        if not torch.isfinite(loss):
+            values = {k: float(v) for k, v in loss_dict.items()}
+            raise FloatingPointError(f"non-finite loss at iteration {self.iteration + 1}: {values}. The last good "
+                                     f"checkpoint is {self.output_dir / 'checkpoints' / 'last.pt'}; try a lower "
+                                     "optim.lr, a longer schedule.warmup_iters or trainer.clip_grad_norm.")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.clip_grad_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in loss_dict.items()}}
+
+    def evaluate(self, writer: SummaryWriter | None = None) -> dict:
+        stats, table, _ = self.validator(self.model)
+        log.info("evaluation at iteration %d:\n%s", self.iteration, table.rstrip())
+        if writer is not None:
+            for name in STAT_NAMES[:6]:
+                writer.add_scalar(f"eval/{name}", stats[name], self.iteration)
+        if stats["AP"] > self.best_ap:
+            self.best_ap = stats["AP"]
+            save_checkpoint(self.state_dict(), self.output_dir / "checkpoints" / "best.pt")
+        return stats
+
+    # ---------------------------------------------------------------- helpers
+    def _due(self, period: int) -> bool:
+        return period > 0 and (self.iteration % period == 0 or self.iteration == self.max_iters)
+
+    def _log(self, writer: SummaryWriter, losses: dict[str, float]) -> None:
+        lr = self.optimizer.param_groups[0]["lr"]
+        seconds_per_iter = self.train_seconds / max(self.iteration, 1)
+        eta = seconds_per_iter * (self.max_iters - self.iteration)
+        log.info("iter %d/%d  loss %.4f  cls %.4f  box %.4f  pos %.1f  lr %.5f  %.3fs/it  eta %s",
+                 self.iteration, self.max_iters, losses["loss"], losses["loss_cls"], losses["loss_box"],
+                 losses["num_pos"], lr, seconds_per_iter, time.strftime("%H:%M:%S", time.gmtime(eta)))
+        for key, value in losses.items():
+            writer.add_scalar(f"train/{key}", value, self.iteration)
+        writer.add_scalar("train/lr", lr, self.iteration)
+
+    def _write_metrics(self, stats: dict) -> dict:
+        metrics = {name: stats[name] for name in STAT_NAMES[:6] if name in stats}
+        metrics.update(iteration=self.iteration, train_seconds=round(self.train_seconds, 2),
+                       images_per_second=round(self.iteration * self.batch_size / max(self.train_seconds, 1e-9), 3))
+        (self.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        if stats:
+            log.info("final COCO evaluation (iteration %d):\n%s", self.iteration, format_metrics(stats))
+        return metrics

@@ -1,0 +1,102 @@
+"""RetinaNet criterion: anchors ↔ ground truth, then one classification and one box loss."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
+
+from detector.ops.box_coder import BoxCoder
+from detector.ops.matcher import IGNORE, IoUMatcher
+
+
+class RetinaNetCriterion(nn.Module):
+    """Turns model outputs and targets into {"loss_cls", "loss_box", "num_pos"}.
+
+    Labels follow detectron2's convention: each anchor is a positive (matched ground truth),
+    a negative, or ignored (IoU in the ignore band, or inside a crowd region). The
+    classification loss sees the non-ignored anchors; the box loss sees the positives, as
+    deltas or as decoded boxes, whichever the loss's `input_space` asks for.
+
+    Both are divided by the number of positive anchors (at least 1). With
+    `normalizer_momentum` > 0 that count is smoothed across iterations by an EMA started at
+    `normalizer_init` (detectron2 uses 0.9 and 100): with one or two images per GPU the raw
+    count is noisy. The EMA is a buffer, so it is saved in checkpoints.
+
+    `reduce_num_pos`, if given, sums the positive count over processes (DDP).
+    """
+
+    def __init__(self, cls_loss: nn.Module, box_loss: nn.Module, matcher: IoUMatcher, box_coder: BoxCoder,
+                 cls_weight: float = 1.0, box_weight: float = 1.0, normalizer_momentum: float = 0.0,
+                 normalizer_init: float = 100.0):
+        super().__init__()
+        input_space = getattr(box_loss, "input_space", None)
+        if input_space not in ("deltas", "xyxy"):
+            raise ValueError(f"{type(box_loss).__name__} must declare input_space 'deltas' or 'xyxy', "
+                             f"got {input_space!r}")
+        if not 0.0 <= normalizer_momentum < 1.0:
+            raise ValueError(f"criterion normalizer_momentum must be in [0, 1), got {normalizer_momentum}")
+        if cls_weight < 0 or box_weight < 0:
+            raise ValueError(f"criterion loss weights must be >= 0, got cls_weight={cls_weight}, "
+                             f"box_weight={box_weight}")
+        self.cls_loss = cls_loss
+        self.box_loss = box_loss
+        self.matcher = matcher
+        self.box_coder = box_coder
+        self.cls_weight = cls_weight
+        self.box_weight = box_weight
+        self.normalizer_momentum = normalizer_momentum
+        self.register_buffer("normalizer_ema", torch.tensor(float(normalizer_init)))
+        self.reduce_num_pos = None
+
+    def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
+        cls_logits = outputs["cls_logits"].float()  # (B, A, K); losses always in float32
+        box_deltas = outputs["box_deltas"].float()  # (B, A, 4)
+        anchors = outputs["anchors"]  # (A, 4)
+        gt_boxes, gt_labels, gt_valid, gt_crowd = pad_targets(targets, anchors.device)
+        matches = self.matcher(anchors, gt_boxes, gt_valid, gt_crowd)  # (B, A)
+        positive = matches >= 0
+        kept = matches != IGNORE
+        num_pos = positive.sum().float()
+        normalizer = self._normalizer(num_pos)
+
+        index = matches.clamp(min=0)
+        labels = gt_labels.gather(1, index)  # (B, A)
+        cls_targets = F.one_hot(labels, cls_logits.shape[-1]).to(cls_logits.dtype) * positive.unsqueeze(-1)
+        loss_cls = self.cls_loss(cls_logits[kept], cls_targets[kept], normalizer)
+
+        matched_boxes = gt_boxes.gather(1, index.unsqueeze(-1).expand(-1, -1, 4))[positive]  # (P, 4)
+        pos_anchors = anchors.unsqueeze(0).expand_as(box_deltas)[positive]  # (P, 4)
+        pos_deltas = box_deltas[positive]  # (P, 4)
+        if self.box_loss.input_space == "deltas":
+            loss_box = self.box_loss(pos_deltas, self.box_coder.encode(pos_anchors, matched_boxes), normalizer)
+        else:
+            loss_box = self.box_loss(self.box_coder.decode(pos_anchors, pos_deltas), matched_boxes, normalizer)
+        return {"loss_cls": self.cls_weight * loss_cls, "loss_box": self.box_weight * loss_box, "num_pos": num_pos}
+
+    def _normalizer(self, num_pos: Tensor) -> Tensor:
+        total = self.reduce_num_pos(num_pos) if self.reduce_num_pos is not None else num_pos
+        if self.normalizer_momentum == 0.0:
+            return total.clamp(min=1.0)
+        smoothed = self.normalizer_momentum * self.normalizer_ema + (1 - self.normalizer_momentum) * total.clamp(min=1.0)
+        if self.training:
+            self.normalizer_ema.copy_(smoothed.detach())
+        return smoothed
+
+
+def pad_targets(targets: list[dict], device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Stack per-image targets into [B, G, 4] boxes, [B, G] labels, valid and crowd masks (G = max count)."""
+    counts = torch.tensor([len(t["boxes"]) for t in targets])
+    num_gt = max(int(counts.max()), 1)  # one invalid slot when no image has a box keeps gathers well-formed
+    valid = (torch.arange(num_gt) < counts.unsqueeze(1)).to(device)  # (B, G)
+    boxes = _pad([t["boxes"].reshape(-1, 4).float() for t in targets], num_gt)
+    labels = _pad([t["labels"].long() for t in targets], num_gt)
+    crowd = _pad([t.get("iscrowd", torch.zeros(len(t["boxes"]))).bool() for t in targets], num_gt)
+    return boxes.to(device), labels.to(device), valid, crowd.to(device)
+
+
+def _pad(rows: list[Tensor], length: int) -> Tensor:
+    padded = pad_sequence(rows, batch_first=True)  # (B, max count, ...)
+    extra = length - padded.shape[1]
+    return torch.cat([padded, padded.new_zeros(padded.shape[0], extra, *padded.shape[2:])], dim=1) if extra else padded

@@ -1,0 +1,71 @@
+"""Anchor boxes for P3–P7: `scales_per_octave` scales × len(ratios) aspect ratios per location."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+class AnchorGenerator(nn.Module):
+    """Anchors in xyxy pixels, ordered level → (y, x) → (ratio, scale), matching the head's rows.
+
+    On level l an anchor of ratio r = h/w and scale s = 2^(i/scales_per_octave) has area
+    (sizes[l]·s)² and is centred at ((x + offset)·stride, (y + offset)·stride). The paper:
+    sizes 32–512 on strides 8–128, 3 scales, ratios {1:2, 1:1, 2:1}, offset 0.
+
+    Anchors are cached per set of feature-map sizes and device.
+    """
+
+    def __init__(self, sizes: Sequence[float] = (32, 64, 128, 256, 512), scales_per_octave: int = 3,
+                 ratios: Sequence[float] = (0.5, 1.0, 2.0), strides: Sequence[int] = (8, 16, 32, 64, 128),
+                 offset: float = 0.0):
+        super().__init__()
+        if len(sizes) != len(strides):
+            raise ValueError(f"anchors need one size per pyramid level: {len(sizes)} sizes for "
+                             f"{len(strides)} strides {list(strides)}")
+        if min(sizes) <= 0 or min(strides) <= 0 or scales_per_octave < 1 or not ratios or min(ratios) <= 0:
+            raise ValueError("anchor sizes, strides and ratios must be positive and scales_per_octave >= 1; "
+                             f"got sizes={list(sizes)}, strides={list(strides)}, ratios={list(ratios)}, "
+                             f"scales_per_octave={scales_per_octave}")
+        if not 0.0 <= offset < 1.0:
+            raise ValueError(f"anchor offset must be in [0, 1), got {offset}")
+        self.strides = tuple(int(s) for s in strides)
+        self.offset = offset
+        scales = [2.0 ** (i / scales_per_octave) for i in range(scales_per_octave)]
+        self.cell_anchors = [self._cell_anchors(size, scales, ratios) for size in sizes]
+        self.num_anchors_per_location = len(scales) * len(ratios)
+        self._cache: dict[tuple, Tensor] = {}
+
+    @staticmethod
+    def _cell_anchors(size: float, scales: list[float], ratios: Sequence[float]) -> Tensor:
+        boxes = []
+        for ratio in ratios:
+            for scale in scales:
+                w = size * scale / math.sqrt(ratio)
+                h = size * scale * math.sqrt(ratio)
+                boxes.append([-w / 2, -h / 2, w / 2, h / 2])
+        return torch.tensor(boxes, dtype=torch.float64)
+
+    def grid_anchors(self, grid_sizes: Sequence[tuple[int, int]], device: torch.device) -> Tensor:
+        """[sum over levels of H·W·A, 4] anchors (float32) for feature maps of `grid_sizes`."""
+        key = (tuple(grid_sizes), str(device))
+        if key not in self._cache:
+            if len(self._cache) >= 32:
+                self._cache.clear()
+            levels = []
+            for (height, width), stride, cell in zip(grid_sizes, self.strides, self.cell_anchors):
+                ys = (torch.arange(height, dtype=torch.float64) + self.offset) * stride
+                xs = (torch.arange(width, dtype=torch.float64) + self.offset) * stride
+                y, x = torch.meshgrid(ys, xs, indexing="ij")
+                centers = torch.stack([x, y, x, y], dim=-1).reshape(-1, 1, 4)  # (H·W, 1, 4)
+                levels.append((centers + cell.view(1, -1, 4)).reshape(-1, 4))  # (H·W·A, 4)
+            self._cache[key] = torch.cat(levels).to(device=device, dtype=torch.float32)
+        return self._cache[key]
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        if len(features) != len(self.strides):
+            raise ValueError(f"{len(features)} feature maps for {len(self.strides)} anchor levels")
+        return self.grid_anchors([tuple(f.shape[-2:]) for f in features], features[0].device)

@@ -1,0 +1,4 @@
+from detector.ops.box_coder import BoxCoder
+from detector.ops.matcher import BACKGROUND, IGNORE, IoUMatcher
+
+__all__ = ["BoxCoder", "IoUMatcher", "BACKGROUND", "IGNORE"]

@@ -1,0 +1,71 @@
+"""Anchor ↔ ground-truth assignment by IoU, for a whole batch at once."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchvision.ops import box_iou
+
+BACKGROUND = -1
+IGNORE = -2
+
+
+class IoUMatcher:
+    """IoU ≥ fg_iou → the best ground truth's index; IoU < bg_iou → BACKGROUND (−1); else IGNORE (−2).
+
+    The FL paper uses fg_iou = 0.5, bg_iou = 0.4. With `allow_low_quality_matches`, every ground
+    truth also claims the anchors of its highest IoU (ties included, IoU > 0), as in Faster R-CNN;
+    this keeps objects smaller than every anchor trainable. Crowd boxes are never matched;
+    an anchor that would be background but lies at least `crowd_ioa` inside a crowd box
+    (intersection / anchor area) is ignored.
+    """
+
+    def __init__(self, fg_iou: float = 0.5, bg_iou: float = 0.4, allow_low_quality_matches: bool = False,
+                 crowd_ioa: float = 0.5):
+        if not 0.0 <= bg_iou <= fg_iou <= 1.0:
+            raise ValueError(f"matcher needs 0 <= bg_iou <= fg_iou <= 1, got bg_iou={bg_iou}, fg_iou={fg_iou}")
+        if not 0.0 < crowd_ioa <= 1.0:
+            raise ValueError(f"matcher crowd_ioa must be in (0, 1], got {crowd_ioa}")
+        self.fg_iou = fg_iou
+        self.bg_iou = bg_iou
+        self.allow_low_quality_matches = allow_low_quality_matches
+        self.crowd_ioa = crowd_ioa
+
+    def __call__(self, anchors: Tensor, gt_boxes: Tensor, gt_valid: Tensor, gt_crowd: Tensor | None = None) -> Tensor:
+        """
+        Args:
+            anchors: [A, 4] xyxy.
+            gt_boxes: [B, G, 4] xyxy, padded; gt_valid [B, G] marks real boxes.
+            gt_crowd: [B, G] bool, crowd boxes (ignore regions) among the valid ones.
+        Returns:
+            matches [B, A] int64: ground-truth index in [0, G), BACKGROUND or IGNORE.
+        """
+        batch, num_gt = gt_valid.shape
+        num_anchors = anchors.shape[0]
+        if num_gt == 0:
+            return torch.full((batch, num_anchors), BACKGROUND, dtype=torch.long, device=anchors.device)
+        crowd = gt_crowd & gt_valid if gt_crowd is not None else torch.zeros_like(gt_valid)
+        matchable = gt_valid & ~crowd
+        iou = box_iou(gt_boxes.reshape(-1, 4), anchors).view(batch, num_gt, num_anchors)
+        iou = iou.masked_fill(~matchable.unsqueeze(-1), -1.0)  # (B, G, A)
+        best_iou, matches = iou.max(dim=1)  # (B, A)
+        matches = torch.where(best_iou >= self.fg_iou, matches,
+                              torch.where(best_iou >= self.bg_iou, IGNORE, BACKGROUND))
+        if self.allow_low_quality_matches:
+            best_per_gt = iou.max(dim=2, keepdim=True).values  # (B, G, 1)
+            is_best = (iou == best_per_gt) & (best_per_gt > 0)
+            matches = torch.where(is_best.any(dim=1), iou.argmax(dim=1), matches)
+        if gt_crowd is not None and bool(crowd.any()):
+            inside_crowd = _intersection_over_anchor(gt_boxes, anchors).masked_fill(~crowd.unsqueeze(-1), 0.0)
+            in_crowd = inside_crowd.max(dim=1).values >= self.crowd_ioa
+            matches = torch.where(in_crowd & (matches == BACKGROUND), IGNORE, matches)
+        return matches
+
+
+def _intersection_over_anchor(boxes: Tensor, anchors: Tensor) -> Tensor:
+    """[B, G, 4], [A, 4] → [B, G, A]: area(box ∩ anchor) / area(anchor)."""
+    top_left = torch.maximum(boxes[..., None, :2], anchors[:, :2])
+    bottom_right = torch.minimum(boxes[..., None, 2:], anchors[:, 2:])
+    inter = (bottom_right - top_left).clamp(min=0).prod(dim=-1)
+    area = (anchors[:, 2] - anchors[:, 0]) * (anchors[:, 3] - anchors[:, 1])
+    return inter / area

@@ -1,0 +1,93 @@
+"""The configs are the user interface: every option composes, instantiates, and bad input fails early."""
+
+import inspect
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+import detector.losses.classification as classification
+import detector.losses.regression as regression
+from tests.conftest import CONFIGS, run_script
+
+
+def options(group):
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("option", options("model"))
+def test_every_model_builds_and_predicts(compose_cfg, option):
+    cfg = compose_cfg([f"model={option}"])
+    model = instantiate(cfg.model, num_classes=3).eval()
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, 128, 128))
+    assert out["cls_logits"].shape[-1] == 3 and out["box_deltas"].shape[1] == out["anchors"].shape[0]
+
+
+@pytest.mark.parametrize("group", ["loss", "box_loss", "optim", "schedule"])
+def test_every_loss_optimizer_and_schedule_option_instantiates(compose_cfg, group):
+    for option in options(group):
+        cfg = compose_cfg([f"{group}={option}"])
+        if group == "optim":
+            instantiate(cfg.optim)([torch.nn.Parameter(torch.zeros(1))])
+        elif group == "schedule":
+            assert instantiate(cfg.schedule, max_iters=100)(0) > 0
+        else:
+            assert isinstance(instantiate(cfg[group]), torch.nn.Module)
+
+
+def test_every_loss_class_has_a_config_file():
+    targets = {OmegaConf.load(p)["_target_"] for g in ("loss", "box_loss") for p in (CONFIGS / g).glob("*.yaml")}
+    for module in (classification, regression):
+        for name, cls in inspect.getmembers(module, inspect.isclass):
+            if issubclass(cls, torch.nn.Module) and cls.__module__ == module.__name__:
+                assert any(t.endswith(f".{name}") for t in targets), f"{name} has no config in configs/loss or box_loss"
+
+
+@pytest.mark.parametrize("overrides", [["data=coco"], ["data=coco_custom"], ["experiment=coco_r50_1x"],
+                                       ["debug=smoke"], ["data=synthetic", "schedule=multistep", "optim=adamw"]])
+def test_group_combinations_compose(compose_cfg, overrides):
+    cfg = compose_cfg(overrides)
+    OmegaConf.to_container(cfg, resolve=True)
+    assert cfg.trainer.max_iters >= 1
+
+
+def test_paper_recipe(compose_cfg):
+    cfg = compose_cfg(["experiment=coco_r50_1x"])
+    assert cfg.model.backbone.depth == 50 and cfg.model.backbone.norm == "frozen_bn"
+    assert cfg.data.batch_size == 16 and cfg.optim.lr == 0.01 and cfg.trainer.max_iters == 90000
+    steps = instantiate(cfg.schedule, max_iters=cfg.trainer.max_iters).steps
+    assert steps == [60000, 80000]
+    assert cfg.data.train_min_sizes == [800] and cfg.data.max_size == 1333
+    assert cfg.criterion.matcher.fg_iou == 0.5 and cfg.criterion.matcher.bg_iou == 0.4
+    assert not cfg.criterion.matcher.allow_low_quality_matches
+    assert cfg.model.anchor_generator.sizes == [32, 64, 128, 256, 512] and cfg.model.prior_prob == 0.01
+
+
+def test_unknown_loss_lists_the_valid_choices():
+    result = run_script("train.py", "loss=nope")
+    assert result.returncode != 0
+    assert "loss/nope" in result.stderr and "focal" in result.stderr
+
+
+def test_invalid_gamma_fails_before_any_data_work(tmp_path):
+    cache = tmp_path / "cache"
+    result = run_script("train.py", "loss.gamma=-1", f"data.cache_dir={cache}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode != 0
+    assert "gamma must be >= 0, got -1" in result.stderr and "full_key: loss" in result.stderr
+    assert not cache.exists()
+
+
+def test_invalid_trainer_value_names_key_and_choices(tmp_path):
+    result = run_script("train.py", "trainer.amp=fp32", f"data.cache_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode != 0 and "trainer.amp must be one of ['off', 'bf16', 'fp16']" in result.stderr
+
+
+def test_missing_coco_root_says_where_it_looked_and_how_to_lay_it_out(tmp_path):
+    root = tmp_path / "nowhere"
+    result = run_script("train.py", "data=coco", f"data.root={root}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode != 0
+    assert f"{root}/annotations/instances_train2017.json" in result.stderr
+    assert "ROOT/annotations/instances_{train,val}2017.json" in result.stderr

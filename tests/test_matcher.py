@@ -1,0 +1,46 @@
+import torch
+
+from detector.ops.matcher import BACKGROUND, IGNORE, IoUMatcher
+
+# Four 10×10 anchors side by side, and one far away.
+ANCHORS = torch.tensor([[0, 0, 10, 10], [10, 0, 20, 10], [20, 0, 30, 10], [30, 0, 40, 10], [100, 100, 110, 110]],
+                       dtype=torch.float32)
+
+
+def match(gt, matcher=None, crowd=None):
+    gt = torch.tensor(gt, dtype=torch.float32).view(1, -1, 4)
+    valid = torch.ones(gt.shape[:2], dtype=torch.bool)
+    crowd = torch.tensor(crowd).view(1, -1) if crowd is not None else None
+    return (matcher or IoUMatcher())(ANCHORS, gt, valid, crowd)[0].tolist()
+
+
+def test_foreground_ignore_band_background():
+    # gt [0,0,10,10]: IoU 1 with anchor 0 → fg; gt [12,0,22,10] vs anchor 1: 8/12 = 0.667 → fg (index 1)
+    assert match([[0, 0, 10, 10], [12, 0, 22, 10]]) == [0, 1, BACKGROUND, BACKGROUND, BACKGROUND]
+    # gt [24,0,34,10] vs anchor 2: 6/14 = 0.43 → ignore; vs anchor 3: 4/16 = 0.25 → background
+    assert match([[24, 0, 34, 10]]) == [BACKGROUND, BACKGROUND, IGNORE, BACKGROUND, BACKGROUND]
+
+
+def test_low_quality_matches_give_every_box_its_best_anchor():
+    gt = [[25, 0, 35, 10]]  # IoU 1/3 with anchors 2 and 3 (a tie): below bg_iou
+    assert match(gt) == [BACKGROUND] * 5
+    assert match(gt, IoUMatcher(allow_low_quality_matches=True)) == [BACKGROUND, BACKGROUND, 0, 0, BACKGROUND]
+
+
+def test_no_boxes_means_all_background_and_padding_is_never_matched():
+    gt = torch.zeros(2, 1, 4)
+    gt[0, 0] = torch.tensor([0, 0, 10, 10])
+    valid = torch.tensor([[True], [False]])  # image 1 has no boxes (a padded slot)
+    matches = IoUMatcher()(ANCHORS, gt, valid)
+    assert matches[0].tolist() == [0, BACKGROUND, BACKGROUND, BACKGROUND, BACKGROUND]
+    assert matches[1].tolist() == [BACKGROUND] * 5
+    empty = IoUMatcher()(ANCHORS, torch.zeros(3, 0, 4), torch.zeros(3, 0, dtype=torch.bool))
+    assert empty.shape == (3, 5) and (empty == BACKGROUND).all()
+
+
+def test_crowd_boxes_are_ignore_regions_not_positives():
+    # a crowd region covering anchors 0–1 and half of anchor 2; a real box on anchor 3
+    result = match([[0, 0, 25, 10], [30, 0, 40, 10]], crowd=[True, False])
+    assert result == [IGNORE, IGNORE, IGNORE, 1, BACKGROUND]
+    result = match([[0, 0, 24, 10], [30, 0, 40, 10]], crowd=[True, False])
+    assert result[2] == BACKGROUND  # only 40 % of anchor 2 lies inside the crowd box

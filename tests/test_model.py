@@ -1,0 +1,77 @@
+import math
+
+import pytest
+import torch
+import torchvision
+
+from detector.models import AnchorGenerator, ResNetBackbone, RetinaNet, RetinaNetFPN, RetinaNetHead
+from functools import partial
+
+
+def small_model(num_classes=3, prior_prob=0.01, p6_from="c5", **backbone):
+    return RetinaNet(num_classes, ResNetBackbone(depth=18, **{"norm": "bn", "frozen_stages": 0, **backbone}),
+                     partial(RetinaNetFPN, out_channels=32, p6_from=p6_from),
+                     partial(RetinaNetHead, num_convs=2, channels=32, norm="gn"),
+                     AnchorGenerator(), prior_prob=prior_prob)
+
+
+def test_output_shapes_and_levels_match_anchors():
+    model = small_model().eval()
+    out = model(torch.randn(2, 3, 128, 256))
+    per_level = [(16 * 32), (8 * 16), (4 * 8), (2 * 4), (1 * 2)]
+    assert out["num_anchors_per_level"] == [9 * n for n in per_level]
+    total = 9 * sum(per_level)
+    assert out["cls_logits"].shape == (2, total, 3)
+    assert out["box_deltas"].shape == (2, total, 4)
+    assert out["anchors"].shape == (total, 4)
+
+
+@pytest.mark.parametrize("prior", [0.01, 0.5, 0.2])
+def test_classification_prior_bias(prior):
+    head = RetinaNetHead(in_channels=16, num_anchors=9, num_classes=4, num_convs=2, channels=32, prior_prob=prior)
+    bias = head.cls_logits.bias
+    torch.testing.assert_close(torch.sigmoid(bias), torch.full_like(bias, prior))
+    torch.testing.assert_close(bias, torch.full_like(bias, -math.log((1 - prior) / prior)))
+    assert (head.box_deltas.bias == 0).all()
+    weights = torch.cat([m.weight.flatten() for m in head.modules() if isinstance(m, torch.nn.Conv2d)])
+    assert abs(weights.std().item() - 0.01) < 0.001 and abs(weights.mean().item()) < 0.001
+    # with N(0, 0.01) weights the initial foreground probability stays at π for any input
+    cls, _ = head([torch.randn(1, 16, 8, 8)])
+    assert abs(torch.sigmoid(cls).mean().item() - prior) < 0.01
+
+
+def test_invalid_prior_raises():
+    with pytest.raises(ValueError, match=r"prior_prob must be in \(0, 1\)"):
+        RetinaNetHead(16, 9, 3, prior_prob=1.0)
+
+
+def test_p6_source_follows_config_not_channel_counts():
+    from_c5 = RetinaNetFPN([128, 256, 512], out_channels=512, p6_from="c5")
+    from_p5 = RetinaNetFPN([128, 256, 512], out_channels=256, p6_from="p5")
+    extra_c5 = from_c5.fpn.extra_blocks
+    extra_p5 = from_p5.fpn.extra_blocks
+    assert extra_c5.use_P5 is False and extra_c5.p6.in_channels == 512
+    assert extra_p5.use_P5 is True and extra_p5.p6.in_channels == 256
+    features = [torch.randn(1, c, s, s) for c, s in [(128, 16), (256, 8), (512, 4)]]
+    assert [f.shape[-1] for f in from_c5(features)] == [16, 8, 4, 2, 1]
+
+
+def test_frozen_stages_and_frozen_bn():
+    backbone = ResNetBackbone(depth=18, norm="frozen_bn", frozen_stages=2)
+    assert not any(p.requires_grad for p in backbone.stem.parameters())
+    assert not any(p.requires_grad for p in backbone.stages[0].parameters())
+    assert all(p.requires_grad for p in backbone.stages[1].parameters())
+    assert isinstance(backbone.stem[1], torchvision.ops.FrozenBatchNorm2d)
+
+
+def test_local_weights_file_is_loaded(tmp_path):
+    reference = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    backbone = ResNetBackbone(depth=18, norm="frozen_bn", frozen_stages=0, weights_path=str(path))
+    torch.testing.assert_close(backbone.stages[3][1].conv2.weight, reference.layer4[1].conv2.weight)
+    torch.testing.assert_close(backbone.stem[1].running_var, reference.bn1.running_var)
+    with pytest.raises(FileNotFoundError, match="weights_path"):
+        ResNetBackbone(depth=18, weights_path=str(tmp_path / "missing.pth"))
+    with pytest.raises(ValueError, match="not a torchvision ResNet"):
+        ResNetBackbone(depth=50, weights_path=str(path))

@@ -1,0 +1,54 @@
+"""End to end: train.py and evaluate.py as a user runs them, on the embedded data."""
+
+import json
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from detector.cli import build, build_datasets
+from detector.data.loader import infinite_train_batches
+from detector.engine.schedule import lambda_scheduler
+from detector.engine.trainer import Trainer
+from tests.conftest import run_script
+
+
+def test_smoke_training_writes_metrics_checkpoints_and_events_then_evaluates(tmp_path, cache_dir):
+    run = tmp_path / "run"
+    result = run_script("train.py", "debug=smoke", f"data.cache_dir={cache_dir}", f"hydra.run.dir={run}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl", "iteration", "train_seconds", "images_per_second"}
+    assert metrics["iteration"] == 4 and metrics["images_per_second"] > 0
+    assert all(0.0 <= metrics[k] <= 100.0 or metrics[k] == -1.0 for k in ("AP", "AP50", "APl"))
+    assert (run / "checkpoints" / "last.pt").is_file() and (run / "checkpoints" / "best.pt").is_file()
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    assert "iter 4/4" in (run / "train.log").read_text()
+    assert "AP50" in result.stdout
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["iteration"] == 4 and state["config"]["loss"]["gamma"] == 2.0 and len(state["config"]["classes"]) == 6
+
+    evaluation = tmp_path / "eval"
+    result = run_script("evaluate.py", f"checkpoint={run / 'checkpoints' / 'last.pt'}", f"hydra.run.dir={evaluation}",
+                        "postprocess.score_thresh=0.01")
+    assert result.returncode == 0, result.stderr[-3000:]
+    scored = json.loads((evaluation / "metrics.json").read_text())
+    assert scored["iteration"] == 4 and set(scored) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    detections = json.loads((evaluation / "detections.json").read_text())
+    assert isinstance(detections, list)
+    assert all(d["score"] > 0.01 for d in detections)  # the command-line threshold replaced the saved 0.05
+
+
+def test_training_lowers_the_loss(compose_cfg, cache_dir, tmp_path):
+    cfg = compose_cfg(["debug=smoke", f"data.cache_dir={cache_dir}", "optim.lr=0.01"])
+    torch.manual_seed(0)
+    train_set, _ = build_datasets(cfg.data)
+    model, criterion, _ = build(cfg, train_set.num_classes)
+    optimizer = instantiate(cfg.optim)(model.parameters())
+    trainer = Trainer(model, criterion, optimizer, lambda_scheduler(optimizer, lambda it: 1.0),
+                      infinite_train_batches(train_set, 2, 0, seed=0), validator=None, output_dir=tmp_path,
+                      max_iters=40, batch_size=2, device=torch.device("cpu"))
+    model.train()
+    losses = [trainer.step()["loss"] for _ in range(40)]
+    first, last = sum(losses[:8]) / 8, sum(losses[-8:]) / 8
+    assert last < 0.8 * first, losses
