@@ -57,7 +57,9 @@ def test_group_combinations_compose(compose_cfg, overrides):
 def test_paper_recipe(compose_cfg):
     cfg = compose_cfg(["experiment=coco_r50_1x"])
     assert cfg.model.backbone.depth == 50 and cfg.model.backbone.norm == "frozen_bn"
-    assert cfg.data.batch_size == 16 and cfg.optim.lr == 0.01 and cfg.trainer.max_iters == 90000
+    assert cfg.data.batch_size == 16 and cfg.trainer.max_iters == 90000
+    assert cfg.optim._target_ == "torch.optim.SGD" and cfg.optim.lr == 0.01
+    assert cfg.optim.momentum == 0.9 and cfg.optim.weight_decay == 1e-4
     steps = instantiate(cfg.schedule, max_iters=cfg.trainer.max_iters).steps
     assert steps == [60000, 80000]
     assert cfg.data.train_min_sizes == [800] and cfg.data.max_size == 1333

@@ -40,7 +40,7 @@ def test_smoke_training_writes_metrics_checkpoints_and_events_then_evaluates(tmp
 
 
 def test_training_lowers_the_loss(compose_cfg, cache_dir, tmp_path):
-    cfg = compose_cfg(["debug=smoke", f"data.cache_dir={cache_dir}", "optim.lr=0.01"])
+    cfg = compose_cfg(["debug=smoke", f"data.cache_dir={cache_dir}"])
     torch.manual_seed(0)
     train_set, _ = build_datasets(cfg.data)
     model, criterion, _ = build(cfg, train_set.num_classes)

@@ -48,13 +48,13 @@ class IoUMatcher:
         matchable = gt_valid & ~crowd
         iou = box_iou(gt_boxes.reshape(-1, 4), anchors).view(batch, num_gt, num_anchors)
         iou = iou.masked_fill(~matchable.unsqueeze(-1), -1.0)  # (B, G, A)
-        best_iou, matches = iou.max(dim=1)  # (B, A)
-        matches = torch.where(best_iou >= self.fg_iou, matches,
+        best_iou, best_gt = iou.max(dim=1)  # (B, A)
+        matches = torch.where(best_iou >= self.fg_iou, best_gt,
                               torch.where(best_iou >= self.bg_iou, IGNORE, BACKGROUND))
         if self.allow_low_quality_matches:
             best_per_gt = iou.max(dim=2, keepdim=True).values  # (B, G, 1)
             is_best = (iou == best_per_gt) & (best_per_gt > 0)
-            matches = torch.where(is_best.any(dim=1), iou.argmax(dim=1), matches)
+            matches = torch.where(is_best.any(dim=1), best_gt, matches)
         if gt_crowd is not None and bool(crowd.any()):
             inside_crowd = _intersection_over_anchor(gt_boxes, anchors).masked_fill(~crowd.unsqueeze(-1), 0.0)
             in_crowd = inside_crowd.max(dim=1).values >= self.crowd_ioa
