@@ -1,5 +1,14 @@
-from detector.losses.classification import FocalLoss
+from detector.losses.classification import FocalLoss, FocalStarLoss, SigmoidCrossEntropyLoss
 from detector.losses.criterion import RetinaNetCriterion
-from detector.losses.regression import SmoothL1Loss
+from detector.losses.dice import DiceLoss, TverskyLoss
+from detector.losses.ghm import GHMCLoss, GHMRLoss
+from detector.losses.iou import CDIoULoss, CIoULoss, DIoULoss, EIoULoss, FocalEIoULoss, GIoULoss, IoULoss
+from detector.losses.ohem import OHEMLoss
+from detector.losses.regression import BalancedL1Loss, HuberLoss, L1Loss, L2Loss, SmoothL1Loss
 
-__all__ = ["FocalLoss", "RetinaNetCriterion", "SmoothL1Loss"]
+__all__ = [
+    "RetinaNetCriterion",
+    "SigmoidCrossEntropyLoss", "FocalLoss", "FocalStarLoss", "GHMCLoss", "OHEMLoss", "DiceLoss", "TverskyLoss",
+    "SmoothL1Loss", "L1Loss", "L2Loss", "HuberLoss", "BalancedL1Loss", "GHMRLoss",
+    "IoULoss", "GIoULoss", "DIoULoss", "CIoULoss", "EIoULoss", "FocalEIoULoss", "CDIoULoss",
+]

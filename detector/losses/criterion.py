@@ -17,7 +17,8 @@ class RetinaNetCriterion(nn.Module):
     Labels follow detectron2's convention: each anchor is a positive (matched ground truth),
     a negative, or ignored (IoU in the ignore band, or inside a crowd region). The
     classification loss sees the non-ignored anchors; the box loss sees the positives, as
-    deltas or as decoded boxes, whichever the loss's `input_space` asks for.
+    deltas or as decoded boxes, whichever the loss's `input_space` asks for. A classification
+    loss that sets `needs_anchors` (OHEM) also receives each row's `image_index` and anchor box.
 
     Both are divided by the number of positive anchors (at least 1). With
     `normalizer_momentum` > 0 that count is smoothed across iterations by an EMA started at
@@ -64,7 +65,11 @@ class RetinaNetCriterion(nn.Module):
         index = matches.clamp(min=0)
         labels = gt_labels.gather(1, index)  # (B, A)
         cls_targets = F.one_hot(labels, cls_logits.shape[-1]).to(cls_logits.dtype) * positive.unsqueeze(-1)
-        loss_cls = self.cls_loss(cls_logits[kept], cls_targets[kept], normalizer)
+        context = {}
+        if getattr(self.cls_loss, "needs_anchors", False):  # e.g. OHEM: per-image selection, NMS on loss
+            image_index = torch.arange(len(targets), device=kept.device).unsqueeze(1).expand_as(kept)
+            context = {"image_index": image_index[kept], "anchors": anchors.expand(len(targets), -1, -1)[kept]}
+        loss_cls = self.cls_loss(cls_logits[kept], cls_targets[kept], normalizer, **context)
 
         matched_boxes = gt_boxes.gather(1, index.unsqueeze(-1).expand(-1, -1, 4))[positive]  # (P, 4)
         pos_anchors = anchors.unsqueeze(0).expand_as(box_deltas)[positive]  # (P, 4)

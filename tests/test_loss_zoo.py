@@ -1,0 +1,394 @@
+"""Every loss against an independent float64 reference written from its paper, plus library
+comparisons, known identities, gradchecks and degenerate inputs."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision.ops as tvops
+
+from detector import losses as L
+
+
+def cls_inputs(m=40, k=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=g, dtype=torch.float64) * 3
+    x[0] = torch.tensor([-35.0, 35.0, -30.0, 30.0])[:k]  # saturated logits
+    y = (torch.rand(m, k, generator=g) < 0.15).double()
+    y[0] = torch.tensor([1.0, 0.0, 0.0, 1.0])[:k]
+    return x, y
+
+
+def log_p_t(x, y):
+    return torch.where(y == 1, F.logsigmoid(x), F.logsigmoid(-x))
+
+
+def alpha_t(y, alpha):
+    return 1.0 if alpha is None else torch.where(y == 1, y.new_tensor(alpha), y.new_tensor(1 - alpha))
+
+
+# ----------------------------------------------------------------------------- classification
+@pytest.mark.parametrize("alpha", [None, 0.1, 0.75, 0.999])
+def test_cross_entropy_and_balanced(alpha):
+    x, y = cls_inputs()
+    expected = (-alpha_t(y, alpha) * log_p_t(x, y)).sum() / 5.0
+    torch.testing.assert_close(L.SigmoidCrossEntropyLoss(alpha)(x, y, 5.0), expected, rtol=1e-12, atol=1e-12)
+    if alpha is None:
+        torch.testing.assert_close(expected * 5, F.binary_cross_entropy_with_logits(x, y, reduction="sum"))
+
+
+@pytest.mark.parametrize("gamma,beta,alpha", [(2.0, 1.0, 0.25), (4.0, 0.0, 0.25), (1.0, -0.5, None), (0.5, 2.0, 0.75)])
+def test_focal_star_formula_and_appendix_b_gradient(gamma, beta, alpha):
+    x, y = cls_inputs()
+    sign = 2 * y - 1
+    expected = (-alpha_t(y, alpha) * F.logsigmoid(gamma * sign * x + beta) / gamma).sum() / 3.0
+    x.requires_grad_(True)
+    loss = L.FocalStarLoss(gamma, beta, alpha)(x, y, 3.0)
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+    loss.backward()
+    p_star_t = torch.sigmoid(gamma * sign * x.detach() + beta)
+    torch.testing.assert_close(x.grad, alpha_t(y, alpha) * sign * (p_star_t - 1) / 3.0, rtol=1e-10, atol=1e-12)
+
+
+def test_focal_star_with_beta_zero_matches_fvcore_formula():
+    """fvcore's sigmoid_focal_loss_star (no β): −log σ(γ·x_t)/γ, α-balanced."""
+    x, y = cls_inputs()
+    shifted = x * (2 * y - 1)
+    fvcore = (-F.logsigmoid(2.0 * shifted) / 2.0 * alpha_t(y, 0.25)).sum()
+    torch.testing.assert_close(L.FocalStarLoss(2.0, 0.0, 0.25)(x, y, 1.0), fvcore)
+
+
+def ghm_reference(values, g, bins, momentum, acc, last_edge, elementwise):
+    """The official GHM code's loop over bins, in float64."""
+    edges = [i / bins for i in range(bins + 1)]
+    edges[-1] = last_edge
+    tot = max(g.numel(), 1)
+    weights = torch.zeros_like(g)
+    n = 0
+    for i in range(bins):
+        inds = (g >= edges[i]) & (g < edges[i + 1])
+        num = int(inds.sum())
+        if num > 0:
+            if momentum > 0:
+                acc[i] = momentum * acc[i] + (1 - momentum) * num
+                weights[inds] = tot / acc[i]
+            else:
+                weights[inds] = tot / num
+            n += 1
+    if n > 0:
+        weights = weights / n
+    return (elementwise * weights).sum() / tot
+
+
+@pytest.mark.parametrize("bins,momentum", [(30, 0.75), (10, 0.0), (5, 0.5), (1, 0.0)])
+def test_ghm_c_matches_official_loop_over_iterations(bins, momentum):
+    loss = L.GHMCLoss(bins, momentum).double()
+    acc = [0.0] * bins
+    for seed in range(3):
+        x, y = cls_inputs(seed=seed)
+        g = (torch.sigmoid(x) - y).abs()
+        expected = ghm_reference(x, g, bins, momentum, acc, 1 + 1e-6,
+                                 F.binary_cross_entropy_with_logits(x, y, reduction="none"))
+        torch.testing.assert_close(loss(x, y, None), expected, rtol=1e-10, atol=1e-12)
+    if momentum > 0:
+        torch.testing.assert_close(loss.acc_sum, torch.tensor(acc, dtype=torch.float64))
+
+
+def test_ghm_c_one_bin_no_momentum_is_mean_bce():
+    x, y = cls_inputs()
+    torch.testing.assert_close(L.GHMCLoss(bins=1, momentum=0.0)(x, y, 123.0),
+                               F.binary_cross_entropy_with_logits(x, y, reduction="mean"))
+
+
+def test_ghm_c_ema_by_hand():
+    """Two bins, momentum 0.5. Iteration 1: g = [.1, .2, .3, .9] → counts [3, 1], acc = [1.5, 0.5],
+    weights 4/1.5/2 and 4/0.5/2. Iteration 2: g = [.6, .7, .8, .95] → counts [0, 4], acc = [1.5, 2.25]
+    (empty bins keep their EMA), weights 4/2.25/1."""
+    loss = L.GHMCLoss(bins=2, momentum=0.5).double()
+    y = torch.zeros(4, 1, dtype=torch.float64)
+    for g, acc, w in [([0.1, 0.2, 0.3, 0.9], [1.5, 0.5], [4 / 1.5 / 2] * 3 + [4 / 0.5 / 2]),
+                      ([0.6, 0.7, 0.8, 0.95], [1.5, 2.25], [4 / 2.25] * 4)]:
+        x = torch.logit(torch.tensor(g, dtype=torch.float64)).view(4, 1)  # σ(x) − 0 = g
+        bce = F.binary_cross_entropy_with_logits(x, y, reduction="none").view(-1)
+        torch.testing.assert_close(loss(x, y, None), (bce * torch.tensor(w, dtype=torch.float64)).sum() / 4)
+        torch.testing.assert_close(loss.acc_sum, torch.tensor(acc, dtype=torch.float64))
+    assert "acc_sum" in loss.state_dict()
+
+
+def ohem_reference(x, y, image_index, k, ratio):
+    """Per-image loops: hardest k by CE, positives capped at k/(1 + ratio) when a ratio is set."""
+    ce = F.binary_cross_entropy_with_logits(x, y, reduction="none").sum(1)
+    total = x.new_zeros(())
+    for image in image_index.unique():
+        rows = (image_index == image).nonzero().flatten().tolist()
+        rows.sort(key=lambda r: -float(ce[r]))
+        if ratio is None:
+            chosen = rows[:k]
+        else:
+            pos = [r for r in rows if y[r].max() > 0][: int(k / (1 + ratio))]
+            neg = [r for r in rows if y[r].max() == 0][: k - len(pos)]
+            chosen = pos + neg
+        total = total + ce[chosen].sum()
+    return total
+
+
+@pytest.mark.parametrize("k,ratio", [(5, None), (8, 3.0), (3, 1.0), (100, None)])
+def test_ohem_selection_matches_per_image_reference(k, ratio):
+    x, y = cls_inputs(m=60, seed=3)
+    image_index = torch.arange(60) % 3
+    anchors = torch.rand(60, 4, dtype=torch.float64)
+    loss = L.OHEMLoss(batch_size_per_image=k, neg_pos_ratio=ratio, nms_thresh=None)
+    torch.testing.assert_close(loss(x, y, 2.0, image_index=image_index, anchors=anchors),
+                               ohem_reference(x, y, image_index, k, ratio) / 2.0)
+
+
+def test_ohem_nms_on_loss_drops_an_overlapping_easier_anchor():
+    x = torch.tensor([[3.0], [2.0], [1.0]], dtype=torch.float64)  # all negatives: loss grows with x
+    y = torch.zeros(3, 1, dtype=torch.float64)
+    anchors = torch.tensor([[0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60]], dtype=torch.float64)
+    ce = F.binary_cross_entropy_with_logits(x, y, reduction="none").view(-1)
+    loss = L.OHEMLoss(batch_size_per_image=2, nms_thresh=0.5)
+    kept = loss(x, y, 1.0, image_index=torch.zeros(3, dtype=torch.long), anchors=anchors)
+    torch.testing.assert_close(kept, ce[0] + ce[2])  # anchor 1 overlaps the harder anchor 0
+
+
+@pytest.mark.parametrize("alpha,beta", [(0.5, 0.5), (0.3, 0.7), (0.0, 1.0)])
+def test_tversky_and_dice_per_class(alpha, beta):
+    x, y = cls_inputs()
+    p = torch.sigmoid(x)
+    per_class = []
+    for k in range(x.shape[1]):
+        tp = sum(float(p[m, k] * y[m, k]) for m in range(len(x)))
+        fp = sum(float(p[m, k] * (1 - y[m, k])) for m in range(len(x)))
+        fn = sum(float((1 - p[m, k]) * y[m, k]) for m in range(len(x)))
+        per_class.append(1 - (tp + 1) / (tp + alpha * fp + beta * fn + 1))
+    expected = torch.tensor(sum(per_class) / len(per_class), dtype=torch.float64)
+    torch.testing.assert_close(L.TverskyLoss(alpha, beta)(x, y, 9.0), expected)
+    if alpha == beta == 0.5:
+        torch.testing.assert_close(L.DiceLoss()(x, y, 9.0), expected)
+
+
+CLS_LOSSES = [L.SigmoidCrossEntropyLoss(), L.SigmoidCrossEntropyLoss(0.75), L.FocalLoss(), L.FocalStarLoss(),
+              L.GHMCLoss(momentum=0.0), L.DiceLoss(), L.TverskyLoss(),
+              L.OHEMLoss(batch_size_per_image=6, neg_pos_ratio=3.0, nms_thresh=None)]
+
+
+def call_cls(loss, x, y, normalizer=2.0):
+    if getattr(loss, "needs_anchors", False):
+        return loss(x, y, normalizer, image_index=torch.arange(len(x)) % 2, anchors=torch.zeros(len(x), 4, dtype=x.dtype))
+    return loss(x, y, normalizer)
+
+
+@pytest.mark.parametrize("loss", CLS_LOSSES, ids=lambda l: type(l).__name__)
+def test_classification_gradcheck(loss):
+    x, y = cls_inputs(m=8, k=3, seed=5)
+    x = x.clamp(-5, 5).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda z: call_cls(loss, z, y), (x,))
+
+
+@pytest.mark.parametrize("loss", CLS_LOSSES, ids=lambda l: type(l).__name__)
+def test_classification_degenerate_inputs(loss):
+    for m in (0, 5):  # all anchors ignored (M = 0), and no positives at all
+        x = torch.randn(m, 4, requires_grad=True)
+        value = call_cls(loss, x, torch.zeros(m, 4), normalizer=1.0)
+        value.backward()
+        assert torch.isfinite(value) and (x.grad is None or torch.isfinite(x.grad).all())
+        if m == 0:
+            assert value.item() == 0.0
+
+
+# ----------------------------------------------------------------------------- box regression on deltas
+def delta_inputs(p=30, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(p, 4, generator=g, dtype=torch.float64), torch.randn(p, 4, generator=g, dtype=torch.float64)
+
+
+def test_l1_l2_huber_balanced_l1_formulas():
+    pred, target = delta_inputs()
+    d = pred - target
+    torch.testing.assert_close(L.L1Loss()(pred, target, 3.0), d.abs().sum() / 3)
+    torch.testing.assert_close(L.L2Loss()(pred, target, 3.0), (d ** 2).sum() / 3)
+    for delta in (0.5, 1.0, 2.0):
+        huber = torch.where(d.abs() <= delta, 0.5 * d ** 2, delta * (d.abs() - 0.5 * delta)).sum() / 3
+        torch.testing.assert_close(L.HuberLoss(delta)(pred, target, 3.0), huber)
+        torch.testing.assert_close(huber, delta * L.SmoothL1Loss(beta=delta)(pred, target, 3.0))
+        torch.testing.assert_close(huber * 3, F.huber_loss(pred, target, delta=delta, reduction="sum"))
+    # Libra R-CNN, written out with its own constants: b from α ln(b + 1) = γ, C from continuity at β
+    a, gam, beta = 0.5, 1.5, 1.0
+    b = math.exp(gam / a) - 1
+    x = d.abs()
+    inner = a / b * (b * x + 1) * torch.log(b * x / beta + 1) - a * x
+    outer = gam * x + gam / b - a * beta
+    torch.testing.assert_close(L.BalancedL1Loss(a, gam, beta)(pred, target, 3.0), torch.where(x < beta, inner, outer).sum() / 3)
+    near = torch.tensor([[beta - 1e-9]], dtype=torch.float64)  # continuous at β
+    assert abs(L.BalancedL1Loss()(near, torch.zeros(1, 1, dtype=torch.float64), 1.0).item() - (gam * beta + gam / b - a * beta)) < 1e-6
+
+
+@pytest.mark.parametrize("bins,momentum,mu", [(10, 0.7, 0.02), (3, 0.0, 0.5)])
+def test_ghm_r_matches_official_loop(bins, momentum, mu):
+    loss = L.GHMRLoss(mu, bins, momentum).double()
+    acc = [0.0] * bins
+    for seed in range(3):
+        pred, target = delta_inputs(seed=seed)
+        d = pred - target
+        asl1 = torch.sqrt(d * d + mu * mu) - mu
+        g = (d / torch.sqrt(d * d + mu * mu)).abs()
+        expected = ghm_reference(d, g, bins, momentum, acc, 1e3, asl1)
+        torch.testing.assert_close(loss(pred, target, None), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_asl1_tends_to_l1():
+    pred, target = delta_inputs()
+    tiny = L.GHMRLoss(mu=1e-8, bins=1, momentum=0.0).double()
+    torch.testing.assert_close(tiny(pred, target, None), (pred - target).abs().mean(), rtol=1e-6, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- IoU family on boxes
+def box_inputs(p=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(p, 2, generator=g, dtype=torch.float64) * 100
+    wh = torch.rand(p, 2, generator=g, dtype=torch.float64) * 60 + 1
+    target = torch.cat([xy, xy + wh], 1)
+    pred = target + torch.randn(p, 4, generator=g, dtype=torch.float64) * 8
+    pred = torch.cat([torch.minimum(pred[:, :2], pred[:, 2:] - 0.5), pred[:, 2:]], 1)
+    pred[0] = torch.tensor([500.0, 500.0, 510.0, 520.0])  # no overlap at all
+    target[1] = torch.tensor([10.0, 10.0, 10.0, 30.0])  # degenerate ground truth (zero width)
+    pred[2] = target[2]  # a perfect prediction
+    return pred, target
+
+
+def iou_family_reference(b, t, kind, gamma=0.5, lam=1.0):
+    """Per-box Python-float formulas from the papers."""
+    x1, y1, x2, y2 = b
+    u1, v1, u2, v2 = t
+    w, h, wg, hg = x2 - x1, y2 - y1, u2 - u1, v2 - v1
+    iw = max(0.0, min(x2, u2) - max(x1, u1))
+    ih = max(0.0, min(y2, v2) - max(y1, v1))
+    inter = iw * ih
+    union = w * h + wg * hg - inter
+    iou = inter / (union + 1e-7)
+    cw, ch = max(x2, u2) - min(x1, u1), max(y2, v2) - min(y1, v1)
+    c2 = cw ** 2 + ch ** 2 + 1e-7
+    rho2 = ((x1 + x2) / 2 - (u1 + u2) / 2) ** 2 + ((y1 + y2) / 2 - (v1 + v2) / 2) ** 2
+    if kind == "iou":
+        return -math.log(max(iou, 1e-7))
+    if kind == "iou_linear":
+        return 1 - iou
+    if kind == "giou":
+        return 1 - iou + (cw * ch + 1e-7 - union) / (cw * ch + 1e-7)
+    if kind == "diou":
+        return 1 - iou + rho2 / c2
+    if kind == "ciou":
+        v = 4 / math.pi ** 2 * (math.atan(wg / (hg + 1e-7)) - math.atan(w / (h + 1e-7))) ** 2
+        return 1 - iou + rho2 / c2 + v / (1 - iou + v + 1e-7) * v
+    eiou = 1 - iou + rho2 / c2 + (w - wg) ** 2 / (cw ** 2 + 1e-7) + (h - hg) ** 2 / (ch ** 2 + 1e-7)
+    if kind == "eiou":
+        return eiou
+    if kind == "focal_eiou":
+        return iou ** gamma * eiou
+    corners = [math.dist((x1, y1), (u1, v1)), math.dist((x2, y1), (u2, v1)),
+               math.dist((x2, y2), (u2, v2)), math.dist((x1, y2), (u1, v2))]
+    return 1 - iou + lam * sum(corners) / (4 * math.sqrt(c2))
+
+
+IOU_LOSSES = {"iou": L.IoULoss(), "iou_linear": L.IoULoss("linear"), "giou": L.GIoULoss(), "diou": L.DIoULoss(),
+              "ciou": L.CIoULoss(), "eiou": L.EIoULoss(), "focal_eiou": L.FocalEIoULoss(), "cdiou": L.CDIoULoss()}
+
+
+@pytest.mark.parametrize("kind", list(IOU_LOSSES))
+def test_iou_family_matches_per_box_formula(kind):
+    pred, target = box_inputs()
+    expected = sum(iou_family_reference(b.tolist(), t.tolist(), kind) for b, t in zip(pred, target)) / 4.0
+    value = IOU_LOSSES[kind](pred, target, 4.0)
+    torch.testing.assert_close(value, torch.tensor(expected, dtype=torch.float64), rtol=1e-9, atol=1e-6)
+    assert IOU_LOSSES[kind].input_space == "xyxy"
+
+
+@pytest.mark.parametrize("kind,library", [("giou", tvops.generalized_box_iou_loss), ("diou", tvops.distance_box_iou_loss),
+                                          ("ciou", tvops.complete_box_iou_loss)])
+def test_iou_family_matches_torchvision(kind, library):
+    pred, target = box_inputs()
+    keep = torch.ones(len(pred), dtype=torch.bool)
+    keep[1] = False  # torchvision divides by the zero height of the degenerate box's atan argument
+    pred, target = pred[keep], target[keep]
+    torch.testing.assert_close(IOU_LOSSES[kind](pred, target, 1.0), library(pred, target, reduction="sum"), rtol=1e-6, atol=1e-5)
+
+
+BOX_LOSSES = [L.SmoothL1Loss(), L.L1Loss(), L.L2Loss(), L.HuberLoss(), L.BalancedL1Loss(), L.GHMRLoss(momentum=0.0),
+              *IOU_LOSSES.values()]
+
+
+@pytest.mark.parametrize("loss", BOX_LOSSES, ids=lambda l: type(l).__name__ + getattr(l, "mode", ""))
+def test_box_gradcheck_and_empty_input(loss):
+    empty = torch.zeros(0, 4, requires_grad=True)
+    value = loss(empty, torch.zeros(0, 4), 1.0)
+    value.backward()
+    assert value.item() == 0.0 and torch.isfinite(empty.grad).all()
+    if isinstance(loss, (L.CIoULoss, L.FocalEIoULoss)):
+        return  # a weight without gradient by design: see test_weights_without_gradient
+    if loss.input_space == "xyxy":
+        pred, target = box_inputs(p=6, seed=2)
+        pred, target = pred[3:], target[3:]  # overlapping, non-degenerate pairs: the losses are smooth there
+    else:
+        pred, target = delta_inputs(p=6, seed=2)
+    pred.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda p: loss(p, target, 2.0), (pred,))
+
+
+def test_weights_without_gradient():
+    """Focal-EIoU's IoU^γ and CIoU's α carry no gradient: d(IoU^γ·EIoU) = IoU^γ·dEIoU and
+    d(CIoU) = d(DIoU) + α·dv, with v written out here."""
+    pred, target = box_inputs(p=8, seed=4)
+    pred, target = pred[3:], target[3:]
+
+    def grad(fn):
+        p = pred.clone().requires_grad_(True)
+        fn(p).sum().backward()
+        return p.grad
+
+    iou = torch.tensor([1 - iou_family_reference(b.tolist(), t.tolist(), "iou_linear") for b, t in zip(pred, target)],
+                       dtype=torch.float64)
+    per_box_eiou = lambda p: torch.stack([L.EIoULoss()(p[i:i + 1], target[i:i + 1], 1.0) for i in range(len(p))])
+    eiou_grad = grad(lambda p: per_box_eiou(p) * iou ** 0.5)
+    torch.testing.assert_close(grad(lambda p: L.FocalEIoULoss(0.5)(p, target, 1.0)), eiou_grad)
+
+    def v_of(p):
+        w, h = p[:, 2] - p[:, 0], p[:, 3] - p[:, 1]
+        wg, hg = target[:, 2] - target[:, 0], target[:, 3] - target[:, 1]
+        return 4 / math.pi ** 2 * (torch.atan(wg / (hg + 1e-7)) - torch.atan(w / (h + 1e-7))) ** 2
+
+    v = v_of(pred)
+    alpha = v / (1 - iou + v + 1e-7)
+    expected = grad(lambda p: L.DIoULoss()(p, target, 1.0) + (alpha * v_of(p)).sum())
+    torch.testing.assert_close(grad(lambda p: L.CIoULoss()(p, target, 1.0)), expected)
+
+
+def test_degenerate_boxes_give_finite_gradients():
+    pred, target = box_inputs()
+    for name, loss in IOU_LOSSES.items():
+        p = pred.float().clone().requires_grad_(True)
+        value = loss(p, target.float(), 1.0)
+        value.backward()
+        assert torch.isfinite(value) and torch.isfinite(p.grad).all(), name
+
+
+# ----------------------------------------------------------------------------- validation
+@pytest.mark.parametrize("build,message", [
+    (lambda: L.FocalStarLoss(gamma=0.0), "gamma must be > 0"),
+    (lambda: L.FocalStarLoss(alpha=-0.1), r"alpha must be in \[0, 1\]"),
+    (lambda: L.SigmoidCrossEntropyLoss(alpha=2.0), r"alpha must be in \[0, 1\]"),
+    (lambda: L.GHMCLoss(bins=0), "bins must be >= 1"),
+    (lambda: L.GHMCLoss(momentum=1.0), r"momentum must be in \[0, 1\)"),
+    (lambda: L.GHMRLoss(mu=0.0), "mu must be > 0"),
+    (lambda: L.GHMRLoss(bins=0), "bins must be >= 1"),
+    (lambda: L.OHEMLoss(batch_size_per_image=0), "batch_size_per_image must be >= 1"),
+    (lambda: L.HuberLoss(delta=0.0), "delta must be > 0"),
+    (lambda: L.BalancedL1Loss(alpha=0.0), "must be > 0"),
+    (lambda: L.IoULoss(mode="sqrt"), "mode must be"),
+    (lambda: L.FocalEIoULoss(gamma=-1.0), "gamma must be >= 0"),
+    (lambda: L.TverskyLoss(alpha=-1.0), "alpha >= 0"),
+])
+def test_invalid_hyperparameters_raise(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()

@@ -1,0 +1,29 @@
+import json
+import subprocess
+import sys
+
+from PIL import Image
+
+from tests.conftest import ROOT
+
+
+def test_plot_losses_writes_the_three_figures(tmp_path):
+    result = subprocess.run([sys.executable, "scripts/plot_losses.py", "--out", str(tmp_path)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for name in ("focal_loss_vs_pt.png", "focal_star.png", "ghm_gradient_norm.png"):
+        with Image.open(tmp_path / name) as image:
+            assert image.width > 400 and image.height > 300
+
+
+def test_loss_benchmark_reports_every_loss_and_ghm_agreement(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, "scripts/benchmark_losses.py", "--anchors", "2000", "--classes", "8",
+                             "--boxes", "64", "--repeats", "2", "--json", str(out)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    names = {p.stem for group in ("loss", "box_loss") for p in (ROOT / "configs" / group).glob("*.yaml")}
+    timed = {k.split("=", 1)[1] for k in report["milliseconds"] if "=" in k}
+    assert timed == names
+    assert report["ghm_c_same_value"] is True
