@@ -23,7 +23,7 @@ from detector.data.transforms import eval_transforms, train_transforms
 from detector.engine.checkpoint import load_checkpoint
 from detector.engine.evaluator import CocoValidator, format_metrics
 from detector.engine.schedule import lambda_scheduler
-from detector.engine.trainer import Trainer, autocast_dtype, resolve_device
+from detector.engine.trainer import Trainer, autocast_dtype, check_settings, resolve_device
 
 log = logging.getLogger("detector")
 
@@ -71,6 +71,11 @@ def train(cfg: DictConfig) -> float:
     """Train as configured; returns the final AP (what a Hydra sweeper optimises)."""
     run_config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     trainer_cfg = cfg.trainer
+    check_settings(trainer_cfg.max_iters, trainer_cfg.eval_period, trainer_cfg.log_period,
+                   trainer_cfg.checkpoint_period, trainer_cfg.clip_grad_norm)
+    for key in ("batch_size", "eval_batch_size"):
+        if cfg.data[key] < 1:
+            raise ValueError(f"data.{key} must be >= 1, got {cfg.data[key]}")
     device = resolve_device(trainer_cfg.device)
     amp_dtype = autocast_dtype(trainer_cfg.amp, device)
     criterion = build_criterion(cfg)

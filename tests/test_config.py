@@ -1,7 +1,6 @@
 """The configs are the user interface: every option composes, instantiates, and bad input fails early."""
 
 import inspect
-from pathlib import Path
 
 import pytest
 import torch
@@ -86,9 +85,18 @@ def test_invalid_gamma_fails_before_any_data_work(tmp_path):
     assert not cache.exists()
 
 
-def test_invalid_trainer_value_names_key_and_choices(tmp_path):
-    result = run_script("train.py", "trainer.amp=fp32", f"data.cache_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}")
-    assert result.returncode != 0 and "trainer.amp must be one of ['off', 'bf16', 'fp16']" in result.stderr
+@pytest.mark.parametrize("override,message", [
+    ("trainer.amp=fp32", "trainer.amp must be one of ['off', 'bf16', 'fp16']"),
+    ("trainer.max_iters=0", "trainer.max_iters must be >= 1, got 0"),
+    ("data.batch_size=0", "data.batch_size must be >= 1, got 0"),
+    ("model.prior_prob=1.5", "prior_prob must be in (0, 1), got 1.5"),
+])
+def test_invalid_values_name_key_and_range_before_any_data_work(tmp_path, override, message):
+    cache = tmp_path / "cache"
+    result = run_script("train.py", override, f"data.cache_dir={cache}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode != 0 and message in result.stderr
+    if not override.startswith("model."):
+        assert not cache.exists()
 
 
 def test_missing_coco_root_says_where_it_looked_and_how_to_lay_it_out(tmp_path):

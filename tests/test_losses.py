@@ -53,7 +53,7 @@ def test_focal_gradcheck():
     x, y = logits_and_targets(m=6, k=3)
     x = (x.clamp(-6, 6)).requires_grad_(True)
     for gamma in (0.0, 0.5, 2.0):
-        assert torch.autograd.gradcheck(lambda z: FocalLoss(0.25, gamma)(z, y, 2.0), (x,))
+        assert torch.autograd.gradcheck(lambda z, g=gamma: FocalLoss(0.25, g)(z, y, 2.0), (x,))
 
 
 def test_focal_gradient_is_appendix_b():

@@ -5,13 +5,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import logging
 
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-
-log = logging.getLogger(__name__)
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
@@ -42,7 +39,7 @@ class CocoEvaluator:
             xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
             for box, score, label in zip(xywh, det["scores"].tolist(), det["labels"].tolist()):
                 self.results.append({"image_id": int(target["image_id"]), "category_id": self.category_ids[label],
-                                     "bbox": [round(v, 2) for v in box], "score": round(score, 5)})
+                                     "bbox": box, "score": score})
 
     def summarize(self) -> tuple[dict[str, float], str]:
         """(stats in percent keyed by STAT_NAMES, pycocotools' printed table)."""

@@ -44,6 +44,19 @@ def autocast_dtype(amp: str | bool, device: torch.device) -> torch.dtype | None:
     return AMP_DTYPES[amp]
 
 
+def check_settings(max_iters: int, eval_period: int, log_period: int, checkpoint_period: int,
+                   clip_grad_norm: float | None) -> None:
+    """Raise ValueError naming the trainer key whose value is out of range."""
+    if max_iters < 1:
+        raise ValueError(f"trainer.max_iters must be >= 1, got {max_iters}")
+    for name, value in (("eval_period", eval_period), ("log_period", log_period),
+                        ("checkpoint_period", checkpoint_period)):
+        if value < 0:
+            raise ValueError(f"trainer.{name} must be >= 0 (0 turns it off), got {value}")
+    if clip_grad_norm is not None and clip_grad_norm <= 0:
+        raise ValueError(f"trainer.clip_grad_norm must be > 0 or null, got {clip_grad_norm}")
+
+
 class Trainer:
     """Trains `model` with `criterion` for `max_iters` iterations.
 
@@ -58,14 +71,7 @@ class Trainer:
                  max_iters: int, batch_size: int, device: torch.device, amp: str = "off",
                  eval_period: int = 0, log_period: int = 20, checkpoint_period: int = 0,
                  clip_grad_norm: float | None = None, channels_last: bool = False, run_config: dict | None = None):
-        if max_iters < 1:
-            raise ValueError(f"trainer.max_iters must be >= 1, got {max_iters}")
-        for name, value in (("eval_period", eval_period), ("log_period", log_period),
-                            ("checkpoint_period", checkpoint_period)):
-            if value < 0:
-                raise ValueError(f"trainer.{name} must be >= 0 (0 turns it off), got {value}")
-        if clip_grad_norm is not None and clip_grad_norm <= 0:
-            raise ValueError(f"trainer.clip_grad_norm must be > 0 or null, got {clip_grad_norm}")
+        check_settings(max_iters, eval_period, log_period, checkpoint_period, clip_grad_norm)
         self.model, self.criterion = model, criterion
         self.optimizer, self.scheduler = optimizer, scheduler
         self.batches, self.validator = batches, validator
