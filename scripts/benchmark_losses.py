@@ -40,14 +40,17 @@ def ghm_c_per_bin_loop(logits, targets, bins, momentum, acc_sum):
     return F.binary_cross_entropy_with_logits(logits, targets, weights, reduction="sum") / tot
 
 
-def time_it(fn, repeats: int) -> float:
-    fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples) * 1000
+def time_interleaved(steps: dict, repeats: int) -> dict[str, float]:
+    """Median milliseconds per step, running the steps round-robin (A B C … A B C …) after one
+    warm-up round, so that no loss is favoured by its place in the order."""
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    for round_index in range(repeats + 1):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            if round_index:
+                samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) * 1000 for name, values in samples.items()}
 
 
 def main(argv=None) -> dict:
@@ -86,26 +89,24 @@ def main(argv=None) -> dict:
             loss(p, target, float(args.boxes)).backward()
         return run
 
-    results = {}
     cls_losses = {"ce": L.SigmoidCrossEntropyLoss(), "balanced_ce": L.SigmoidCrossEntropyLoss(0.75),
                   "focal": L.FocalLoss(), "focal_star": L.FocalStarLoss(), "ghm_c": L.GHMCLoss(),
-                  "ohem": L.OHEMLoss(), "dice": L.DiceLoss(), "tversky": L.TverskyLoss()}
+                  "ohem": L.OHEMLoss(), "ohem nms_thresh=null": L.OHEMLoss(nms_thresh=None),
+                  "dice": L.DiceLoss(), "tversky": L.TverskyLoss()}
     box_losses = {"smooth_l1": L.SmoothL1Loss(), "l1": L.L1Loss(), "l2": L.L2Loss(), "huber": L.HuberLoss(),
                   "balanced_l1": L.BalancedL1Loss(), "ghm_r": L.GHMRLoss(), "iou": L.IoULoss(), "giou": L.GIoULoss(),
                   "diou": L.DIoULoss(), "ciou": L.CIoULoss(), "eiou": L.EIoULoss(), "focal_eiou": L.FocalEIoULoss(),
                   "cdiou": L.CDIoULoss()}
-    for name, loss in cls_losses.items():
-        results[f"loss={name}"] = time_it(cls_step(loss), args.repeats)
-    for name, loss in box_losses.items():
-        results[f"box_loss={name}"] = time_it(box_step(loss), args.repeats)
-
     acc = [0.0] * 30
 
     def loop_step():
         x = logits.clone().requires_grad_(True)
         ghm_c_per_bin_loop(x, targets, 30, 0.75, acc).backward()
 
-    results["ghm_c per-bin loop"] = time_it(loop_step, args.repeats)
+    steps = {f"loss={name}": cls_step(loss) for name, loss in cls_losses.items()}
+    steps.update({f"box_loss={name}": box_step(loss) for name, loss in box_losses.items()})
+    steps["ghm_c per-bin loop"] = loop_step
+    results = time_interleaved(steps, args.repeats)
     vectorised, loop = L.GHMCLoss(30, 0.0), [0.0] * 30
     same = torch.allclose(vectorised(logits, targets, None), ghm_c_per_bin_loop(logits, targets, 30, 0.0, loop))
     print(f"forward + backward, median of {args.repeats}: {args.anchors:,} anchors × {args.classes} classes, "
