@@ -8,6 +8,7 @@ from tests.conftest import run_script
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_default_training_reaches_ap50_of_50_on_the_synthetic_validation_split(tmp_path, cache_dir):
     run = tmp_path / "run"
     result = run_script("train.py", f"data.cache_dir={cache_dir}", f"hydra.run.dir={run}", timeout=1800)
