@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from detector.data.coco import CocoDetection, CocoSplits
+from detector.data.coco import CocoDetection, CocoSplits, check_split
 from detector.data.loader import eval_loader, infinite_train_batches
 from detector.data.transforms import eval_transforms, train_transforms
 from detector.engine.checkpoint import load_checkpoint
@@ -42,14 +42,21 @@ def build_criterion(cfg: DictConfig):
 
 
 def build_datasets(data: DictConfig) -> tuple[CocoDetection, CocoDetection]:
+    """Training and validation sets; both paths are checked before either is read."""
     splits: CocoSplits = instantiate(data.prepare)
-    train_set = CocoDetection(splits.train_ann, splits.train_dir,
-                              train_transforms(list(data.train_min_sizes), data.max_size, data.flip_prob))
-    val_set = CocoDetection(splits.val_ann, splits.val_dir, eval_transforms(data.test_min_size, data.max_size))
+    train_paths, val_paths = check_split(splits, "train"), check_split(splits, "val")
+    train_set = CocoDetection(*train_paths, train_transforms(list(data.train_min_sizes), data.max_size, data.flip_prob))
+    val_set = CocoDetection(*val_paths, eval_transforms(data.test_min_size, data.max_size))
     if train_set.category_ids != val_set.category_ids:
         raise ValueError(f"{splits.train_ann} and {splits.val_ann} have different categories: "
                          f"{train_set.class_names} vs {val_set.class_names}")
     return train_set, val_set
+
+
+def build_val_dataset(data: DictConfig) -> CocoDetection:
+    """The validation set alone: evaluation needs no training images."""
+    splits: CocoSplits = instantiate(data.prepare)
+    return CocoDetection(*check_split(splits, "val"), eval_transforms(data.test_min_size, data.max_size))
 
 
 def seed_everything(seed: int) -> None:
@@ -121,7 +128,7 @@ def evaluate(cfg: DictConfig) -> dict:
         OmegaConf.update(saved, key, OmegaConf.select(cfg, key), merge=False)
     device = resolve_device(saved.trainer.device)
     amp_dtype = autocast_dtype(saved.trainer.amp, device)
-    _, val_set = build_datasets(saved.data)
+    val_set = build_val_dataset(saved.data)
     classes = state["config"].get("classes")
     if classes is not None and list(classes) != val_set.class_names:
         raise ValueError(f"checkpoint {cfg.checkpoint} was trained on classes {classes}, but "

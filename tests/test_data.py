@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from detector.data.coco import CocoDetection, coco_splits
+from detector.data.coco import CocoDetection, check_split, coco_splits
 from detector.data.loader import PadCollate
 from detector.data.synthetic import CLASSES, prepare_synthetic_coco
 from detector.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transforms, train_transforms
@@ -102,8 +102,15 @@ def test_pad_collate_to_multiples_of_the_stride():
 
 
 def test_missing_coco_paths_name_the_path_and_the_layout(tmp_path):
+    splits = coco_splits(str(tmp_path / "annotations/instances_train2017.json"), str(tmp_path / "train2017"),
+                         str(tmp_path / "annotations/instances_val2017.json"), str(tmp_path / "val2017"))
     with pytest.raises(FileNotFoundError) as error:
-        coco_splits(str(tmp_path / "annotations/instances_train2017.json"), str(tmp_path / "train2017"),
-                    str(tmp_path / "annotations/instances_val2017.json"), str(tmp_path / "val2017"))
+        check_split(splits, "train")
     message = str(error.value)
     assert "data.train_ann" in message and "instances_train2017.json" in message and "ROOT/annotations" in message
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations/instances_val2017.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="data.val_dir: image folder not found"):
+        check_split(splits, "val")
+    (tmp_path / "val2017").mkdir()
+    assert check_split(splits, "val") == (splits.val_ann, splits.val_dir)  # no training images needed

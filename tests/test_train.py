@@ -37,6 +37,14 @@ def test_smoke_training_writes_metrics_checkpoints_and_events_then_evaluates(tmp
     assert isinstance(detections, list)
     assert all(d["score"] > 0.01 for d in detections)  # the command-line threshold replaced the saved 0.05
 
+    # a group option and a key inside it replace the saved data config: here, a COCO root that is not there;
+    # evaluation looks only for the validation split
+    missing = tmp_path / "no-coco"
+    result = run_script("evaluate.py", f"checkpoint={run / 'checkpoints' / 'last.pt'}", "data=coco",
+                        f"data.root={missing}", f"hydra.run.dir={tmp_path / 'eval2'}")
+    assert result.returncode != 0 and f"{missing}/annotations/instances_val2017.json" in result.stderr
+    assert "train2017" not in result.stderr.split("Lay out")[0]
+
 
 def test_training_lowers_the_loss(compose_cfg, cache_dir, tmp_path):
     cfg = compose_cfg(["debug=smoke", f"data.cache_dir={cache_dir}"])

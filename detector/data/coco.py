@@ -30,14 +30,18 @@ class CocoSplits(NamedTuple):
 
 
 def coco_splits(train_ann: str, train_dir: str, val_ann: str, val_dir: str) -> CocoSplits:
-    """Check that the annotation files and image folders exist, naming any that does not."""
-    splits = CocoSplits(train_ann, train_dir, val_ann, val_dir)
-    for key, path in splits._asdict().items():
-        exists = Path(path).is_file() if key.endswith("_ann") else Path(path).is_dir()
+    """The paths of an existing COCO-format dataset (checked by `check_split` when used)."""
+    return CocoSplits(train_ann, train_dir, val_ann, val_dir)
+
+
+def check_split(splits: CocoSplits, split: str) -> tuple[str, str]:
+    """(annotation file, image folder) of `split` ("train" or "val"), naming any that does not exist."""
+    ann, image_dir = getattr(splits, f"{split}_ann"), getattr(splits, f"{split}_dir")
+    for key, path, exists in ((f"{split}_ann", ann, Path(ann).is_file()), (f"{split}_dir", image_dir, Path(image_dir).is_dir())):
         if not exists:
             kind = "annotation file" if key.endswith("_ann") else "image folder"
             raise FileNotFoundError(f"data.{key}: {kind} not found: {Path(path).resolve()}. {COCO_LAYOUT_HELP}")
-    return splits
+    return ann, image_dir
 
 
 def load_coco(ann_file: str) -> COCO:
