@@ -150,9 +150,11 @@ class Trainer:
         loss = sum(v for k, v in loss_dict.items() if k.startswith("loss_"))
         if not torch.isfinite(loss):
             values = {k: float(v) for k, v in loss_dict.items()}
-            raise FloatingPointError(f"non-finite loss at iteration {self.iteration + 1}: {values}. The last good "
-                                     f"checkpoint is {self.output_dir / 'checkpoints' / 'last.pt'}; try a lower "
-                                     "optim.lr, a longer schedule.warmup_iters or trainer.clip_grad_norm.")
+            message = (f"non-finite loss at iteration {self.iteration + 1}: {values}. The last good checkpoint is "
+                       f"{self.output_dir / 'checkpoints' / 'last.pt'}; try a lower optim.lr, a longer "
+                       "schedule.warmup_iters or trainer.clip_grad_norm.")
+            log.error(message)  # in train.log too, where scripts/ablation_table.py reads "diverged"
+            raise FloatingPointError(message)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.clip_grad_norm is not None:

@@ -1,0 +1,103 @@
+"""Stored sweeps compose, and scripts/ablation_table.py turns multirun folders into honest tables."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.conftest import CONFIGS, ROOT, run_script
+
+SWEEPS = sorted(p.stem for p in (CONFIGS / "sweep").glob("*.yaml"))
+
+
+def sweep_rows(name):
+    """Each swept override on its own (every row file of a glob, every value of a list)."""
+    params = yaml.safe_load((CONFIGS / "sweep" / f"{name}.yaml").read_text())["hydra"]["sweeper"]["params"]
+    rows = []
+    for key, values in params.items():
+        if str(values).startswith("glob("):
+            group = key.lstrip("+")
+            rows += [f"{key}={p.stem}" for p in sorted((CONFIGS / group).glob("*.yaml"))]
+        else:
+            rows += [f"{key}={v}" for v in str(values).split(",")]
+    return rows
+
+
+@pytest.mark.parametrize("name", SWEEPS)
+@pytest.mark.parametrize("preset", ["ablation_cpu", "ablation_coco"])
+def test_every_stored_sweep_composes_at_both_scales(compose_cfg, name, preset):
+    rows = sweep_rows(name)
+    assert len(rows) >= 3
+    for row in rows:
+        cfg = compose_cfg([f"sweep={name}", f"experiment={preset}", row])
+        key, value = row.lstrip("+").split("=", 1)
+        if "/" not in key and key not in ("loss", "box_loss"):
+            assert str(cfg[key.split(".")[0]][key.split(".", 1)[1]] if "." in key else cfg[key]) == value
+        assert (cfg.data.test_min_size == 600) == (preset == "ablation_coco")
+
+
+def test_fl_table1b_rows_are_the_papers(compose_cfg):
+    pairs = set()
+    for row in sweep_rows("fl_table1b"):
+        cfg = compose_cfg(["sweep=fl_table1b", "experiment=ablation_cpu", row])
+        pairs.add((cfg.loss.gamma, cfg.loss.alpha))
+    assert pairs == {(0.0, 0.75), (0.1, 0.75), (0.2, 0.75), (0.5, 0.5), (1.0, 0.25), (2.0, 0.25), (5.0, 0.25)}
+
+
+def fake_job(root, index, alpha, metrics=None, log=""):
+    job = root / str(index)
+    (job / ".hydra").mkdir(parents=True)
+    overrides = ["sweep=fl_table1a", "experiment=ablation_cpu", f"loss.alpha={alpha}"]
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"loss": {"alpha": alpha, "gamma": 0.0}}))
+    (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": {"sweep": "fl_table1a"}}}}))
+    if metrics is not None:
+        (job / "metrics.json").write_text(json.dumps(metrics))
+    (job / "train.log").write_text(log)
+
+
+def metrics(ap):
+    return {"AP": ap, "AP50": ap + 20, "AP75": ap + 1, "APs": 1.0, "APm": 2.0, "APl": -1.0, "iteration": 1400,
+            "train_seconds": 660.5}
+
+
+def test_ablation_table_on_a_fabricated_multirun(tmp_path):
+    fake_job(tmp_path, 0, 0.25, metrics(5.0))
+    fake_job(tmp_path, 1, 0.5, metrics(20.0))
+    fake_job(tmp_path, 2, 0.75, metrics(25.0))
+    fake_job(tmp_path, 3, 0.9, log="[x][detector.engine.trainer][ERROR] - non-finite loss at iteration 7: {}")
+    fake_job(tmp_path, 4, 0.99)  # killed: no metrics, no error
+    fake_job(tmp_path, 10, 0.999, metrics(1.0))  # job folders sort by number, not as text
+    result = subprocess.run([sys.executable, "scripts/ablation_table.py", str(tmp_path)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    table = (tmp_path / "table.md").read_text()
+    assert table == result.stdout.rstrip("\n") + "\n"
+    lines = table.splitlines()
+    assert lines[0] == f"# fl_table1a: {tmp_path}"
+    assert lines[2].startswith("Paper: Lin et al.") and "Table 1a" in lines[2]
+    assert lines[4] == "| row | status | AP | AP50 | AP75 | APs | APm | APl | iterations | train_seconds | paper_AP |"
+    assert lines[6] == "| loss.alpha=0.25 | ok | 5.00 | 25.00 | 6.00 | 1.00 | 2.00 | -1.00 | 1400 | 660.50 | 10.80 |"
+    assert lines[9] == "| loss.alpha=0.9 | diverged | – | – | – | – | – | – | – | – | 30.80 |"
+    assert lines[10] == "| loss.alpha=0.99 | failed | – | – | – | – | – | – | – | – | 28.70 |"
+    assert lines[11].startswith("| loss.alpha=0.999 | ok | 1.00 |") and lines[11].endswith("| 25.10 |")
+    # ours 5, 20, 25, 1 against the paper's 10.8, 30.2, 31.1, 25.1: ranks 2 3 4 1 vs 1 3 4 2, Σd² = 2,
+    # ρ = 1 − 6·2 / (4·15) = 0.8
+    assert lines[-1] == "Spearman rank correlation of AP with the paper's AP over 4 finished rows: ρ = 0.800"
+    csv_lines = (tmp_path / "table.csv").read_text().splitlines()
+    assert csv_lines[0] == "row,status,AP,AP50,AP75,APs,APm,APl,iterations,train_seconds,paper_AP"
+    assert len(csv_lines) == 7 and "diverged" in csv_lines[4]
+
+
+def test_two_job_smoke_multirun_completes_and_tabulates(tmp_path, cache_dir):
+    sweep_dir = tmp_path / "sweep"
+    result = run_script("train.py", "-m", "debug=smoke", "loss=focal,ce", f"data.cache_dir={cache_dir}",
+                        f"hydra.sweep.dir={sweep_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = subprocess.run([sys.executable, "scripts/ablation_table.py", str(sweep_dir)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| loss=")]
+    assert [r.split(" | ")[:2] for r in rows] == [["| loss=focal", "ok"], ["| loss=ce", "ok"]]
