@@ -40,7 +40,24 @@ def harmonizing_weights(g: Tensor, edges: Tensor, acc_sum: Tensor, momentum: flo
     return weight_of_bin[index] / non_empty.sum().clamp(min=1)
 
 
-class GHMCLoss(nn.Module):
+class _GradientHarmonizing(nn.Module):
+    """Shared state of GHM-C and GHM-R: `bins` equal bins on [0, 1] whose last edge is `last_edge`,
+    and the EMA of per-bin counts (`acc_sum`, a buffer so that checkpoints keep it)."""
+
+    def __init__(self, bins: int, momentum: float, last_edge: float):
+        super().__init__()
+        _check(bins, momentum)
+        self.bins, self.momentum = bins, momentum
+        edges = torch.arange(bins + 1, dtype=torch.float32) / bins
+        edges[-1] = last_edge
+        self.register_buffer("edges", edges, persistent=False)
+        self.register_buffer("acc_sum", torch.zeros(bins))
+
+    def weights(self, g: Tensor) -> Tensor:
+        return harmonizing_weights(g, self.edges.to(g.dtype), self.acc_sum, self.momentum)
+
+
+class GHMCLoss(_GradientHarmonizing):
     """GHM-C: g = |σ(x) − y| (no gradient), `bins` equal bins on [0, 1] (last edge 1 + 1e-6),
     β_i = N / (EMA count of the bin) / (number of non-empty bins), loss = Σ β·BCE / N over the N
     valid elements (all M·K entries the criterion passes).
@@ -50,22 +67,15 @@ class GHMCLoss(nn.Module):
     """
 
     def __init__(self, bins: int = 30, momentum: float = 0.75):
-        super().__init__()
-        _check(bins, momentum)
-        self.bins, self.momentum = bins, momentum
-        edges = torch.arange(bins + 1, dtype=torch.float32) / bins
-        edges[-1] += 1e-6
-        self.register_buffer("edges", edges, persistent=False)
-        self.register_buffer("acc_sum", torch.zeros(bins))
+        super().__init__(bins, momentum, last_edge=1.0 + 1e-6)
 
     def forward(self, logits: Tensor, targets: Tensor, normalizer: Tensor | float | None = None) -> Tensor:
-        g = (torch.sigmoid(logits.detach()) - targets).abs()
-        weights = harmonizing_weights(g, self.edges.to(g.dtype), self.acc_sum, self.momentum)
+        weights = self.weights((torch.sigmoid(logits.detach()) - targets).abs())
         loss = F.binary_cross_entropy_with_logits(logits, targets, weights.to(logits.dtype), reduction="sum")
         return loss / max(logits.numel(), 1)
 
 
-class GHMRLoss(nn.Module):
+class GHMRLoss(_GradientHarmonizing):
     """GHM-R on deltas: ASL1(d) = √(d² + μ²) − μ, g = |d| / √(d² + μ²) (no gradient), `bins`
     bins on [0, 1] (last edge 1e3), the same harmonizing weights as GHM-C, loss = Σ β·ASL1 / N
     over the N = 4·P coordinates. Self-normalising like GHM-C.
@@ -77,19 +87,13 @@ class GHMRLoss(nn.Module):
     input_space = "deltas"
 
     def __init__(self, mu: float = 0.02, bins: int = 10, momentum: float = 0.7):
-        super().__init__()
         if mu <= 0:
             raise ValueError(f"mu must be > 0, got {mu}")
-        _check(bins, momentum)
-        self.mu, self.bins, self.momentum = mu, bins, momentum
-        edges = torch.arange(bins + 1, dtype=torch.float32) / bins
-        edges[-1] = 1e3
-        self.register_buffer("edges", edges, persistent=False)
-        self.register_buffer("acc_sum", torch.zeros(bins))
+        super().__init__(bins, momentum, last_edge=1e3)
+        self.mu = mu
 
     def forward(self, pred: Tensor, target: Tensor, normalizer: Tensor | float | None = None) -> Tensor:
         diff = pred - target
         root = torch.sqrt(diff * diff + self.mu * self.mu)
-        g = (diff / root).detach().abs()
-        weights = harmonizing_weights(g, self.edges.to(g.dtype), self.acc_sum, self.momentum)
+        weights = self.weights((diff / root).detach().abs())
         return ((root - self.mu) * weights.to(diff.dtype)).sum() / max(diff.numel(), 1)

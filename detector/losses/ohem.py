@@ -47,12 +47,13 @@ class OHEMLoss(nn.Module):
             candidates = batched_nms(anchors.float(), scores.float(), image_index, self.nms_thresh)
         k = self.batch_size_per_image
         num_images = int(image_index.max()) + 1 if len(image_index) else 0
+        image, is_positive = image_index[candidates], positive[candidates]
         if self.neg_pos_ratio is None:
-            group = image_index[candidates]
+            group = image
             quota = torch.full((num_images,), k, device=scores.device)
         else:
-            group = image_index[candidates] * 2 + positive[candidates].long()  # (image, is positive)
-            pos_available = torch.bincount(image_index[candidates][positive[candidates]], minlength=num_images)
+            group = image * 2 + is_positive.long()  # (image, is positive)
+            pos_available = torch.bincount(image[is_positive], minlength=num_images)
             pos_quota = pos_available.clamp(max=int(k / (1 + self.neg_pos_ratio)))
             quota = torch.stack([k - pos_quota, pos_quota], dim=1).flatten()  # (2·images,)
         hardest_first = torch.sort(scores[candidates], descending=True, stable=True).indices
