@@ -79,7 +79,7 @@ def train(cfg: DictConfig) -> float:
     run_config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     trainer_cfg = cfg.trainer
     check_settings(trainer_cfg.max_iters, trainer_cfg.eval_period, trainer_cfg.log_period,
-                   trainer_cfg.checkpoint_period, trainer_cfg.clip_grad_norm)
+                   trainer_cfg.checkpoint_period, trainer_cfg.clip_grad_norm, trainer_cfg.diagnostics_period)
     for key in ("batch_size", "eval_batch_size"):
         if cfg.data[key] < 1:
             raise ValueError(f"data.{key} must be >= 1, got {cfg.data[key]}")
@@ -108,7 +108,8 @@ def train(cfg: DictConfig) -> float:
         output_dir=out, max_iters=trainer_cfg.max_iters, batch_size=cfg.data.batch_size, device=device,
         amp=trainer_cfg.amp, eval_period=trainer_cfg.eval_period, log_period=trainer_cfg.log_period,
         checkpoint_period=trainer_cfg.checkpoint_period, clip_grad_norm=trainer_cfg.clip_grad_norm,
-        channels_last=trainer_cfg.channels_last, run_config=run_config)
+        channels_last=trainer_cfg.channels_last, diagnostics_period=trainer_cfg.diagnostics_period,
+        run_config=run_config)
     resume_from = _resume_path(trainer_cfg.resume, out)
     if resume_from is not None:
         trainer.resume(resume_from)

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import yaml
+from PIL import Image
 from omegaconf import OmegaConf
 
 from tests.conftest import CONFIGS, ROOT, run_script
@@ -104,3 +105,16 @@ def test_two_job_smoke_multirun_completes_and_tabulates(tmp_path, cache_dir):
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith("| loss=")]
     assert [r.split(" | ")[:2] for r in rows] == [["| loss=focal", "ok"], ["| loss=ce", "ok"]]
+
+    # the same runs drawn by the gradient diagnostics: logged at the last iteration, one line per run
+    picture = tmp_path / "gradients.png"
+    result = subprocess.run([sys.executable, "scripts/plot_gradients.py", str(sweep_dir / "0"), str(sweep_dir / "1"),
+                             "--out", str(picture)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    shares = {line.split(" | ")[0]: [float(c.rstrip(" %|")) for c in line.split(" | ")[1:]]
+              for line in result.stdout.splitlines() if line.startswith("| loss=")}
+    assert set(shares) == {"| loss=focal", "| loss=ce"}
+    assert all(0.0 <= value <= 100.0 for row in shares.values() for value in row)
+    # CE spends most of its gradient on easy negatives; FL (gamma 2, alpha 0.25) much less
+    assert shares["| loss=ce"][2] > 50.0 > shares["| loss=focal"][2]
+    assert Image.open(picture).size[0] > 500

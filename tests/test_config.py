@@ -88,6 +88,7 @@ def test_invalid_gamma_fails_before_any_data_work(tmp_path):
 @pytest.mark.parametrize("override,message", [
     ("trainer.amp=fp32", "trainer.amp must be one of ['off', 'bf16', 'fp16']"),
     ("trainer.max_iters=0", "trainer.max_iters must be >= 1, got 0"),
+    ("trainer.diagnostics_period=-1", "trainer.diagnostics_period must be >= 0 (0 turns it off), got -1"),
     ("data.batch_size=0", "data.batch_size must be >= 1, got 0"),
     ("model.prior_prob=1.5", "prior_prob must be in (0, 1), got 1.5"),
 ])

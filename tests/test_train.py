@@ -59,3 +59,25 @@ def test_training_lowers_the_loss(compose_cfg, cache_dir, tmp_path):
     losses = [trainer.step()["loss"] for _ in range(40)]
     first, last = sum(losses[:8]) / 8, sum(losses[-8:]) / 8
     assert last < 0.8 * first, losses
+
+
+def test_gradient_diagnostics_do_not_change_the_step(compose_cfg, cache_dir, tmp_path):
+    cfg = compose_cfg(["debug=smoke", f"data.cache_dir={cache_dir}"])
+    train_set, _ = build_datasets(cfg.data)
+    batch = next(infinite_train_batches(train_set, 2, 0, seed=0))
+    results = []
+    for diagnose in (False, True):
+        torch.manual_seed(0)
+        model, criterion, _ = build(cfg, train_set.num_classes)
+        optimizer = instantiate(cfg.optim)(model.parameters())
+        trainer = Trainer(model, criterion, optimizer, lambda_scheduler(optimizer, lambda it: 1.0), iter([batch]),
+                          validator=None, output_dir=tmp_path, max_iters=1, batch_size=2, device=torch.device("cpu"))
+        model.train()
+        losses = trainer.step(diagnose)
+        results.append((losses, model.state_dict()))
+    (plain, plain_state), (diagnosed, diagnosed_state) = results
+    stats = diagnosed.pop("gradients")
+    assert plain == diagnosed
+    for name, value in plain_state.items():
+        torch.testing.assert_close(diagnosed_state[name], value, rtol=0, atol=0, msg=name)
+    assert 0.0 < stats.scalars["easy_negative_loss_share"] < 1.0 and stats.g_negative.total > stats.g_positive.total > 0

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from detector.engine.checkpoint import load_checkpoint, save_checkpoint
+from detector.engine.diagnostics import GradientStatistics, gradient_statistics
 from detector.engine.evaluator import STAT_NAMES, format_metrics
 
 log = logging.getLogger(__name__)
@@ -45,12 +46,12 @@ def autocast_dtype(amp: str | bool, device: torch.device) -> torch.dtype | None:
 
 
 def check_settings(max_iters: int, eval_period: int, log_period: int, checkpoint_period: int,
-                   clip_grad_norm: float | None) -> None:
+                   clip_grad_norm: float | None, diagnostics_period: int = 0) -> None:
     """Raise ValueError naming the trainer key whose value is out of range."""
     if max_iters < 1:
         raise ValueError(f"trainer.max_iters must be >= 1, got {max_iters}")
     for name, value in (("eval_period", eval_period), ("log_period", log_period),
-                        ("checkpoint_period", checkpoint_period)):
+                        ("checkpoint_period", checkpoint_period), ("diagnostics_period", diagnostics_period)):
         if value < 0:
             raise ValueError(f"trainer.{name} must be >= 0 (0 turns it off), got {value}")
     if clip_grad_norm is not None and clip_grad_norm <= 0:
@@ -62,16 +63,18 @@ class Trainer:
 
     Every `log_period` iterations it logs losses, learning rate and ETA (log file, TensorBoard);
     every `eval_period` it runs `validator(model)` and keeps `checkpoints/best.pt` by AP; every
-    `checkpoint_period` and at the end it writes `checkpoints/last.pt`. It stops with a clear
-    error on a non-finite loss. `train()` returns the final metrics, also written to metrics.json.
+    `checkpoint_period` and at the end it writes `checkpoints/last.pt`; every `diagnostics_period`
+    it logs where the classification gradient goes (`detector.engine.diagnostics`) to
+    TensorBoard. It stops with a clear error on a non-finite loss. `train()` returns the final metrics, also written to metrics.json.
     """
 
     def __init__(self, model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler, batches: Iterator, validator: Callable | None, output_dir: str | Path,
                  max_iters: int, batch_size: int, device: torch.device, amp: str = "off",
                  eval_period: int = 0, log_period: int = 20, checkpoint_period: int = 0,
-                 clip_grad_norm: float | None = None, channels_last: bool = False, run_config: dict | None = None):
-        check_settings(max_iters, eval_period, log_period, checkpoint_period, clip_grad_norm)
+                 clip_grad_norm: float | None = None, channels_last: bool = False, diagnostics_period: int = 0,
+                 run_config: dict | None = None):
+        check_settings(max_iters, eval_period, log_period, checkpoint_period, clip_grad_norm, diagnostics_period)
         self.model, self.criterion = model, criterion
         self.optimizer, self.scheduler = optimizer, scheduler
         self.batches, self.validator = batches, validator
@@ -81,6 +84,7 @@ class Trainer:
         self.amp_dtype = autocast_dtype(amp, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.eval_period, self.log_period, self.checkpoint_period = eval_period, log_period, checkpoint_period
+        self.diagnostics_period = diagnostics_period
         self.clip_grad_norm = clip_grad_norm
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.run_config = run_config or {}
@@ -126,11 +130,14 @@ class Trainer:
         metrics = None
         while self.iteration < self.max_iters:
             start = time.perf_counter()
-            losses = self.step()
+            diagnose = self._due(self.diagnostics_period, self.iteration + 1)
+            losses = self.step(diagnose)
             self.train_seconds += time.perf_counter() - start
             self.iteration += 1
             bar.update(1)
             bar.set_postfix(loss=f"{losses['loss']:.4f}")
+            if diagnose:
+                self._log_gradients(writer, losses.pop("gradients"))
             if self._due(self.log_period):
                 self._log(writer, losses)
             metrics = self.evaluate(writer) if self._due(self.eval_period) else None
@@ -140,13 +147,18 @@ class Trainer:
             metrics = self.evaluate(writer)
         return metrics
 
-    def step(self) -> dict[str, float]:
+    def step(self, diagnose: bool = False) -> dict:
+        """One optimizer step; returns the losses as floats (and, if `diagnose`, "gradients")."""
         images, targets = next(self.batches)
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             outputs = self.model(images)
         with torch.autocast(self.device.type, enabled=False):
-            loss_dict = self.criterion(outputs, targets)
+            loss_dict = self.criterion(outputs, targets, keep_cls_inputs=diagnose)
+        gradients = None
+        if diagnose:
+            gradients = gradient_statistics(loss_dict["loss_cls"], loss_dict.pop("cls_logits"),
+                                            loss_dict.pop("cls_targets"), self.criterion.cls_loss)
         loss = sum(v for k, v in loss_dict.items() if k.startswith("loss_"))
         if not torch.isfinite(loss):
             values = {k: float(v) for k, v in loss_dict.items()}
@@ -163,7 +175,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        return {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in loss_dict.items()}}
+        losses = {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in loss_dict.items()}}
+        return losses if gradients is None else {**losses, "gradients": gradients}
 
     def evaluate(self, writer: SummaryWriter | None = None) -> dict:
         stats, table, _ = self.validator(self.model)
@@ -177,8 +190,9 @@ class Trainer:
         return stats
 
     # ---------------------------------------------------------------- helpers
-    def _due(self, period: int) -> bool:
-        return period > 0 and (self.iteration % period == 0 or self.iteration == self.max_iters)
+    def _due(self, period: int, iteration: int | None = None) -> bool:
+        iteration = self.iteration if iteration is None else iteration
+        return period > 0 and (iteration % period == 0 or iteration == self.max_iters)
 
     def _log(self, writer: SummaryWriter, losses: dict[str, float]) -> None:
         lr = self.optimizer.param_groups[0]["lr"]
@@ -190,6 +204,15 @@ class Trainer:
         for key, value in losses.items():
             writer.add_scalar(f"train/{key}", value, self.iteration)
         writer.add_scalar("train/lr", lr, self.iteration)
+
+    def _log_gradients(self, writer: SummaryWriter, gradients: GradientStatistics) -> None:
+        for name, histogram in (("g_positive", gradients.g_positive), ("g_negative", gradients.g_negative),
+                                ("gradient_by_g", gradients.gradient_by_g)):
+            writer.add_histogram_raw(f"gradients/{name}", histogram.min, histogram.max, histogram.total,
+                                     histogram.sum, histogram.sum_squares, histogram.bucket_limits(),
+                                     histogram.counts.tolist(), self.iteration)
+        for name, value in gradients.scalars.items():
+            writer.add_scalar(f"gradients/{name}", value, self.iteration)
 
     def _write_metrics(self, stats: dict) -> dict:
         metrics = {name: stats[name] for name in STAT_NAMES[:6] if name in stats}

@@ -2,7 +2,8 @@
 
 Interface: forward(logits [M, K], targets [M, K] one-hot floats, normalizer) → scalar,
 where M are the non-ignored anchors; the sum over all M·K terms is divided by `normalizer`
-(the number of positive anchors).
+(the number of positive anchors). Losses that are such a sum also expose the terms,
+`elementwise(logits, targets)` → [M, K], which the gradient diagnostics read.
 """
 
 from __future__ import annotations
@@ -52,8 +53,11 @@ class FocalLoss(nn.Module):
         self.alpha = alpha
         self.gamma = gamma
 
+    def elementwise(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return sigmoid_focal_loss(logits, targets, self.alpha, self.gamma)
+
     def forward(self, logits: Tensor, targets: Tensor, normalizer: Tensor | float) -> Tensor:
-        return sigmoid_focal_loss(logits, targets, self.alpha, self.gamma).sum() / normalizer
+        return self.elementwise(logits, targets).sum() / normalizer
 
 
 class SigmoidCrossEntropyLoss(nn.Module):
@@ -69,8 +73,11 @@ class SigmoidCrossEntropyLoss(nn.Module):
         check_alpha(alpha)
         self.alpha = alpha
 
+    def elementwise(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return sigmoid_focal_loss(logits, targets, self.alpha, 0.0)
+
     def forward(self, logits: Tensor, targets: Tensor, normalizer: Tensor | float) -> Tensor:
-        return sigmoid_focal_loss(logits, targets, self.alpha, 0.0).sum() / normalizer
+        return self.elementwise(logits, targets).sum() / normalizer
 
 
 class FocalStarLoss(nn.Module):
@@ -88,7 +95,9 @@ class FocalStarLoss(nn.Module):
         check_alpha(alpha)
         self.gamma, self.beta, self.alpha = gamma, beta, alpha
 
-    def forward(self, logits: Tensor, targets: Tensor, normalizer: Tensor | float) -> Tensor:
+    def elementwise(self, logits: Tensor, targets: Tensor) -> Tensor:
         signed = logits * (2.0 * targets - 1.0)  # x_t
-        loss = -F.logsigmoid(self.gamma * signed + self.beta) / self.gamma
-        return (loss * alpha_weight(targets, self.alpha)).sum() / normalizer
+        return -F.logsigmoid(self.gamma * signed + self.beta) / self.gamma * alpha_weight(targets, self.alpha)
+
+    def forward(self, logits: Tensor, targets: Tensor, normalizer: Tensor | float) -> Tensor:
+        return self.elementwise(logits, targets).sum() / normalizer

@@ -26,6 +26,9 @@ class RetinaNetCriterion(nn.Module):
     count is noisy. The EMA is a buffer, so it is saved in checkpoints.
 
     `reduce_num_pos`, if given, sums the positive count over processes (DDP).
+
+    With `keep_cls_inputs=True` the result also holds the classification loss's inputs,
+    "cls_logits" (still in the graph) and "cls_targets", for the gradient diagnostics.
     """
 
     def __init__(self, cls_loss: nn.Module, box_loss: nn.Module, matcher: IoUMatcher, box_coder: BoxCoder,
@@ -51,7 +54,7 @@ class RetinaNetCriterion(nn.Module):
         self.register_buffer("normalizer_ema", torch.tensor(float(normalizer_init)))
         self.reduce_num_pos = None
 
-    def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
+    def forward(self, outputs: dict, targets: list[dict], keep_cls_inputs: bool = False) -> dict[str, Tensor]:
         cls_logits = outputs["cls_logits"].float()  # (B, A, K); losses always in float32
         box_deltas = outputs["box_deltas"].float()  # (B, A, 4)
         anchors = outputs["anchors"]  # (A, 4)
@@ -69,7 +72,8 @@ class RetinaNetCriterion(nn.Module):
         if getattr(self.cls_loss, "needs_anchors", False):  # e.g. OHEM: per-image selection, NMS on loss
             image_index = torch.arange(len(targets), device=kept.device).unsqueeze(1).expand_as(kept)
             context = {"image_index": image_index[kept], "anchors": anchors.expand(len(targets), -1, -1)[kept]}
-        loss_cls = self.cls_loss(cls_logits[kept], cls_targets[kept], normalizer, **context)
+        kept_logits, kept_targets = cls_logits[kept], cls_targets[kept]
+        loss_cls = self.cls_loss(kept_logits, kept_targets, normalizer, **context)
 
         matched_boxes = gt_boxes.gather(1, index.unsqueeze(-1).expand(-1, -1, 4))[positive]  # (P, 4)
         pos_anchors = anchors.unsqueeze(0).expand_as(box_deltas)[positive]  # (P, 4)
@@ -78,7 +82,10 @@ class RetinaNetCriterion(nn.Module):
             loss_box = self.box_loss(pos_deltas, self.box_coder.encode(pos_anchors, matched_boxes), normalizer)
         else:
             loss_box = self.box_loss(self.box_coder.decode(pos_anchors, pos_deltas), matched_boxes, normalizer)
-        return {"loss_cls": self.cls_weight * loss_cls, "loss_box": self.box_weight * loss_box, "num_pos": num_pos}
+        result = {"loss_cls": self.cls_weight * loss_cls, "loss_box": self.box_weight * loss_box, "num_pos": num_pos}
+        if keep_cls_inputs:
+            result.update(cls_logits=kept_logits, cls_targets=kept_targets)
+        return result
 
     def _normalizer(self, num_pos: Tensor) -> Tensor:
         total = self.reduce_num_pos(num_pos) if self.reduce_num_pos is not None else num_pos

@@ -21,17 +21,19 @@ def _check(bins: int, momentum: float) -> None:
         raise ValueError(f"momentum must be in [0, 1), got {momentum}")
 
 
-def harmonizing_weights(g: Tensor, edges: Tensor, acc_sum: Tensor, momentum: float) -> Tensor:
+def harmonizing_weights(g: Tensor, edges: Tensor, acc_sum: Tensor, momentum: float, update: bool = True) -> Tensor:
     """Weight of each element: tot / (smoothed count of its bin) / (number of non-empty bins).
 
-    Updates `acc_sum` in place (EMA over iterations, non-empty bins only) when momentum > 0.
+    When momentum > 0, the smoothed count is `acc_sum`, advanced in place (EMA over iterations,
+    non-empty bins only) unless `update` is false, which reads the weights of the last update.
     """
     bins = len(edges) - 1
     index = (torch.bucketize(g, edges, right=True) - 1).clamp(0, bins - 1)  # edges[i] ≤ g < edges[i+1]
     counts = torch.bincount(index.flatten(), minlength=bins).to(acc_sum.dtype)
     non_empty = counts > 0
     if momentum > 0:
-        acc_sum.copy_(torch.where(non_empty, momentum * acc_sum + (1 - momentum) * counts, acc_sum))
+        if update:
+            acc_sum.copy_(torch.where(non_empty, momentum * acc_sum + (1 - momentum) * counts, acc_sum))
         per_bin = acc_sum
     else:
         per_bin = counts
@@ -53,8 +55,8 @@ class _GradientHarmonizing(nn.Module):
         self.register_buffer("edges", edges, persistent=False)
         self.register_buffer("acc_sum", torch.zeros(bins))
 
-    def weights(self, g: Tensor) -> Tensor:
-        return harmonizing_weights(g, self.edges.to(g.dtype), self.acc_sum, self.momentum)
+    def weights(self, g: Tensor, update: bool = True) -> Tensor:
+        return harmonizing_weights(g, self.edges.to(g.dtype), self.acc_sum, self.momentum, update)
 
 
 class GHMCLoss(_GradientHarmonizing):
@@ -69,10 +71,13 @@ class GHMCLoss(_GradientHarmonizing):
     def __init__(self, bins: int = 30, momentum: float = 0.75):
         super().__init__(bins, momentum, last_edge=1.0 + 1e-6)
 
+    def elementwise(self, logits: Tensor, targets: Tensor, update: bool = False) -> Tensor:
+        """β·BCE per element; the count EMA advances only with `update` (the forward pass does)."""
+        weights = self.weights((torch.sigmoid(logits.detach()) - targets).abs(), update)
+        return F.binary_cross_entropy_with_logits(logits, targets, weights.to(logits.dtype), reduction="none")
+
     def forward(self, logits: Tensor, targets: Tensor, normalizer: Tensor | float | None = None) -> Tensor:
-        weights = self.weights((torch.sigmoid(logits.detach()) - targets).abs())
-        loss = F.binary_cross_entropy_with_logits(logits, targets, weights.to(logits.dtype), reduction="sum")
-        return loss / max(logits.numel(), 1)
+        return self.elementwise(logits, targets, update=True).sum() / max(logits.numel(), 1)
 
 
 class GHMRLoss(_GradientHarmonizing):

@@ -1,0 +1,81 @@
+"""Where the classification gradient goes: the GHM paper's gradient-density view (§3, Fig. 1)
+and the FL paper's easy-negative argument (§3, §5).
+
+Each element (anchor, class) of the classification loss is a binary example with logit x,
+p = σ(x) and target y. Its gradient norm under cross-entropy is g = |p − y| (GHM eq. 3).
+Every loss here is a function of the same logits, so the picture compares them directly:
+the density of g for positive (y = 1) and negative elements, how the loss's own gradient
+|∂L/∂x| is spread over g, and the share of loss and gradient spent on easy negatives
+(y = 0 and p < 0.1) — most of CE's, little of FL's or GHM-C's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+EASY_NEGATIVE_P = 0.1
+
+
+@dataclass
+class Histogram:
+    """Weighted counts over `bins` equal bins of g on [0, 1], with the moments TensorBoard stores."""
+
+    counts: Tensor  # (bins,)
+    total: float
+    min: float
+    max: float
+    sum: float
+    sum_squares: float
+
+    @classmethod
+    def of(cls, g: Tensor, bins: int, weights: Tensor | None = None) -> Histogram:
+        weights = torch.ones_like(g) if weights is None else weights
+        index = (g * bins).long().clamp(0, bins - 1)  # bin i holds i/bins ≤ g < (i+1)/bins, g = 1 in the last
+        counts = torch.bincount(index, weights=weights, minlength=bins)
+        empty = g.numel() == 0
+        return cls(counts.cpu(), float(weights.sum()), 0.0 if empty else float(g.min()),
+                   0.0 if empty else float(g.max()), float((weights * g).sum()), float((weights * g * g).sum()))
+
+    def bucket_limits(self) -> list[float]:
+        bins = len(self.counts)
+        return [(i + 1) / bins for i in range(bins)]
+
+
+@dataclass
+class GradientStatistics:
+    g_positive: Histogram  # element counts of positives by g
+    g_negative: Histogram  # element counts of negatives by g
+    gradient_by_g: Histogram  # Σ |∂L/∂x| of all elements by g
+    scalars: dict[str, float]  # easy_negative_fraction, _gradient_share and (sum losses only) _loss_share
+
+
+def gradient_statistics(loss_cls: Tensor, logits: Tensor, targets: Tensor, cls_loss: nn.Module,
+                        bins: int = 50) -> GradientStatistics:
+    """Statistics of one batch; `logits` ([M, K], in the graph of `loss_cls`) and `targets` are what
+    the criterion passed to `cls_loss`. The graph is kept for the training step's backward.
+
+    The loss share needs the loss's per-element terms (`cls_loss.elementwise`); losses that are
+    not a sum over elements (OHEM, Dice) report the gradient share only.
+    """
+    (gradient,) = torch.autograd.grad(loss_cls, logits, retain_graph=True)
+    with torch.no_grad():
+        p = torch.sigmoid(logits.detach())
+        g = (p - targets).abs().flatten()
+        negative = (targets == 0).flatten()
+        easy = negative & (p.flatten() < EASY_NEGATIVE_P)
+        magnitude = gradient.abs().flatten()
+        scalars = {"easy_negative_fraction": int(easy.sum()) / max(easy.numel(), 1),
+                   "easy_negative_gradient_share": _share(magnitude, easy)}
+        elementwise = getattr(cls_loss, "elementwise", None)
+        if elementwise is not None:
+            scalars["easy_negative_loss_share"] = _share(elementwise(logits.detach(), targets).flatten(), easy)
+        return GradientStatistics(Histogram.of(g[~negative], bins), Histogram.of(g[negative], bins),
+                                  Histogram.of(g, bins, weights=magnitude), scalars)
+
+
+def _share(values: Tensor, subset: Tensor) -> float:
+    total = values.sum()
+    return float(values[subset].sum() / total) if total > 0 else 0.0

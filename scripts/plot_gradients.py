@@ -1,0 +1,114 @@
+"""Draw the gradient diagnostics of one or more training runs into one PNG (GHM paper, Fig. 1 view).
+
+    python scripts/plot_gradients.py RUN_DIR [RUN_DIR ...] [--out gradients.png] [--average 3]
+
+Reads the `gradients/*` histograms and scalars that training writes to each run's `tb/`
+(`trainer.diagnostics_period`) and draws, one line per run: the density of g = |p − y| over
+negative and over positive elements, the share of the loss's gradient |∂L/∂x| falling at each g,
+and the easy-negative share of the gradient during training. Histograms are averaged over the
+last `--average` logged iterations. Prints the final easy-negative shares as a markdown table.
+Runs are labelled by the overrides in which they differ (e.g. `+row/fl_table3=ce`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E402
+    HISTOGRAMS, SCALARS, EventAccumulator)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ablation_table import row_labels  # noqa: E402
+
+HISTOGRAM_TAGS = ("gradients/g_negative", "gradients/g_positive", "gradients/gradient_by_g")
+SHARE_TAGS = ("gradients/easy_negative_fraction", "gradients/easy_negative_loss_share",
+              "gradients/easy_negative_gradient_share")
+
+
+def read_run(run_dir: Path, average: int) -> dict:
+    """{"densities": {tag: (bin centres, normalised counts)}, "scalars": {tag: (steps, values)}}."""
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={HISTOGRAMS: 0, SCALARS: 0})
+    events.Reload()
+    tags = events.Tags()
+    if HISTOGRAM_TAGS[0] not in tags["histograms"]:
+        raise SystemExit(f"{run_dir / 'tb'} has no gradient diagnostics; train with trainer.diagnostics_period > 0")
+    densities = {}
+    for tag in HISTOGRAM_TAGS:
+        recent = events.Histograms(tag)[-average:]
+        limits = np.asarray(recent[-1].histogram_value.bucket_limit)
+        counts = [np.asarray(h.histogram_value.bucket, dtype=float) for h in recent]
+        mean = np.mean([c / max(c.sum(), 1e-300) for c in counts], axis=0)
+        centres = limits - limits[0] / 2  # equal bins: the first limit is the width
+        densities[tag] = (centres, mean)
+    scalars = {tag: ([e.step for e in events.Scalars(tag)], [e.value for e in events.Scalars(tag)])
+               for tag in SHARE_TAGS if tag in tags["scalars"]}
+    return {"densities": densities, "scalars": scalars}
+
+
+def labels_for(run_dirs: list[Path]) -> list[str]:
+    jobs = []
+    for run_dir in run_dirs:
+        overrides_file = run_dir / ".hydra" / "overrides.yaml"
+        overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else [run_dir.name]
+        jobs.append({"overrides": overrides})
+    return row_labels(jobs)
+
+
+def plot(runs: list[tuple[str, dict]], out: Path) -> None:
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    panels = [(axes[0, 0], "gradients/g_negative", "negative elements: density of g"),
+              (axes[0, 1], "gradients/g_positive", "positive elements: density of g"),
+              (axes[1, 0], "gradients/gradient_by_g", "share of the loss's gradient |∂L/∂x| at g")]
+    for ax, tag, title in panels:
+        for label, run in runs:
+            centres, density = run["densities"][tag]
+            ax.plot(centres, np.where(density > 0, density, np.nan), marker=".", label=label)
+        ax.set(yscale="log", xlabel="gradient norm g = |p − y|", xlim=(0, 1), title=title)
+    ax = axes[1, 1]
+    for label, run in runs:
+        steps, values = run["scalars"].get("gradients/easy_negative_gradient_share", ([], []))
+        ax.plot(steps, values, label=label)
+    ax.set(xlabel="iteration", ylim=(0, 1), title="easy negatives' (p < 0.1) share of the gradient")
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def share_table(runs: list[tuple[str, dict]]) -> str:
+    header = "| run | easy negatives (of elements) | their share of the loss | their share of the gradient |"
+    lines = [header, "|---|---|---|---|"]
+    for label, run in runs:
+        cells = []
+        for tag in SHARE_TAGS:
+            values = run["scalars"].get(tag, ([], []))[1]
+            cells.append(f"{100 * values[-1]:.1f} %" if values else "–")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders (each with a tb/ subfolder)")
+    parser.add_argument("--out", type=Path, default=Path("gradients.png"))
+    parser.add_argument("--average", type=int, default=3, help="average the last N logged histograms")
+    args = parser.parse_args()
+    if args.average < 1:
+        parser.error("--average must be >= 1")
+    runs = [(label, read_run(run_dir, args.average)) for label, run_dir in zip(labels_for(args.runs), args.runs)]
+    plot(runs, args.out)
+    print(share_table(runs))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
