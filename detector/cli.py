@@ -16,10 +16,12 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import Subset
 
 from detector.data.coco import CocoDetection, CocoSplits, check_split
 from detector.data.loader import eval_loader, infinite_train_batches
 from detector.data.transforms import eval_transforms, train_transforms
+from detector.engine import distributed
 from detector.engine.checkpoint import load_checkpoint
 from detector.engine.evaluator import CocoValidator, format_metrics
 from detector.engine.schedule import lambda_scheduler
@@ -69,13 +71,18 @@ def output_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-def validator_for(dataset: CocoDetection, data: DictConfig, postprocessor, device, amp_dtype) -> CocoValidator:
-    loader = eval_loader(dataset, data.eval_batch_size, data.num_workers, pin_memory=device.type == "cuda")
+def validator_for(dataset: CocoDetection, data: DictConfig, postprocessor, device, amp_dtype,
+                  processes: distributed.Distributed | None = None) -> CocoValidator:
+    """Scores `dataset`; under DDP each process predicts every world_size-th image."""
+    processes = processes or distributed.Distributed()
+    share = Subset(dataset, range(processes.rank, len(dataset), processes.world_size)) if processes.enabled else dataset
+    loader = eval_loader(share, data.eval_batch_size, data.num_workers, pin_memory=device.type == "cuda")
     return CocoValidator(loader, dataset.coco, dataset.category_ids, postprocessor, device, amp_dtype)
 
 
 def train(cfg: DictConfig) -> float:
-    """Train as configured; returns the final AP (what a Hydra sweeper optimises)."""
+    """Train as configured; returns the final AP (what a Hydra sweeper optimises). Under torchrun
+    (or a multi-task submitit job) every process runs this; see `detector.engine.distributed`."""
     run_config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     trainer_cfg = cfg.trainer
     check_settings(trainer_cfg.max_iters, trainer_cfg.eval_period, trainer_cfg.log_period,
@@ -88,9 +95,29 @@ def train(cfg: DictConfig) -> float:
     criterion = build_criterion(cfg)
     postprocessor = instantiate(cfg.postprocess)
     schedule = instantiate(cfg.schedule, max_iters=trainer_cfg.max_iters)
+    processes = distributed.setup(device.type)
+    try:
+        return _train(cfg, device, amp_dtype, criterion, postprocessor, schedule, processes, run_config)
+    finally:
+        distributed.cleanup()
+
+
+def _train(cfg, device, amp_dtype, criterion, postprocessor, schedule, processes, run_config) -> float:
+    trainer_cfg = cfg.trainer
+    if processes.enabled:
+        if cfg.data.batch_size % processes.world_size:
+            raise ValueError(f"data.batch_size={cfg.data.batch_size} is the global batch; it must be a multiple of "
+                             f"the {processes.world_size} processes")
+        if device.type == "cuda":
+            device = torch.device("cuda", processes.local_rank)
+        criterion.reduce_num_pos = distributed.mean_over_processes
+        if not processes.is_main:
+            _quiet_logging()
+    out = distributed.broadcast_from_main(output_dir())  # one run directory, rank 0's
     seed_everything(cfg.seed)
 
-    train_set, val_set = build_datasets(cfg.data)
+    with distributed.main_first():  # rank 0 writes any dataset cache; the others then read it
+        train_set, val_set = build_datasets(cfg.data)
     log.info("data: %d train / %d val images, %d classes: %s", len(train_set), len(val_set),
              train_set.num_classes, ", ".join(train_set.class_names))
     model = instantiate(cfg.model, num_classes=train_set.num_classes)
@@ -99,23 +126,28 @@ def train(cfg: DictConfig) -> float:
     optimizer = instantiate(cfg.optim)([p for p in model.parameters() if p.requires_grad])
     run_config["classes"] = train_set.class_names
 
-    out = output_dir()
+    group_ids = train_set.aspect_ratio_groups() if cfg.data.group_by_aspect_ratio else None
+
+    def batches(start_iteration: int):
+        return infinite_train_batches(train_set, cfg.data.batch_size, cfg.data.num_workers, cfg.seed, start_iteration,
+                                      processes.rank, processes.world_size, group_ids, pin_memory=device.type == "cuda")
+
     trainer = Trainer(
-        model, criterion, optimizer, lambda_scheduler(optimizer, schedule),
-        batches=infinite_train_batches(train_set, cfg.data.batch_size, cfg.data.num_workers, cfg.seed,
-                                       pin_memory=device.type == "cuda"),
-        validator=validator_for(val_set, cfg.data, postprocessor, device, amp_dtype),
+        model, criterion, optimizer, lambda_scheduler(optimizer, schedule), batches=batches,
+        validator=validator_for(val_set, cfg.data, postprocessor, device, amp_dtype, processes),
         output_dir=out, max_iters=trainer_cfg.max_iters, batch_size=cfg.data.batch_size, device=device,
         amp=trainer_cfg.amp, eval_period=trainer_cfg.eval_period, log_period=trainer_cfg.log_period,
         checkpoint_period=trainer_cfg.checkpoint_period, clip_grad_norm=trainer_cfg.clip_grad_norm,
         channels_last=trainer_cfg.channels_last, diagnostics_period=trainer_cfg.diagnostics_period,
-        run_config=run_config)
+        distributed=processes, sync_bn=trainer_cfg.sync_bn, run_config=run_config)
     resume_from = _resume_path(trainer_cfg.resume, out)
     if resume_from is not None:
         trainer.resume(resume_from)
-    log.info("training for %d iterations on %s (amp=%s); outputs in %s", trainer_cfg.max_iters, device,
-             trainer_cfg.amp, out)
+    log.info("training for %d iterations on %s (amp=%s, %d process%s); outputs in %s", trainer_cfg.max_iters,
+             device, trainer_cfg.amp, processes.world_size, "es" if processes.enabled else "", out)
     metrics = trainer.train()
+    if not processes.is_main:
+        return float(metrics.get("AP", 0.0))
     print(f"\nCOCO box AP on the validation split after {metrics['iteration']} iterations "
           f"({metrics['train_seconds']:.0f} s of training):\n{format_metrics(metrics)}\nmetrics: {out / 'metrics.json'}")
     return float(metrics.get("AP", 0.0))
@@ -146,6 +178,17 @@ def evaluate(cfg: DictConfig) -> dict:
     log.info("evaluation of %s:\n%s", cfg.checkpoint, table.rstrip())
     print(f"\n{format_metrics(metrics)}\nmetrics: {out / 'metrics.json'}")
     return metrics
+
+
+def _quiet_logging() -> None:
+    """Ranks other than 0 log warnings to the console only: one train.log per run."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(logging.WARNING)
+    logging.getLogger("detector").setLevel(logging.WARNING)
 
 
 def _resume_path(resume: str | None, out: Path) -> Path | None:

@@ -53,7 +53,7 @@ def test_training_lowers_the_loss(compose_cfg, cache_dir, tmp_path):
     model, criterion, _ = build(cfg, train_set.num_classes)
     optimizer = instantiate(cfg.optim)(model.parameters())
     trainer = Trainer(model, criterion, optimizer, lambda_scheduler(optimizer, lambda it: 1.0),
-                      infinite_train_batches(train_set, 2, 0, seed=0), validator=None, output_dir=tmp_path,
+                      lambda start: infinite_train_batches(train_set, 2, 0, 0, start), validator=None, output_dir=tmp_path,
                       max_iters=40, batch_size=2, device=torch.device("cpu"))
     model.train()
     losses = [trainer.step()["loss"] for _ in range(40)]
@@ -70,7 +70,7 @@ def test_gradient_diagnostics_do_not_change_the_step(compose_cfg, cache_dir, tmp
         torch.manual_seed(0)
         model, criterion, _ = build(cfg, train_set.num_classes)
         optimizer = instantiate(cfg.optim)(model.parameters())
-        trainer = Trainer(model, criterion, optimizer, lambda_scheduler(optimizer, lambda it: 1.0), iter([batch]),
+        trainer = Trainer(model, criterion, optimizer, lambda_scheduler(optimizer, lambda it: 1.0), lambda start: iter([batch]),
                           validator=None, output_dir=tmp_path, max_iters=1, batch_size=2, device=torch.device("cpu"))
         model.train()
         losses = trainer.step(diagnose)

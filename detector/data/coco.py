@@ -82,15 +82,21 @@ class CocoDetection(Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def __getitem__(self, index: int):
+    def aspect_ratio_groups(self) -> list[int]:
+        """1 for landscape (width ≥ height), 0 for portrait, from the JSON sizes (no decoding)."""
+        return [int(self.coco.imgs[i].get("width", 1) >= self.coco.imgs[i].get("height", 1)) for i in self.image_ids]
+
+    def __getitem__(self, item: int | tuple[int, int]):
+        """`dataset[index]`, or `dataset[(index, seed)]` to seed the random augmentation (training)."""
+        index, seed = item if isinstance(item, tuple) else (item, None)
         image_id = self.image_ids[index]
         info = self.coco.imgs[image_id]
         with Image.open(self.image_dir / info["file_name"]) as file:
             image = np.asarray(file.convert("RGB"))
         height, width = image.shape[:2]
         boxes, labels, crowd = self._annotations(image_id, width, height)
-        seed = int(torch.randint(2**31 - 1, ()))  # torch's RNG: seeded per worker by the DataLoader
-        self.transforms.set_random_seed(seed)
+        if seed is not None:
+            self.transforms.set_random_seed(seed)
         out = self.transforms(image=image, bboxes=boxes, labels=labels, iscrowd=crowd)
         target = {
             "boxes": torch.as_tensor(np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)),

@@ -1,12 +1,13 @@
-"""Batching: pad images to a common size divisible by the largest stride; loop forever for training."""
+"""Batching: pad images to a common size divisible by the largest stride; the endless training stream."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
-import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset
+
+from detector.data.sampler import TrainingBatchSampler
 
 
 class PadCollate:
@@ -26,22 +27,14 @@ class PadCollate:
         return padded, list(targets)
 
 
-def infinite_train_batches(dataset: Dataset, batch_size: int, num_workers: int, seed: int,
+def infinite_train_batches(dataset: Dataset, batch_size: int, num_workers: int, seed: int, start_iteration: int = 0,
+                           rank: int = 0, world_size: int = 1, group_ids: Sequence[int] | None = None,
                            size_divisibility: int = 128, pin_memory: bool = False) -> Iterator:
-    """Yield shuffled training batches forever; epoch e is shuffled with seed + e."""
-    if batch_size < 1:
-        raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
-    if len(dataset) < batch_size:
-        raise ValueError(f"the training set has {len(dataset)} images, fewer than data.batch_size={batch_size}")
-    generator = torch.Generator()
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=RandomSampler(dataset, generator=generator),
-                        num_workers=num_workers, collate_fn=PadCollate(size_divisibility), drop_last=True,
-                        pin_memory=pin_memory, persistent_workers=num_workers > 0, generator=generator)
-    epoch = 0
-    while True:
-        generator.manual_seed(seed + epoch)
-        yield from loader
-        epoch += 1
+    """This process's batches of the global training stream (`TrainingBatchSampler`), forever,
+    from iteration `start_iteration`; `batch_size` is the global batch over all processes."""
+    sampler = TrainingBatchSampler(len(dataset), batch_size, seed, start_iteration, rank, world_size, group_ids)
+    return iter(DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
+                           collate_fn=PadCollate(size_divisibility), pin_memory=pin_memory))
 
 
 def eval_loader(dataset: Dataset, batch_size: int, num_workers: int, size_divisibility: int = 128,

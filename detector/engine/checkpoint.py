@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import pickle
+import random
 import tempfile
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -45,3 +47,27 @@ def load_checkpoint(path: str | Path) -> dict:
                               f"load it (weights_only=True): {str(error).splitlines()[0]}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as error:
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {error}") from None
+
+
+def capture_rng_state() -> dict:
+    """Python, NumPy, torch (and CUDA) generator states as tensors and numbers, so that a
+    checkpoint holding them still loads with `weights_only=True`."""
+    version, python_state, gauss = random.getstate()
+    kind, keys, position, has_gauss, cached = np.random.get_state(legacy=True)
+    state = {"python": {"version": version, "state": torch.tensor(python_state, dtype=torch.int64), "gauss": gauss},
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                       "has_gauss": int(has_gauss), "cached": float(cached)},
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    python, numpy = state["python"], state["numpy"]
+    random.setstate((python["version"], tuple(python["state"].tolist()), python["gauss"]))
+    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["position"],
+                         numpy["has_gauss"], numpy["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

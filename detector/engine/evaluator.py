@@ -10,6 +10,8 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from detector.engine.distributed import gather_to_main
+
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 
@@ -97,7 +99,11 @@ __all__ = ["CocoEvaluator", "run_inference", "format_metrics", "STAT_NAMES"]
 
 
 class CocoValidator:
-    """Runs the model over a validation loader and returns (stats, pycocotools table, detections)."""
+    """Runs the model over a validation loader and returns (stats, pycocotools table, detections).
+
+    Under DDP each process's loader holds its own share of the images; the detections are
+    gathered and scored on rank 0, and the other processes get None.
+    """
 
     def __init__(self, loader, coco_gt: COCO, category_ids: list[int], postprocessor, device: torch.device,
                  autocast_dtype: torch.dtype | None = None):
@@ -108,8 +114,13 @@ class CocoValidator:
         self.device = device
         self.autocast_dtype = autocast_dtype
 
-    def __call__(self, model) -> tuple[dict[str, float], str, list[dict]]:
+    def __call__(self, model) -> tuple[dict[str, float], str, list[dict]] | None:
         evaluator = CocoEvaluator(self.coco_gt, self.category_ids)
         run_inference(model, self.postprocessor, self.loader, self.device, self.autocast_dtype, evaluator)
+        shares = gather_to_main([(evaluator.image_ids, evaluator.results)])  # one (ids, results) per process
+        if shares is None:
+            return None
+        evaluator.image_ids = [image_id for ids, _ in shares for image_id in ids]
+        evaluator.results = [result for _, results in shares for result in results]
         stats, table = evaluator.summarize()
         return stats, table, evaluator.results

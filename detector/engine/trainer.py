@@ -12,12 +12,14 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from detector.engine.checkpoint import load_checkpoint, save_checkpoint
+from detector.engine.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from detector.engine.diagnostics import GradientStatistics, gradient_statistics
+from detector.engine.distributed import Distributed, sum_over_processes
 from detector.engine.evaluator import STAT_NAMES, format_metrics
 
 log = logging.getLogger(__name__)
@@ -61,23 +63,39 @@ def check_settings(max_iters: int, eval_period: int, log_period: int, checkpoint
 class Trainer:
     """Trains `model` with `criterion` for `max_iters` iterations.
 
+    `batches(iteration)` returns this process's training batches from that iteration on (so a
+    resumed run continues the same stream). Under DDP (`distributed`) the model is wrapped in
+    `DistributedDataParallel` (BatchNorm made synchronous with `sync_bn`, CUDA only), logged
+    losses are averaged over processes, evaluation runs on every process and is scored on rank 0,
+    and only rank 0 writes logs, TensorBoard events, checkpoints and metrics.
+
     Every `log_period` iterations it logs losses, learning rate and ETA (log file, TensorBoard);
     every `eval_period` it runs `validator(model)` and keeps `checkpoints/best.pt` by AP; every
     `checkpoint_period` and at the end it writes `checkpoints/last.pt`; every `diagnostics_period`
     it logs where the classification gradient goes (`detector.engine.diagnostics`) to
-    TensorBoard. It stops with a clear error on a non-finite loss. `train()` returns the final metrics, also written to metrics.json.
+    TensorBoard. It stops with a clear error on a non-finite loss. `train()` returns the final
+    metrics, also written to metrics.json. Checkpoints hold everything a resumed run needs to
+    continue exactly: model, optimizer, scheduler, scaler, loss state, iteration and RNG states.
     """
 
     def __init__(self, model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
-                 scheduler, batches: Iterator, validator: Callable | None, output_dir: str | Path,
+                 scheduler, batches: Callable[[int], Iterator], validator: Callable | None, output_dir: str | Path,
                  max_iters: int, batch_size: int, device: torch.device, amp: str = "off",
                  eval_period: int = 0, log_period: int = 20, checkpoint_period: int = 0,
                  clip_grad_norm: float | None = None, channels_last: bool = False, diagnostics_period: int = 0,
-                 run_config: dict | None = None):
+                 distributed: Distributed | None = None, sync_bn: bool = False, run_config: dict | None = None):
         check_settings(max_iters, eval_period, log_period, checkpoint_period, clip_grad_norm, diagnostics_period)
-        self.model, self.criterion = model, criterion
+        self.distributed = distributed or Distributed()
+        if sync_bn and self.distributed.enabled and device.type != "cuda":
+            raise ValueError("trainer.sync_bn=true needs CUDA (PyTorch's SyncBatchNorm is GPU-only); on CPU use "
+                             "trainer.sync_bn=false or a backbone without batch statistics (model.backbone.norm=gn)")
+        self.module = model  # the bare model: what is saved, loaded and evaluated
+        self.model = model  # what trains: the DistributedDataParallel wrapper once train() starts
+        self.criterion = criterion
         self.optimizer, self.scheduler = optimizer, scheduler
         self.batches, self.validator = batches, validator
+        self.stream: Iterator | None = None
+        self.sync_bn = sync_bn
         self.output_dir = Path(output_dir)
         self.max_iters, self.batch_size = max_iters, batch_size
         self.device = device
@@ -94,40 +112,49 @@ class Trainer:
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "criterion": self.criterion.state_dict(),
+        return {"model": self.module.state_dict(), "criterion": self.criterion.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "iteration": self.iteration, "best_ap": self.best_ap,
-                "train_seconds": self.train_seconds, "config": self.run_config}
+                "train_seconds": self.train_seconds, "rng": capture_rng_state(), "config": self.run_config}
 
     def resume(self, path: str | Path) -> None:
         state = load_checkpoint(path)
-        self.model.load_state_dict(state["model"])
+        self.module.load_state_dict(state["model"])
         self.criterion.load_state_dict(state["criterion"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.iteration, self.best_ap = state["iteration"], state["best_ap"]
         self.train_seconds = state["train_seconds"]
+        restore_rng_state(state["rng"])
+        self.stream = None  # the data stream restarts at the restored iteration
         log.info("resumed from %s at iteration %d", path, self.iteration)
 
     # ---------------------------------------------------------------- loop
     def train(self) -> dict:
-        self.model.to(self.device, memory_format=self.memory_format)
+        self.module.to(self.device, memory_format=self.memory_format)
         self.criterion.to(self.device)
+        if self.distributed.enabled:
+            if self.sync_bn:
+                self.module = nn.SyncBatchNorm.convert_sync_batchnorm(self.module)  # shares the parameters
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(self.module, device_ids=device_ids)
         self.model.train()
-        writer = SummaryWriter(str(self.output_dir / "tb"))
-        bar = tqdm(total=self.max_iters, initial=self.iteration, disable=not sys.stderr.isatty(),
+        main = self.distributed.is_main
+        writer = SummaryWriter(str(self.output_dir / "tb")) if main else None
+        bar = tqdm(total=self.max_iters, initial=self.iteration, disable=not (main and sys.stderr.isatty()),
                    dynamic_ncols=True, desc="train")
         try:
             with logging_redirect_tqdm():  # log lines print above the progress bar
                 metrics = self._loop(writer, bar)
         finally:
             bar.close()
-            writer.close()
+            if writer is not None:
+                writer.close()
         return self._write_metrics(metrics or {})
 
-    def _loop(self, writer: SummaryWriter, bar: tqdm) -> dict | None:
-        metrics = None
+    def _loop(self, writer: SummaryWriter | None, bar: tqdm) -> dict | None:
+        metrics, evaluated = None, False
         while self.iteration < self.max_iters:
             start = time.perf_counter()
             diagnose = self._due(self.diagnostics_period, self.iteration + 1)
@@ -136,20 +163,26 @@ class Trainer:
             self.iteration += 1
             bar.update(1)
             bar.set_postfix(loss=f"{losses['loss']:.4f}")
-            if diagnose:
-                self._log_gradients(writer, losses.pop("gradients"))
-            if self._due(self.log_period):
+            gradients = losses.pop("gradients", None)
+            if writer is not None and gradients is not None:
+                self._log_gradients(writer, gradients)
+            if writer is not None and self._due(self.log_period):
                 self._log(writer, losses)
-            metrics = self.evaluate(writer) if self._due(self.eval_period) else None
-            if self._due(self.checkpoint_period) or self.iteration == self.max_iters:
+            evaluated = self.validator is not None and self._due(self.eval_period)
+            if evaluated:
+                metrics = self.evaluate(writer)
+            if self.distributed.is_main and (self._due(self.checkpoint_period) or self.iteration == self.max_iters):
                 save_checkpoint(self.state_dict(), self.output_dir / "checkpoints" / "last.pt")
-        if metrics is None and self.validator is not None:
+        if not evaluated and self.validator is not None:
             metrics = self.evaluate(writer)
         return metrics
 
     def step(self, diagnose: bool = False) -> dict:
-        """One optimizer step; returns the losses as floats (and, if `diagnose`, "gradients")."""
-        images, targets = next(self.batches)
+        """One optimizer step; returns the losses as floats, averaged over processes (the positive
+        count summed), and, if `diagnose`, this process's "gradients" statistics."""
+        if self.stream is None:
+            self.stream = self.batches(self.iteration)
+        images, targets = next(self.stream)
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             outputs = self.model(images)
@@ -160,9 +193,9 @@ class Trainer:
             gradients = gradient_statistics(loss_dict["loss_cls"], loss_dict.pop("cls_logits"),
                                             loss_dict.pop("cls_targets"), self.criterion.cls_loss)
         loss = sum(v for k, v in loss_dict.items() if k.startswith("loss_"))
-        if not torch.isfinite(loss):
-            values = {k: float(v) for k, v in loss_dict.items()}
-            message = (f"non-finite loss at iteration {self.iteration + 1}: {values}. The last good checkpoint is "
+        losses = self._reduce({"loss": loss, **loss_dict})
+        if not math.isfinite(losses["loss"]):  # the same verdict on every process
+            message = (f"non-finite loss at iteration {self.iteration + 1}: {losses}. The last good checkpoint is "
                        f"{self.output_dir / 'checkpoints' / 'last.pt'}; try a lower optim.lr, a longer "
                        "schedule.warmup_iters or trainer.clip_grad_norm.")
             log.error(message)  # in train.log too, where scripts/ablation_table.py reads "diverged"
@@ -175,11 +208,21 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        losses = {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in loss_dict.items()}}
         return losses if gradients is None else {**losses, "gradients": gradients}
 
-    def evaluate(self, writer: SummaryWriter | None = None) -> dict:
-        stats, table, _ = self.validator(self.model)
+    def _reduce(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
+        stacked = torch.stack([v.detach().float() for v in values.values()])
+        if self.distributed.enabled:
+            stacked = sum_over_processes(stacked)
+        world = self.distributed.world_size
+        return {name: float(v) if name == "num_pos" else float(v) / world for name, v in zip(values, stacked)}
+
+    def evaluate(self, writer: SummaryWriter | None = None) -> dict | None:
+        """Every process predicts its share; rank 0 scores them and returns the stats (others None)."""
+        result = self.validator(self.module)
+        if result is None:
+            return None
+        stats, table, _ = result
         log.info("evaluation at iteration %d:\n%s", self.iteration, table.rstrip())
         if writer is not None:
             for name in STAT_NAMES[:6]:
@@ -218,6 +261,8 @@ class Trainer:
         metrics = {name: stats[name] for name in STAT_NAMES[:6] if name in stats}
         metrics.update(iteration=self.iteration, train_seconds=round(self.train_seconds, 2),
                        images_per_second=round(self.iteration * self.batch_size / max(self.train_seconds, 1e-9), 3))
+        if not self.distributed.is_main:
+            return metrics
         (self.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         if stats:
             log.info("final COCO evaluation (iteration %d):\n%s", self.iteration, format_metrics(stats))
