@@ -22,7 +22,7 @@ from detector.data.coco import CocoDetection, CocoSplits, check_split
 from detector.data.loader import eval_loader, infinite_train_batches
 from detector.data.transforms import eval_transforms, train_transforms
 from detector.engine import distributed
-from detector.engine.checkpoint import load_checkpoint
+from detector.engine.checkpoint import load_checkpoint, load_model_weights
 from detector.engine.evaluator import CocoValidator, format_metrics
 from detector.engine.schedule import lambda_scheduler
 from detector.engine.trainer import Trainer, autocast_dtype, check_settings, resolve_device
@@ -86,7 +86,8 @@ def train(cfg: DictConfig) -> float:
     run_config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     trainer_cfg = cfg.trainer
     check_settings(trainer_cfg.max_iters, trainer_cfg.eval_period, trainer_cfg.log_period,
-                   trainer_cfg.checkpoint_period, trainer_cfg.clip_grad_norm, trainer_cfg.diagnostics_period)
+                   trainer_cfg.checkpoint_period, trainer_cfg.clip_grad_norm, trainer_cfg.diagnostics_period,
+                   trainer_cfg.max_consecutive_nonfinite)
     for key in ("batch_size", "eval_batch_size"):
         if cfg.data[key] < 1:
             raise ValueError(f"data.{key} must be >= 1, got {cfg.data[key]}")
@@ -95,6 +96,8 @@ def train(cfg: DictConfig) -> float:
     criterion = build_criterion(cfg)
     postprocessor = instantiate(cfg.postprocess)
     schedule = instantiate(cfg.schedule, max_iters=trainer_cfg.max_iters)
+    with torch.device("meta"):  # every model value is checked now, before any data work; no memory is used
+        instantiate(cfg.model, num_classes=1)
     processes = distributed.setup(device.type)
     try:
         return _train(cfg, device, amp_dtype, criterion, postprocessor, schedule, processes, run_config)
@@ -139,7 +142,8 @@ def _train(cfg, device, amp_dtype, criterion, postprocessor, schedule, processes
         amp=trainer_cfg.amp, eval_period=trainer_cfg.eval_period, log_period=trainer_cfg.log_period,
         checkpoint_period=trainer_cfg.checkpoint_period, clip_grad_norm=trainer_cfg.clip_grad_norm,
         channels_last=trainer_cfg.channels_last, diagnostics_period=trainer_cfg.diagnostics_period,
-        distributed=processes, sync_bn=trainer_cfg.sync_bn, run_config=run_config)
+        max_consecutive_nonfinite=trainer_cfg.max_consecutive_nonfinite, distributed=processes,
+        sync_bn=trainer_cfg.sync_bn, run_config=run_config)
     resume_from = _resume_path(trainer_cfg.resume, out)
     if resume_from is not None:
         trainer.resume(resume_from)
@@ -167,7 +171,8 @@ def evaluate(cfg: DictConfig) -> dict:
         raise ValueError(f"checkpoint {cfg.checkpoint} was trained on classes {classes}, but "
                          f"{val_set.ann_file} has {val_set.class_names}")
     model, _, postprocessor = build(saved, num_classes=val_set.num_classes)
-    model.load_state_dict(state["model"])
+    current = OmegaConf.to_container(saved, resolve=True)
+    load_model_weights(model, state, cfg.checkpoint, {**current, "classes": val_set.class_names})
     model.to(device)
     stats, table, detections = validator_for(val_set, saved.data, postprocessor, device, amp_dtype)(model)
     out = output_dir()

@@ -65,7 +65,8 @@ def test_coco_dataset_contiguous_labels_clipping_crowd_and_degenerate_boxes(tmp_
         {"bbox": [10, 5, 20, 10], "category_id": 11},
         {"bbox": [70, 50, 30, 30], "category_id": 3},  # clipped to the 80×60 image
         {"bbox": [0, 0, 80, 60], "category_id": 7, "iscrowd": 1},
-        {"bbox": [5, 5, 0, 10], "category_id": 3},  # zero width: dropped and counted
+        {"bbox": [5, 5, 0, 10], "category_id": 3},  # zero width: dropped by the checks before training
+        {"bbox": [90, 70, 10, 10], "category_id": 3},  # entirely outside: nothing left after clipping, counted
     ])
     dataset = CocoDetection(ann, image_dir, eval_transforms(60, 1000))
     assert dataset.num_classes == 3 and dataset.category_ids == [3, 7, 11]

@@ -1,13 +1,13 @@
 import torch
 
-from detector.data.coco import load_coco
+from detector.data.coco import checked_coco
 from detector.data.synthetic import prepare_synthetic_coco
 from detector.engine.evaluator import CocoEvaluator
 
 
 def ground_truth(cache_dir):
     splits = prepare_synthetic_coco(cache_dir, num_train=2, num_val=30, seed=11)
-    return load_coco(splits.val_ann)
+    return checked_coco(splits.val_ann, splits.val_dir)
 
 
 def test_ground_truth_fed_back_scores_100_after_mapping_back_to_original_size(cache_dir):

@@ -10,9 +10,11 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
+
+from detector.data.images import read_rgb
+from detector.data.validation import DatasetError, validate
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +46,27 @@ def check_split(splits: CocoSplits, split: str) -> tuple[str, str]:
     return ann, image_dir
 
 
-def load_coco(ann_file: str) -> COCO:
-    """pycocotools' COCO without its progress prints."""
+def checked_coco(ann_file: str, image_dir: str) -> COCO:
+    """pycocotools' COCO of the usable part of a dataset, after the cheap checks of
+    `detector.data.validation` (the JSON, and that every image file exists): blocking problems
+    raise a DatasetError listing them; skipped images, dropped or clipped boxes are logged."""
+    report, data = validate(ann_file, image_dir, decode=False)
+    if report.errors:
+        listed = "\n  ".join(str(p) for p in report.errors[:20])
+        more = f"\n  … and {len(report.errors) - 20} more" if len(report.errors) > 20 else ""
+        raise DatasetError(f"{ann_file} cannot be used for training:\n  {listed}{more}\nFull report: "
+                           f"python scripts/validate_dataset.py {ann_file} {image_dir}")
+    if any(p.severity in ("skip", "fix") for p in report.problems):
+        log.warning("%s: %d image(s) left out, %d annotation(s) dropped; what was done about each problem:\n%s",
+                    ann_file, len(report.skipped_images()), len(report.dropped_annotations()), report.summary())
+        for problem in report.problems:
+            if problem.severity in ("skip", "fix"):
+                log.debug("%s", problem)
+    coco = COCO()
+    coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(ann_file)
+        coco.createIndex()
+    return coco
 
 
 class CocoDetection(Dataset):
@@ -65,15 +84,13 @@ class CocoDetection(Dataset):
     def __init__(self, ann_file: str, image_dir: str, transforms):
         self.ann_file = ann_file
         self.image_dir = Path(image_dir)
-        self.coco = load_coco(ann_file)
+        self.coco = checked_coco(ann_file, image_dir)
         self.transforms = transforms
         self.category_ids = sorted(self.coco.getCatIds())
         self.class_names = [self.coco.cats[c]["name"] for c in self.category_ids]
         self.label_of = {cat: label for label, cat in enumerate(self.category_ids)}
         self.image_ids = sorted(self.coco.getImgIds())
         self.dropped_boxes = 0
-        if not self.category_ids:
-            raise ValueError(f"{ann_file}: 'categories' is empty; a detection dataset needs at least one category")
 
     @property
     def num_classes(self) -> int:
@@ -89,10 +106,7 @@ class CocoDetection(Dataset):
     def __getitem__(self, item: int | tuple[int, int]):
         """`dataset[index]`, or `dataset[(index, seed)]` to seed the random augmentation (training)."""
         index, seed = item if isinstance(item, tuple) else (item, None)
-        image_id = self.image_ids[index]
-        info = self.coco.imgs[image_id]
-        with Image.open(self.image_dir / info["file_name"]) as file:
-            image = np.asarray(file.convert("RGB"))
+        image_id, image, failed = self._read(index)
         height, width = image.shape[:2]
         boxes, labels, crowd = self._annotations(image_id, width, height)
         if seed is not None:
@@ -106,7 +120,31 @@ class CocoDetection(Dataset):
             "orig_size": (height, width),
             "size": tuple(out["image"].shape[-2:]),
         }
+        if failed:
+            target["replaces"] = failed  # ids of the images that could not be used, counted by the trainer
         return out["image"], target
+
+    def _read(self, index: int) -> tuple[int, np.ndarray, list[int]]:
+        """(image id, pixels, ids that failed): a file that cannot be decoded, or whose size is not
+        the one in the JSON (its boxes would not match), is logged and replaced by the next image."""
+        failed = []
+        for attempt in range(len(self)):
+            image_id = self.image_ids[(index + attempt) % len(self)]
+            info = self.coco.imgs[image_id]
+            path = self.image_dir / info["file_name"]
+            try:
+                pixels = read_rgb(path)[0]
+            except (OSError, ValueError, SyntaxError) as error:
+                log.warning("image %s (%s) cannot be decoded (%s); replaced by the next image", image_id, path, error)
+                failed.append(image_id)
+                continue
+            if pixels.shape[:2] != (info["height"], info["width"]):
+                log.warning("image %s (%s) is %d×%d but %s says %d×%d; replaced by the next image", image_id, path,
+                            pixels.shape[1], pixels.shape[0], self.ann_file, info["width"], info["height"])
+                failed.append(image_id)
+                continue
+            return image_id, pixels, failed
+        raise OSError(f"{self.ann_file}: none of the {len(self)} images in {self.image_dir} can be used")
 
     def _annotations(self, image_id: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         boxes, labels, crowd = [], [], []

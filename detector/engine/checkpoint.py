@@ -71,3 +71,44 @@ def restore_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_model_weights(model: torch.nn.Module, state: dict, path: str | Path, config: dict | None = None) -> None:
+    """Load `state["model"]` into `model`, or raise a CheckpointError that says which tensors do
+    not fit, which settings differ between the checkpoint's config and `config`, and how to
+    start from the checkpoint's backbone instead."""
+    ours, theirs = model.state_dict(), state["model"]
+    reshaped = sorted(k for k in ours.keys() & theirs.keys() if ours[k].shape != theirs[k].shape)
+    missing, unexpected = sorted(ours.keys() - theirs.keys()), sorted(theirs.keys() - ours.keys())
+    if not (reshaped or missing or unexpected):
+        model.load_state_dict(theirs)
+        return
+    lines = [f"{k}: {tuple(theirs[k].shape)} in the checkpoint, {tuple(ours[k].shape)} here" for k in reshaped[:5]]
+    if missing:
+        lines.append(f"{len(missing)} tensors missing from the checkpoint, e.g. {missing[:3]}")
+    if unexpected:
+        lines.append(f"{len(unexpected)} tensors this model does not have, e.g. {unexpected[:3]}")
+    saved = state.get("config") or {}
+    differences = [f"{key}: {a!r} in the checkpoint, {b!r} here"
+                   for key, (a, b) in _config_differences(saved, config or {}).items()]
+    raise CheckpointError(
+        f"{path} was trained with a different model and does not fit this one:\n  " + "\n  ".join(lines)
+        + ("\nSettings that differ:\n  " + "\n  ".join(differences[:10]) if differences else "")
+        + f"\nTo fine-tune from it, start a new run with model.backbone.weights_path={path} (loads its backbone "
+          "only; the FPN and heads start fresh), or match the settings above to continue or evaluate it.")
+
+
+def _config_differences(saved: dict, current: dict) -> dict[str, tuple]:
+    """Differing `model.*` values and class lists of two run configs."""
+    flat_saved, flat_current = _flatten(saved.get("model", {}), "model"), _flatten(current.get("model", {}), "model")
+    differences = {k: (flat_saved.get(k), flat_current.get(k)) for k in sorted(flat_saved.keys() | flat_current.keys())
+                   if flat_saved.get(k) != flat_current.get(k)}
+    if saved.get("classes") != current.get("classes") and "classes" in saved and "classes" in current:
+        differences["classes"] = (f"{len(saved['classes'])} classes", f"{len(current['classes'])} classes")
+    return differences
+
+
+def _flatten(node, prefix: str) -> dict:
+    if not isinstance(node, dict):
+        return {prefix: node}
+    return {key: value for name, child in node.items() for key, value in _flatten(child, f"{prefix}.{name}").items()}

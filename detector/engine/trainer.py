@@ -17,9 +17,10 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from detector.engine.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from detector.engine.checkpoint import (capture_rng_state, load_checkpoint, load_model_weights, restore_rng_state,
+                                        save_checkpoint)
 from detector.engine.diagnostics import GradientStatistics, gradient_statistics
-from detector.engine.distributed import Distributed, sum_over_processes
+from detector.engine.distributed import Distributed, gather_to_main, sum_over_processes
 from detector.engine.evaluator import STAT_NAMES, format_metrics
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,12 @@ def autocast_dtype(amp: str | bool, device: torch.device) -> torch.dtype | None:
 
 
 def check_settings(max_iters: int, eval_period: int, log_period: int, checkpoint_period: int,
-                   clip_grad_norm: float | None, diagnostics_period: int = 0) -> None:
+                   clip_grad_norm: float | None, diagnostics_period: int = 0, max_consecutive_nonfinite: int = 5) -> None:
     """Raise ValueError naming the trainer key whose value is out of range."""
     if max_iters < 1:
         raise ValueError(f"trainer.max_iters must be >= 1, got {max_iters}")
+    if max_consecutive_nonfinite < 1:
+        raise ValueError(f"trainer.max_consecutive_nonfinite must be >= 1, got {max_consecutive_nonfinite}")
     for name, value in (("eval_period", eval_period), ("log_period", log_period),
                         ("checkpoint_period", checkpoint_period), ("diagnostics_period", diagnostics_period)):
         if value < 0:
@@ -73,7 +76,8 @@ class Trainer:
     every `eval_period` it runs `validator(model)` and keeps `checkpoints/best.pt` by AP; every
     `checkpoint_period` and at the end it writes `checkpoints/last.pt`; every `diagnostics_period`
     it logs where the classification gradient goes (`detector.engine.diagnostics`) to
-    TensorBoard. It stops with a clear error on a non-finite loss. `train()` returns the final
+    TensorBoard. A step whose loss is not finite updates nothing and is logged with the loss
+    terms at fault; `max_consecutive_nonfinite` of them in a row stop training with a clear error. `train()` returns the final
     metrics, also written to metrics.json. Checkpoints hold everything a resumed run needs to
     continue exactly: model, optimizer, scheduler, scaler, loss state, iteration and RNG states.
     """
@@ -83,8 +87,10 @@ class Trainer:
                  max_iters: int, batch_size: int, device: torch.device, amp: str = "off",
                  eval_period: int = 0, log_period: int = 20, checkpoint_period: int = 0,
                  clip_grad_norm: float | None = None, channels_last: bool = False, diagnostics_period: int = 0,
-                 distributed: Distributed | None = None, sync_bn: bool = False, run_config: dict | None = None):
-        check_settings(max_iters, eval_period, log_period, checkpoint_period, clip_grad_norm, diagnostics_period)
+                 max_consecutive_nonfinite: int = 5, distributed: Distributed | None = None, sync_bn: bool = False,
+                 run_config: dict | None = None):
+        check_settings(max_iters, eval_period, log_period, checkpoint_period, clip_grad_norm, diagnostics_period,
+                       max_consecutive_nonfinite)
         self.distributed = distributed or Distributed()
         if sync_bn and self.distributed.enabled and device.type != "cuda":
             raise ValueError("trainer.sync_bn=true needs CUDA (PyTorch's SyncBatchNorm is GPU-only); on CPU use "
@@ -109,23 +115,30 @@ class Trainer:
         self.iteration = 0
         self.best_ap = -math.inf
         self.train_seconds = 0.0
+        self.max_consecutive_nonfinite = max_consecutive_nonfinite
+        self.nonfinite_in_a_row = 0
+        self.skipped_steps = 0
+        self.replaced_images: set[int] = set()
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict:
         return {"model": self.module.state_dict(), "criterion": self.criterion.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "iteration": self.iteration, "best_ap": self.best_ap,
-                "train_seconds": self.train_seconds, "rng": capture_rng_state(), "config": self.run_config}
+                "train_seconds": self.train_seconds, "skipped_steps": self.skipped_steps,
+                "replaced_images": sorted(self.replaced_images), "rng": capture_rng_state(),
+                "config": self.run_config}
 
     def resume(self, path: str | Path) -> None:
         state = load_checkpoint(path)
-        self.module.load_state_dict(state["model"])
+        load_model_weights(self.module, state, path, self.run_config)
         self.criterion.load_state_dict(state["criterion"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.iteration, self.best_ap = state["iteration"], state["best_ap"]
-        self.train_seconds = state["train_seconds"]
+        self.train_seconds, self.skipped_steps = state["train_seconds"], state["skipped_steps"]
+        self.replaced_images = set(state["replaced_images"])
         restore_rng_state(state["rng"])
         self.stream = None  # the data stream restarts at the restored iteration
         log.info("resumed from %s at iteration %d", path, self.iteration)
@@ -183,6 +196,10 @@ class Trainer:
         if self.stream is None:
             self.stream = self.batches(self.iteration)
         images, targets = next(self.stream)
+        for target in targets:  # images the dataset could not read and replaced
+            self.replaced_images.update(target.get("replaces", ()))
+        buffers = [*self.module.buffers(), *self.criterion.buffers()]  # BatchNorm statistics, loss EMAs
+        saved = [b.detach().clone() for b in buffers]
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             outputs = self.model(images)
@@ -195,11 +212,12 @@ class Trainer:
         loss = sum(v for k, v in loss_dict.items() if k.startswith("loss_"))
         losses = self._reduce({"loss": loss, **loss_dict})
         if not math.isfinite(losses["loss"]):  # the same verdict on every process
-            message = (f"non-finite loss at iteration {self.iteration + 1}: {losses}. The last good checkpoint is "
-                       f"{self.output_dir / 'checkpoints' / 'last.pt'}; try a lower optim.lr, a longer "
-                       "schedule.warmup_iters or trainer.clip_grad_norm.")
-            log.error(message)  # in train.log too, where scripts/ablation_table.py reads "diverged"
-            raise FloatingPointError(message)
+            with torch.no_grad():
+                for buffer, value in zip(buffers, saved):
+                    buffer.copy_(value)
+            self._skip_nonfinite(losses)
+            return losses
+        self.nonfinite_in_a_row = 0
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.clip_grad_norm is not None:
@@ -209,6 +227,24 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         return losses if gradients is None else {**losses, "gradients": gradients}
+
+    def _skip_nonfinite(self, losses: dict[str, float]) -> None:
+        """No update from this batch: no optimizer step, and the step's buffers (BatchNorm statistics,
+        loss EMAs) were restored; the schedule still advances with the iteration. Stop after
+        `max_consecutive_nonfinite` such steps in a row, before anything is written from them."""
+        self.nonfinite_in_a_row += 1
+        self.skipped_steps += 1
+        terms = ", ".join(k for k, v in losses.items() if k.startswith("loss_") and not math.isfinite(v))
+        log.error("non-finite loss at iteration %d (%s): %s; step skipped, %d in a row", self.iteration + 1,
+                  terms, losses, self.nonfinite_in_a_row)  # scripts/ablation_table.py reads "non-finite loss"
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        if self.nonfinite_in_a_row >= self.max_consecutive_nonfinite:
+            raise FloatingPointError(
+                f"non-finite loss for {self.nonfinite_in_a_row} iterations in a row (trainer.max_consecutive_nonfinite="
+                f"{self.max_consecutive_nonfinite}), the last at iteration {self.iteration + 1} in {terms}; training "
+                f"stopped. The last good checkpoint is {self.output_dir / 'checkpoints' / 'last.pt'}; try a lower "
+                "optim.lr, a longer schedule.warmup_iters or trainer.clip_grad_norm.")
 
     def _reduce(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
         stacked = torch.stack([v.detach().float() for v in values.values()])
@@ -259,11 +295,16 @@ class Trainer:
 
     def _write_metrics(self, stats: dict) -> dict:
         metrics = {name: stats[name] for name in STAT_NAMES[:6] if name in stats}
-        metrics.update(iteration=self.iteration, train_seconds=round(self.train_seconds, 2),
+        replaced = sorted({i for ids in gather_to_main([sorted(self.replaced_images)]) or [] for i in ids})
+        metrics.update(iteration=self.iteration, skipped_steps=self.skipped_steps, replaced_images=replaced,
+                       train_seconds=round(self.train_seconds, 2),
                        images_per_second=round(self.iteration * self.batch_size / max(self.train_seconds, 1e-9), 3))
         if not self.distributed.is_main:
             return metrics
         (self.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        if replaced:
+            log.warning("%d training images could not be used (see the warnings above) and were replaced by others: "
+                        "ids %s", len(replaced), replaced)
         if stats:
             log.info("final COCO evaluation (iteration %d):\n%s", self.iteration, format_metrics(stats))
         return metrics

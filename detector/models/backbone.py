@@ -64,13 +64,16 @@ class ResNetBackbone(nn.Module):
 
 
 def load_torchvision_resnet_weights(body: resnet.ResNet, weights_path: str) -> None:
-    """Load a torchvision ImageNet ResNet state dict from `weights_path` (the `fc.*` keys are dropped)."""
+    """Load a torchvision ImageNet ResNet state dict from `weights_path` (the `fc.*` keys are
+    dropped), or the backbone of one of this project's checkpoints (a dict with a "model" entry)."""
     path = Path(weights_path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
             f"model.backbone.weights_path={weights_path}: no such file. Place a torchvision ResNet "
             "state dict there (e.g. resnet50-0676ba61.pth), or set it to null to train from scratch.")
     state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state.get("model"), dict):
+        state = _backbone_of_checkpoint(state["model"])
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     try:
         missing, unexpected = body.load_state_dict(state, strict=False)
@@ -80,3 +83,11 @@ def load_torchvision_resnet_weights(body: resnet.ResNet, weights_path: str) -> N
     if missing or unexpected:
         raise ValueError(f"{path} is not a torchvision ResNet of this depth: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
+
+
+def _backbone_of_checkpoint(model_state: dict) -> dict:
+    """torchvision ResNet keys of the `backbone.*` tensors of a RetinaNet state dict."""
+    prefixes = {"backbone.stem.0.": "conv1.", "backbone.stem.1.": "bn1.",
+                **{f"backbone.stages.{i}.": f"layer{i + 1}." for i in range(4)}}
+    return {target + key[len(prefix):]: value for key, value in model_state.items()
+            for prefix, target in prefixes.items() if key.startswith(prefix)}

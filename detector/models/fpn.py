@@ -28,6 +28,8 @@ class RetinaNetFPN(nn.Module):
             raise ValueError(f"fpn p6_from must be 'c5' or 'p5', got {p6_from!r}")
         if norm not in (None, "gn"):
             raise ValueError(f"fpn norm must be null or 'gn', got {norm!r}")
+        if out_channels < 1 or (norm == "gn" and out_channels % 32):
+            raise ValueError(f"fpn out_channels must be >= 1 (a multiple of 32 with GroupNorm), got {out_channels}")
         extra = LastLevelP6P7(in_channels[-1] if p6_from == "c5" else out_channels, out_channels)
         extra.use_P5 = p6_from == "p5"  # explicit: torchvision otherwise infers it from channel counts
         norm_layer = (lambda channels: nn.GroupNorm(32, channels)) if norm == "gn" else None

@@ -38,6 +38,8 @@ class RetinaNetHead(nn.Module):
             raise ValueError(f"head norm must be null or 'gn', got {norm!r}")
         if num_convs < 0 or channels < 1:
             raise ValueError(f"head needs num_convs >= 0 and channels >= 1, got {num_convs}, {channels}")
+        if norm == "gn" and channels % 32:
+            raise ValueError(f"head channels must be a multiple of 32 for GroupNorm (32 groups), got {channels}")
         self.num_classes = num_classes
         self.cls_tower = _tower(in_channels, channels, num_convs, norm)
         self.box_tower = _tower(in_channels, channels, num_convs, norm)

@@ -1,0 +1,282 @@
+"""Our RetinaNet against torchvision's, side by side in one process (random init, no download).
+
+    python scripts/benchmark.py [--device cpu|cuda] [--precision fp32 bf16] [--sizes 800x1333 512x512]
+                                [--boxes 7 50 200] [--channels-last] [--compile] [--json benchmark.json]
+
+Both models: ResNet-50-FPN (frozen BatchNorm, stem and res2 frozen), P6 from C5, 4-conv
+256-channel heads, 9 anchors of 32–512 px, the same number of classes, the same padded image
+batch (multiples of 32), the same random boxes; SGD. The measurements interleave the two models
+(A B A B …) after warm-up and report medians:
+
+- training images/s: forward + loss + backward + SGD step (batch `--batch`), per image size and
+  boxes per image; our step runs the model under autocast and the losses in float32, as training does;
+- inference images/s including postprocessing, batch 1 and 8, at the first size;
+- peak memory of a training step: RSS high-water mark on CPU (reset before each step through
+  /proc/self/clear_refs), `max_memory_allocated` on CUDA;
+- the FLOP rate of our training step (`torch.utils.flop_counter`) against this machine's
+  measured rate for a 3×3 convolution forward + backward at the same precision.
+
+The allocator is the process's: run once plain and once under jemalloc (`make benchmark` does
+both) to compare torchvision with the default allocator and with ours. On a GPU: `--device cuda
+--precision fp32 fp16 bf16`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision.models.detection import RetinaNet as TorchvisionRetinaNet
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from detector.losses import FocalLoss, RetinaNetCriterion, SmoothL1Loss  # noqa: E402
+from detector.models import AnchorGenerator, ResNetBackbone, RetinaNet, RetinaNetFPN, RetinaNetHead  # noqa: E402
+from detector.ops import BoxCoder, IoUMatcher  # noqa: E402
+from detector.postprocess import RetinaNetPostProcessor  # noqa: E402
+
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+NUM_CLASSES = 80
+
+
+def ours():
+    model = RetinaNet(NUM_CLASSES, ResNetBackbone(50, "frozen_bn", frozen_stages=2),
+                      lambda in_channels: RetinaNetFPN(in_channels, 256, p6_from="c5"),
+                      lambda **kw: RetinaNetHead(**kw, num_convs=4, channels=256),
+                      AnchorGenerator([32, 64, 128, 256, 512], 3, [0.5, 1.0, 2.0], [8, 16, 32, 64, 128]))
+    coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
+    criterion = RetinaNetCriterion(FocalLoss(0.25, 2.0), SmoothL1Loss(beta=0.11), IoUMatcher(0.5, 0.4), coder)
+    return model, criterion, RetinaNetPostProcessor(coder)
+
+
+def torchvision_model(height: int, width: int):
+    backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d,
+                                   trainable_layers=3, returned_layers=[2, 3, 4],
+                                   extra_blocks=LastLevelP6P7(2048, 256))  # P6 from C5, like ours
+    return TorchvisionRetinaNet(backbone, NUM_CLASSES, min_size=min(height, width), max_size=max(height, width))
+
+
+def random_targets(batch: int, height: int, width: int, boxes: int, generator: torch.Generator) -> list[dict]:
+    targets = []
+    for _ in range(batch):
+        size = torch.rand(boxes, 2, generator=generator) * 280 + 16
+        corner = torch.rand(boxes, 2, generator=generator) * (torch.tensor([width, height]) - size)
+        targets.append({"boxes": torch.cat([corner, corner + size], 1),
+                        "labels": torch.randint(0, NUM_CLASSES, (boxes,), generator=generator)})
+    return targets
+
+
+def peak_reset(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux ≥ 4.0)
+
+
+def peak_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]) / 1024
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Contender:
+    """One model's training step and inference, with the same inputs as the other contender."""
+
+    def __init__(self, name: str, device: torch.device, dtype: torch.dtype | None, channels_last: bool,
+                 compile_model: bool, height: int, width: int):
+        self.name, self.device, self.dtype = name, device, dtype
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if name == "ours":
+            self.model, self.criterion, self.postprocess = ours()
+            self.criterion.to(device)
+        else:
+            self.model = torchvision_model(height, width)
+        self.model.to(device, memory_format=self.memory_format)
+        self.runner = torch.compile(self.model) if compile_model else self.model
+        self.optimizer = torch.optim.SGD([p for p in self.model.parameters() if p.requires_grad], lr=1e-4,
+                                         momentum=0.9)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
+
+    def train_step(self, images: torch.Tensor, targets: list[dict]) -> None:
+        self.model.train()
+        if self.name == "ours":
+            with self.autocast():
+                outputs = self.runner(images.contiguous(memory_format=self.memory_format))
+            with torch.autocast(self.device.type, enabled=False):
+                losses = self.criterion(outputs, targets)
+            loss = losses["loss_cls"] + losses["loss_box"]
+        else:
+            with self.autocast():
+                loss = sum(self.runner(list(images), targets).values())  # classification + bbox_regression
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    @torch.no_grad()
+    def infer(self, images: torch.Tensor) -> list[dict]:
+        self.model.eval()
+        with self.autocast():
+            if self.name == "ours":
+                predictions = self.runner(images.contiguous(memory_format=self.memory_format))
+                return self.postprocess(predictions, [tuple(images.shape[-2:])] * len(images))
+            return self.runner(list(images))
+
+
+def timed(fn, device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def interleaved(contenders: list[Contender], step, device, warmup: int, repeats: int) -> dict[str, list[float]]:
+    for _ in range(warmup):
+        for contender in contenders:
+            step(contender)
+    times = {c.name: [] for c in contenders}
+    for _ in range(repeats):
+        for contender in contenders:
+            times[contender.name].append(timed(lambda: step(contender), device))
+    return times
+
+
+def conv_peak_flops(device: torch.device, dtype: torch.dtype | None, repeats: int = 5) -> float:
+    """FLOP/s of a 3×3, 256→256 convolution forward + backward on a 2 × 100 × 168 map (P3 at 800 px)."""
+    conv = torch.nn.Conv2d(256, 256, 3, padding=1).to(device, memory_format=torch.channels_last)
+    x = torch.randn(2, 256, 100, 168, device=device).contiguous(memory_format=torch.channels_last).requires_grad_()
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            y = conv(x)
+        y.float().sum().backward()
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    step()
+    seconds = statistics.median(timed(step, device) for _ in range(repeats))
+    return counter.get_total_flops() / seconds
+
+
+def step_flops(contender: Contender, images, targets) -> int:
+    with FlopCounterMode(display=False) as counter:
+        contender.train_step(images, targets)
+    return counter.get_total_flops()
+
+
+def run(args) -> dict:
+    device = torch.device(args.device)
+    generator = torch.Generator().manual_seed(0)
+    report = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
+                          "threads": torch.get_num_threads(), "torch": torch.__version__,
+                          "ld_preload": os.environ.get("LD_PRELOAD", "")},
+              "settings": vars(args), "train": [], "inference": [], "flops": []}
+    for precision in args.precision:
+        dtype = DTYPES[precision]
+        for size in args.sizes:
+            height, width = (int(v) for v in size.split("x"))
+            padded = (-(-height // 32) * 32, -(-width // 32) * 32)
+            contenders = [Contender(name, device, dtype, args.channels_last, args.compile, height, width)
+                          for name in ("ours", "torchvision")]
+            images = torch.zeros(args.batch, 3, *padded, device=device)
+            images[:, :, :height, :width] = torch.rand(args.batch, 3, height, width, generator=generator).to(device)
+            for boxes in args.boxes:
+                targets = [{k: v.to(device) for k, v in t.items()}
+                           for t in random_targets(args.batch, height, width, boxes, generator)]
+                times = interleaved(contenders, lambda c: c.train_step(images, targets), device, args.warmup,
+                                    args.repeats)
+                memory = {}
+                for contender in contenders:
+                    peak_reset(device)
+                    contender.train_step(images, targets)
+                    memory[contender.name] = round(peak_mib(device), 1)
+                row = {"precision": precision, "size": size, "boxes": boxes, "batch": args.batch,
+                       **{f"{name}_images_per_s": round(args.batch / statistics.median(t), 3) for name, t in times.items()},
+                       **{f"{name}_peak_mib": m for name, m in memory.items()}}
+                row["speedup"] = round(row["ours_images_per_s"] / row["torchvision_images_per_s"], 3)
+                row["memory_ratio"] = round(memory["ours"] / memory["torchvision"], 3)
+                report["train"].append(row)
+                print(json.dumps(row), flush=True)
+            if size == args.sizes[0]:
+                for batch in (1, 8):
+                    batch_images = images[:1].expand(batch, -1, -1, -1).contiguous()
+                    times = interleaved(contenders, lambda c: c.infer(batch_images), device, 1, max(args.repeats // 2, 2))
+                    row = {"precision": precision, "size": size, "batch": batch,
+                           **{f"{n}_images_per_s": round(batch / statistics.median(t), 3) for n, t in times.items()}}
+                    row["speedup"] = round(row["ours_images_per_s"] / row["torchvision_images_per_s"], 3)
+                    report["inference"].append(row)
+                    print(json.dumps(row), flush=True)
+                targets = [{k: v.to(device) for k, v in t.items()}
+                           for t in random_targets(args.batch, height, width, args.boxes[0], generator)]
+                flops = step_flops(contenders[0], images, targets)
+                seconds = statistics.median(timed(lambda: contenders[0].train_step(images, targets), device)
+                                            for _ in range(args.repeats))
+                peak = conv_peak_flops(device, dtype)
+                row = {"precision": precision, "size": size, "step_gflop": round(flops / 1e9, 1),
+                       "achieved_gflops": round(flops / seconds / 1e9, 1), "conv_peak_gflops": round(peak / 1e9, 1),
+                       "fraction_of_peak": round(flops / seconds / peak, 3)}
+                report["flops"].append(row)
+                print(json.dumps(row), flush=True)
+    return report
+
+
+def table(report: dict) -> str:
+    lines = ["training (images/s, peak MiB)", "| precision | size | boxes | ours | torchvision | speed-up | "
+             "memory ours / tv |", "|---|---|---|---|---|---|---|"]
+    for r in report["train"]:
+        lines.append(f"| {r['precision']} | {r['size']} | {r['boxes']} | {r['ours_images_per_s']:.3f} | "
+                     f"{r['torchvision_images_per_s']:.3f} | {r['speedup']:.2f}× | "
+                     f"{r['ours_peak_mib']:.0f} / {r['torchvision_peak_mib']:.0f} |")
+    lines += ["", "inference incl. postprocessing (images/s)", "| precision | size | batch | ours | torchvision | "
+              "speed-up |", "|---|---|---|---|---|---|"]
+    for r in report["inference"]:
+        lines.append(f"| {r['precision']} | {r['size']} | {r['batch']} | {r['ours_images_per_s']:.3f} | "
+                     f"{r['torchvision_images_per_s']:.3f} | {r['speedup']:.2f}× |")
+    lines += ["", "FLOP rate of our training step", "| precision | size | GFLOP/step | achieved GFLOP/s | "
+              "3×3 conv fwd+bwd GFLOP/s | fraction |", "|---|---|---|---|---|---|"]
+    for r in report["flops"]:
+        lines.append(f"| {r['precision']} | {r['size']} | {r['step_gflop']} | {r['achieved_gflops']} | "
+                     f"{r['conv_peak_gflops']} | {100 * r['fraction_of_peak']:.0f} % |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
+    parser.add_argument("--sizes", nargs="+", default=["800x1333", "512x512"])
+    parser.add_argument("--boxes", nargs="+", type=int, default=[7, 50, 200])
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both models")
+    parser.add_argument("--json", type=Path, default=Path("benchmark.json"))
+    args = parser.parse_args()
+    if args.precision.count("fp16") and args.device != "cuda":
+        parser.error("fp16 autocast needs --device cuda; on CPU use bf16")
+    report = run(args)
+    args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print("\n" + table(report) + f"\n\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

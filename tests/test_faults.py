@@ -1,0 +1,74 @@
+"""Faults during training: a non-finite loss skips its step; K in a row stop with a clear error."""
+
+import logging
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from detector.cli import build, build_datasets
+from detector.data.loader import infinite_train_batches
+from detector.engine.checkpoint import load_checkpoint
+from detector.engine.schedule import lambda_scheduler
+from detector.engine.trainer import Trainer
+
+
+class NaNAt(torch.nn.Module):
+    """The real criterion, with a NaN classification loss at the given (1-based) calls."""
+
+    def __init__(self, criterion, bad_calls):
+        super().__init__()
+        self.inner, self.bad_calls, self.calls = criterion, set(bad_calls), 0
+        self.cls_loss = criterion.cls_loss
+
+    def forward(self, outputs, targets, keep_cls_inputs=False):
+        self.calls += 1
+        terms = self.inner(outputs, targets, keep_cls_inputs)
+        if self.calls in self.bad_calls:
+            terms["loss_cls"] = terms["loss_cls"] * float("nan")
+        return terms
+
+
+@pytest.fixture
+def make_trainer(compose_cfg, cache_dir, tmp_path):
+    cfg = compose_cfg(["debug=smoke", f"data.cache_dir={cache_dir}"])
+    train_set, _ = build_datasets(cfg.data)
+
+    def make(bad_calls, **kwargs):
+        torch.manual_seed(0)
+        model, criterion, _ = build(cfg, train_set.num_classes)
+        optimizer = instantiate(cfg.optim)(model.parameters())
+        return Trainer(model, NaNAt(criterion, bad_calls), optimizer, lambda_scheduler(optimizer, lambda it: 1.0),
+                       lambda start: infinite_train_batches(train_set, 2, 0, 0, start), validator=None,
+                       output_dir=tmp_path, batch_size=2, device=torch.device("cpu"), **kwargs)
+    return make
+
+
+def snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_a_nan_loss_skips_its_step_and_training_goes_on(make_trainer, caplog):
+    trainer = make_trainer({3}, max_iters=5)
+    trainer.model.train()
+    trainer.step(), trainer.step()
+    before = snapshot(trainer.model)
+    with caplog.at_level(logging.ERROR):
+        losses = trainer.step()
+    assert losses["loss"] != losses["loss"]  # NaN reported
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    assert "non-finite loss at iteration 1 (loss_cls)" in caplog.text  # iteration counts in train(); here 0
+    trainer.step()
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    assert trainer.skipped_steps == 1 and trainer.nonfinite_in_a_row == 0
+
+
+def test_k_nans_in_a_row_stop_with_the_documented_message_and_a_good_checkpoint(make_trainer, tmp_path):
+    trainer = make_trainer({3, 4}, max_iters=8, checkpoint_period=1, max_consecutive_nonfinite=2)
+    with pytest.raises(FloatingPointError, match=r"non-finite loss for 2 iterations in a row "
+                                                 r"\(trainer.max_consecutive_nonfinite=2\), the last at iteration 4 "
+                                                 r"in loss_cls; training stopped"):
+        trainer.train()
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert state["iteration"] == 3 and state["skipped_steps"] == 1  # written after the first skip, weights intact
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
