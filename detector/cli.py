@@ -76,8 +76,9 @@ def validator_for(dataset: CocoDetection, data: DictConfig, postprocessor, devic
     """Scores `dataset`; under DDP each process predicts every world_size-th image."""
     processes = processes or distributed.Distributed()
     share = Subset(dataset, range(processes.rank, len(dataset), processes.world_size)) if processes.enabled else dataset
-    loader = eval_loader(share, data.eval_batch_size, data.num_workers, pin_memory=device.type == "cuda")
-    return CocoValidator(loader, dataset.coco, dataset.category_ids, postprocessor, device, amp_dtype)
+    loader = eval_loader(share, data.eval_batch_size, data.num_workers, data.get("size_divisibility", 128),
+                         pin_memory=device.type == "cuda")
+    return CocoValidator(loader, dataset.coco, dataset.category_ids, postprocessor, device, amp_dtype, dataset.image_dir)
 
 
 def train(cfg: DictConfig) -> float:
@@ -133,7 +134,8 @@ def _train(cfg, device, amp_dtype, criterion, postprocessor, schedule, processes
 
     def batches(start_iteration: int):
         return infinite_train_batches(train_set, cfg.data.batch_size, cfg.data.num_workers, cfg.seed, start_iteration,
-                                      processes.rank, processes.world_size, group_ids, pin_memory=device.type == "cuda")
+                                      processes.rank, processes.world_size, group_ids, cfg.data.size_divisibility,
+                                      pin_memory=device.type == "cuda")
 
     trainer = Trainer(
         model, criterion, optimizer, lambda_scheduler(optimizer, schedule), batches=batches,

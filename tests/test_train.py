@@ -4,6 +4,7 @@ import json
 
 import torch
 from hydra.utils import instantiate
+from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
 
 from detector.cli import build, build_datasets
 from detector.data.loader import infinite_train_batches
@@ -22,7 +23,10 @@ def test_smoke_training_writes_metrics_checkpoints_and_events_then_evaluates(tmp
     assert metrics["iteration"] == 4 and metrics["images_per_second"] > 0
     assert all(0.0 <= metrics[k] <= 100.0 or metrics[k] == -1.0 for k in ("AP", "AP50", "APl"))
     assert (run / "checkpoints" / "last.pt").is_file() and (run / "checkpoints" / "best.pt").is_file()
-    assert list((run / "tb").glob("events.out.tfevents.*"))
+    events = EventAccumulator(str(run / "tb"), size_guidance={IMAGES: 0})
+    events.Reload()
+    assert {f"eval/detections_{i}" for i in range(4)} <= set(events.Tags()["images"])  # predicted and true boxes
+    assert events.Images("eval/detections_0")[-1].width == 128
     assert "iter 4/4" in (run / "train.log").read_text()
     assert "AP50" in result.stdout
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+from pathlib import Path
 
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from detector.data.images import read_rgb
 from detector.engine.distributed import gather_to_main
+from detector.engine.pictures import draw_detections
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
@@ -95,9 +98,6 @@ def format_metrics(stats: dict[str, float]) -> str:
     return f"{head}\n{row}"
 
 
-__all__ = ["CocoEvaluator", "run_inference", "format_metrics", "STAT_NAMES"]
-
-
 class CocoValidator:
     """Runs the model over a validation loader and returns (stats, pycocotools table, detections).
 
@@ -106,8 +106,9 @@ class CocoValidator:
     """
 
     def __init__(self, loader, coco_gt: COCO, category_ids: list[int], postprocessor, device: torch.device,
-                 autocast_dtype: torch.dtype | None = None):
+                 autocast_dtype: torch.dtype | None = None, image_dir: str | Path | None = None):
         self.loader = loader
+        self.image_dir = image_dir
         self.coco_gt = coco_gt
         self.category_ids = category_ids
         self.postprocessor = postprocessor
@@ -124,3 +125,27 @@ class CocoValidator:
         evaluator.results = [result for _, results in shares for result in results]
         stats, table = evaluator.summarize()
         return stats, table, evaluator.results
+
+
+    def pictures(self, detections: list[dict], count: int = 4, score_thresh: float = 0.3) -> list[torch.Tensor]:
+        """The first `count` validation images with their detections above `score_thresh` (red, with
+        class and score) and ground truth (green), as [3, H, W] uint8 tensors for TensorBoard."""
+        if self.image_dir is None:
+            return []
+        names = {c["id"]: c["name"] for c in self.coco_gt.dataset["categories"]}
+        label_of = {category: label for label, category in enumerate(self.category_ids)}
+        pictures = []
+        for image_id in sorted(self.coco_gt.imgs)[:count]:
+            image, _ = read_rgb(Path(self.image_dir) / self.coco_gt.imgs[image_id]["file_name"])
+            mine = [d for d in detections if d["image_id"] == image_id and d["score"] >= score_thresh]
+            truth = [a["bbox"] for a in self.coco_gt.imgToAnns.get(image_id, [])]
+            pictures.append(draw_detections(image, _xyxy([d["bbox"] for d in mine]),
+                                            torch.tensor([label_of[d["category_id"]] for d in mine], dtype=torch.long),
+                                            torch.tensor([d["score"] for d in mine]),
+                                            [names[c] for c in self.category_ids], _xyxy(truth)))
+        return pictures
+
+
+def _xyxy(boxes: list[list[float]]) -> torch.Tensor:
+    xywh = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    return torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1)

@@ -258,11 +258,13 @@ class Trainer:
         result = self.validator(self.module)
         if result is None:
             return None
-        stats, table, _ = result
+        stats, table, detections = result
         log.info("evaluation at iteration %d:\n%s", self.iteration, table.rstrip())
         if writer is not None:
             for name in STAT_NAMES[:6]:
                 writer.add_scalar(f"eval/{name}", stats[name], self.iteration)
+            for index, picture in enumerate(getattr(self.validator, "pictures", lambda _: [])(detections)):
+                writer.add_image(f"eval/detections_{index}", picture, self.iteration)  # red: predicted, green: truth
         if stats["AP"] > self.best_ap:
             self.best_ap = stats["AP"]
             save_checkpoint(self.state_dict(), self.output_dir / "checkpoints" / "best.pt")

@@ -16,17 +16,27 @@ class AnchorGenerator(nn.Module):
     (sizes[l]·s)² and is centred at ((x + offset)·stride, (y + offset)·stride). The paper:
     sizes 32–512 on strides 8–128, 3 scales, ratios {1:2, 1:1, 2:1}, offset 0.
 
+    A level's size may also be a list, its anchor sizes given explicitly (scales_per_octave is
+    then unused), and `round` rounds the anchors' corners to integers: torchvision's RetinaNet
+    uses both, sizes (x, int(x·2^⅓), int(x·2^⅔)) and rounded anchors.
+
     Anchors are cached per set of feature-map sizes and device.
     """
 
     def __init__(self, sizes: Sequence[float] = (32, 64, 128, 256, 512), scales_per_octave: int = 3,
                  ratios: Sequence[float] = (0.5, 1.0, 2.0), strides: Sequence[int] = (8, 16, 32, 64, 128),
-                 offset: float = 0.0):
+                 offset: float = 0.0, round: bool = False):
         super().__init__()
         if len(sizes) != len(strides):
             raise ValueError(f"anchors need one size per pyramid level: {len(sizes)} sizes for "
                              f"{len(strides)} strides {list(strides)}")
-        if min(sizes) <= 0 or min(strides) <= 0 or scales_per_octave < 1 or not ratios or min(ratios) <= 0:
+        scales = [2.0 ** (i / scales_per_octave) for i in range(max(scales_per_octave, 1))]
+        level_sizes = [[size * s for s in scales] if isinstance(size, (int, float)) else [float(v) for v in size]
+                       for size in sizes]
+        if len({len(level) for level in level_sizes}) != 1:
+            raise ValueError(f"every level needs the same number of anchor sizes, got {[list(v) for v in level_sizes]}")
+        if (min(min(level) for level in level_sizes) <= 0 or min(strides) <= 0 or scales_per_octave < 1 or not ratios
+                or min(ratios) <= 0):
             raise ValueError("anchor sizes, strides and ratios must be positive and scales_per_octave >= 1; "
                              f"got sizes={list(sizes)}, strides={list(strides)}, ratios={list(ratios)}, "
                              f"scales_per_octave={scales_per_octave}")
@@ -34,20 +44,20 @@ class AnchorGenerator(nn.Module):
             raise ValueError(f"anchor offset must be in [0, 1), got {offset}")
         self.strides = tuple(int(s) for s in strides)
         self.offset = offset
-        scales = [2.0 ** (i / scales_per_octave) for i in range(scales_per_octave)]
-        self.cell_anchors = [self._cell_anchors(size, scales, ratios) for size in sizes]
-        self.num_anchors_per_location = len(scales) * len(ratios)
+        self.cell_anchors = [self._cell_anchors(level, ratios, round) for level in level_sizes]
+        self.num_anchors_per_location = len(level_sizes[0]) * len(ratios)
         self._cache: dict[tuple, Tensor] = {}
 
     @staticmethod
-    def _cell_anchors(size: float, scales: list[float], ratios: Sequence[float]) -> Tensor:
+    def _cell_anchors(sizes: list[float], ratios: Sequence[float], round: bool) -> Tensor:
         boxes = []
         for ratio in ratios:
-            for scale in scales:
-                w = size * scale / math.sqrt(ratio)
-                h = size * scale * math.sqrt(ratio)
+            for size in sizes:
+                w = size / math.sqrt(ratio)
+                h = size * math.sqrt(ratio)
                 boxes.append([-w / 2, -h / 2, w / 2, h / 2])
-        return torch.tensor(boxes, dtype=torch.float64)
+        cell = torch.tensor(boxes, dtype=torch.float64)
+        return cell.round() if round else cell
 
     def grid_anchors(self, grid_sizes: Sequence[tuple[int, int]], device: torch.device) -> Tensor:
         """[sum over levels of H·W·A, 4] anchors (float32) for feature maps of `grid_sizes`."""

@@ -1,0 +1,93 @@
+"""Detect objects in image files with a checkpoint; write annotated pictures and COCO results.
+
+    python scripts/predict.py CHECKPOINT IMAGE_OR_FOLDER [...] [--out predictions] [--score 0.3]
+
+Each image is read as RGB (EXIF orientation applied), resized and normalised as in the
+checkpoint's evaluation, padded, and run through the model and its postprocessing. Boxes are
+mapped back to the file's pixels. Writes OUT/<name>.png with the boxes, class names and scores
+drawn on it, and OUT/detections.json in the COCO results format (image_id is the position in the
+list of images, "file_name" names the file, category_id is the model's label 0…K−1 and "category"
+its name), every detection above the model's own threshold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torchvision.io import write_png
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from detector.data.images import read_rgb  # noqa: E402
+from detector.data.loader import PadCollate  # noqa: E402
+from detector.data.transforms import eval_transforms  # noqa: E402
+from detector.engine.checkpoint import load_checkpoint, load_model_weights  # noqa: E402
+from detector.engine.pictures import draw_detections  # noqa: E402
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def image_files(paths: list[Path]) -> list[Path]:
+    files = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise SystemExit(f"{path}: no such file or folder")
+    if not files:
+        raise SystemExit(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {', '.join(map(str, paths))}")
+    return files
+
+
+@torch.no_grad()
+def predict(checkpoint: Path, files: list[Path], out: Path, score: float) -> list[dict]:
+    state = load_checkpoint(checkpoint)
+    config = OmegaConf.create(state["config"])
+    classes = list(state["config"]["classes"])
+    model = instantiate(config.model, num_classes=len(classes))
+    load_model_weights(model, state, checkpoint, state["config"])
+    model.eval()
+    postprocess = instantiate(config.postprocess)
+    transform = eval_transforms(config.data.test_min_size, config.data.max_size)
+    collate = PadCollate(int(config.data.get("size_divisibility", 128)))
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for image_id, path in enumerate(files):
+        pixels, _ = read_rgb(path)
+        tensor = transform(image=pixels, bboxes=[], labels=[], iscrowd=[])["image"]
+        images, _ = collate([(tensor, {})])
+        detections = postprocess(model(images), [tuple(tensor.shape[-2:])])[0]
+        scale = torch.tensor([pixels.shape[1] / tensor.shape[2], pixels.shape[0] / tensor.shape[1]]).repeat(2)
+        boxes = detections["boxes"] * scale
+        for box, value, label in zip(boxes.tolist(), detections["scores"].tolist(), detections["labels"].tolist()):
+            results.append({"image_id": image_id, "file_name": str(path), "category_id": label,
+                            "category": classes[label], "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+                            "score": value})
+        shown = detections["scores"] >= score
+        picture = draw_detections(pixels, boxes[shown], detections["labels"][shown], detections["scores"][shown], classes)
+        write_png(picture, str(out / f"{path.stem}.png"))
+    (out / "detections.json").write_text(json.dumps(results))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("images", type=Path, nargs="+", help="image files or folders")
+    parser.add_argument("--out", type=Path, default=Path("predictions"))
+    parser.add_argument("--score", type=float, default=0.3, help="draw detections at least this confident")
+    args = parser.parse_args()
+    files = image_files(args.images)
+    results = predict(args.checkpoint, files, args.out, args.score)
+    print(f"{len(results)} detections in {len(files)} images; pictures and detections.json in {args.out}")
+
+
+if __name__ == "__main__":
+    main()
