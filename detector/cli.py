@@ -23,7 +23,7 @@ from detector.data.loader import eval_loader, infinite_train_batches
 from detector.data.transforms import eval_transforms, train_transforms
 from detector.engine import distributed
 from detector.engine.checkpoint import load_checkpoint, load_model_weights
-from detector.engine.evaluator import CocoValidator, format_metrics
+from detector.engine.evaluator import CocoValidator, format_metrics, resolve_backend
 from detector.engine.schedule import lambda_scheduler
 from detector.engine.trainer import Trainer, autocast_dtype, check_settings, resolve_device
 
@@ -72,13 +72,14 @@ def output_dir() -> Path:
 
 
 def validator_for(dataset: CocoDetection, data: DictConfig, postprocessor, device, amp_dtype,
-                  processes: distributed.Distributed | None = None) -> CocoValidator:
+                  processes: distributed.Distributed | None = None, backend: str = "auto") -> CocoValidator:
     """Scores `dataset`; under DDP each process predicts every world_size-th image."""
     processes = processes or distributed.Distributed()
     share = Subset(dataset, range(processes.rank, len(dataset), processes.world_size)) if processes.enabled else dataset
     loader = eval_loader(share, data.eval_batch_size, data.num_workers, data.get("size_divisibility", 128),
                          pin_memory=device.type == "cuda")
-    return CocoValidator(loader, dataset.coco, dataset.category_ids, postprocessor, device, amp_dtype, dataset.image_dir)
+    return CocoValidator(loader, dataset.coco, dataset.category_ids, postprocessor, device, amp_dtype, dataset.image_dir,
+                         backend)
 
 
 def train(cfg: DictConfig) -> float:
@@ -94,11 +95,11 @@ def train(cfg: DictConfig) -> float:
             raise ValueError(f"data.{key} must be >= 1, got {cfg.data[key]}")
     device = resolve_device(trainer_cfg.device)
     amp_dtype = autocast_dtype(trainer_cfg.amp, device)
+    resolve_backend(cfg.evaluation.backend)
     criterion = build_criterion(cfg)
     postprocessor = instantiate(cfg.postprocess)
     schedule = instantiate(cfg.schedule, max_iters=trainer_cfg.max_iters)
-    with torch.device("meta"):  # every model value is checked now, before any data work; no memory is used
-        instantiate(cfg.model, num_classes=1)
+    _check_model_values(cfg.model)
     processes = distributed.setup(device.type)
     try:
         return _train(cfg, device, amp_dtype, criterion, postprocessor, schedule, processes, run_config)
@@ -139,7 +140,7 @@ def _train(cfg, device, amp_dtype, criterion, postprocessor, schedule, processes
 
     trainer = Trainer(
         model, criterion, optimizer, lambda_scheduler(optimizer, schedule), batches=batches,
-        validator=validator_for(val_set, cfg.data, postprocessor, device, amp_dtype, processes),
+        validator=validator_for(val_set, cfg.data, postprocessor, device, amp_dtype, processes, cfg.evaluation.backend),
         output_dir=out, max_iters=trainer_cfg.max_iters, batch_size=cfg.data.batch_size, device=device,
         amp=trainer_cfg.amp, eval_period=trainer_cfg.eval_period, log_period=trainer_cfg.log_period,
         checkpoint_period=trainer_cfg.checkpoint_period, clip_grad_norm=trainer_cfg.clip_grad_norm,
@@ -176,7 +177,8 @@ def evaluate(cfg: DictConfig) -> dict:
     current = OmegaConf.to_container(saved, resolve=True)
     load_model_weights(model, state, cfg.checkpoint, {**current, "classes": val_set.class_names})
     model.to(device)
-    stats, table, detections = validator_for(val_set, saved.data, postprocessor, device, amp_dtype)(model)
+    backend = OmegaConf.select(saved, "evaluation.backend", default="auto")
+    stats, table, detections = validator_for(val_set, saved.data, postprocessor, device, amp_dtype, backend=backend)(model)
     out = output_dir()
     (out / "detections.json").write_text(json.dumps(detections))
     metrics = {name: stats[name] for name in ("AP", "AP50", "AP75", "APs", "APm", "APl")}
@@ -185,6 +187,17 @@ def evaluate(cfg: DictConfig) -> dict:
     log.info("evaluation of %s:\n%s", cfg.checkpoint, table.rstrip())
     print(f"\n{format_metrics(metrics)}\nmetrics: {out / 'metrics.json'}")
     return metrics
+
+
+def _check_model_values(model: DictConfig) -> None:
+    """Build the model on the meta device (no memory, no weights read) so that every value is
+    checked before any data work; a missing weights file is named now too."""
+    weights_path = OmegaConf.select(model, "backbone.weights_path")
+    if weights_path is not None and not Path(weights_path).expanduser().is_file():
+        raise FileNotFoundError(f"model.backbone.weights_path={weights_path}: no such file. Place a torchvision ResNet "
+                                "state dict or one of this project's checkpoints there, or set it to null.")
+    with torch.device("meta"):
+        instantiate(OmegaConf.merge(model, {"backbone": {"weights_path": None}}), num_classes=1)
 
 
 def _quiet_logging() -> None:

@@ -66,14 +66,16 @@ def check(model: nn.Module, postprocess, out: Path, sizes: list[tuple[int, int]]
             expected = model(images)
         cls_logits, box_deltas = session.run(None, {"images": images.numpy()})
         for name, got in (("cls_logits", cls_logits), ("box_deltas", box_deltas)):
-            difference = float(np.abs(got - expected[name if name == "cls_logits" else "box_deltas"].numpy()).max())
+            difference = float(np.abs(got - expected[name].numpy()).max())
             if difference > 1e-4:
                 raise SystemExit(f"{name} at {height}×{width}: onnxruntime differs from PyTorch by {difference:.2e}")
         from_onnx = dict(expected, cls_logits=torch.from_numpy(cls_logits), box_deltas=torch.from_numpy(box_deltas))
         reference = postprocess(expected, [(height, width)] * 2)
         detections = postprocess(from_onnx, [(height, width)] * 2)
         for ours, theirs in zip(detections, reference):
-            if len(ours["boxes"]) != len(theirs["boxes"]) or not torch.allclose(ours["boxes"], theirs["boxes"], atol=1e-3):
+            if (len(ours["boxes"]) != len(theirs["boxes"]) or not torch.equal(ours["labels"], theirs["labels"])
+                    or not torch.allclose(ours["boxes"], theirs["boxes"], atol=1e-3)
+                    or not torch.allclose(ours["scores"], theirs["scores"], atol=1e-4)):
                 raise SystemExit(f"detections at {height}×{width} differ between onnxruntime and PyTorch")
         lines.append(f"{height}×{width}: outputs within 1e-4, {sum(len(d['boxes']) for d in detections)} detections identical")
     return lines

@@ -48,7 +48,7 @@ def test_a_checkpoint_of_another_model_is_refused_with_what_differs_and_how_to_f
     result = run_script("evaluate.py", f"checkpoint={checkpoint}", "model.head.channels=64",
                         f"hydra.run.dir={tmp_path / 'eval'}")
     assert result.returncode != 0
-    assert "does not fit this one" in result.stderr and "in the checkpoint, (" in result.stderr  # the shapes
+    assert "and does not fit this one" in result.stderr and "in the checkpoint, (" in result.stderr  # the shapes
     assert "model.head.channels: 32 in the checkpoint, 64 here" in result.stderr
     assert f"model.backbone.weights_path={checkpoint}" in result.stderr
 

@@ -95,6 +95,8 @@ def test_invalid_gamma_fails_before_any_data_work(tmp_path):
     ("model.anchor_generator.sizes=[32,64]", "anchors need one size per pyramid level"),
     ("criterion.matcher.bg_iou=0.6", "matcher needs 0 <= bg_iou <= fg_iou <= 1"),
     ("trainer.max_consecutive_nonfinite=0", "trainer.max_consecutive_nonfinite must be >= 1, got 0"),
+    ("model.backbone.weights_path=/nonexistent.pth", "model.backbone.weights_path=/nonexistent.pth: no such file"),
+    ("evaluation.backend=fast", "evaluation.backend must be one of ['auto', 'pycocotools', 'faster_coco_eval']"),
 ])
 def test_invalid_values_name_key_and_range_before_any_data_work(tmp_path, override, message):
     cache = tmp_path / "cache"

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from detector.data.coco import checked_coco
@@ -10,10 +11,14 @@ def ground_truth(cache_dir):
     return checked_coco(splits.val_ann, splits.val_dir)
 
 
-def test_ground_truth_fed_back_scores_100_after_mapping_back_to_original_size(cache_dir):
+BACKENDS = ["pycocotools", "faster_coco_eval"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ground_truth_fed_back_scores_100_after_mapping_back_to_original_size(cache_dir, backend):
     coco = ground_truth(cache_dir)
     category_ids = sorted(coco.getCatIds())
-    evaluator = CocoEvaluator(coco, category_ids)
+    evaluator = CocoEvaluator(coco, category_ids, backend)
     for image_id in coco.getImgIds():
         anns = coco.imgToAnns[image_id]
         xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32)
@@ -29,11 +34,34 @@ def test_ground_truth_fed_back_scores_100_after_mapping_back_to_original_size(ca
     assert "Average Precision" in table
 
 
-def test_wrong_labels_score_zero_and_no_detections_is_zero_not_a_crash(cache_dir):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_wrong_labels_score_zero_and_no_detections_is_zero_not_a_crash(cache_dir, backend):
     coco = ground_truth(cache_dir)
-    evaluator = CocoEvaluator(coco, sorted(coco.getCatIds()))
+    evaluator = CocoEvaluator(coco, sorted(coco.getCatIds()), backend)
     for image_id in coco.getImgIds():
         evaluator.update([{"image_id": image_id, "orig_size": (256, 256), "size": (256, 256)}],
                          [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}])
     stats, _ = evaluator.summarize()
     assert stats["AP"] == 0.0 and stats["AP50"] == 0.0 and stats["AR100"] == 0.0
+
+
+def test_faster_coco_eval_gives_pycocotools_12_stats_on_the_same_detections(cache_dir):
+    coco = ground_truth(cache_dir)
+    category_ids = sorted(coco.getCatIds())
+    generator = torch.Generator().manual_seed(0)
+    evaluators = [CocoEvaluator(coco, category_ids, backend) for backend in BACKENDS]
+    for image_id in coco.getImgIds():
+        anns = coco.imgToAnns[image_id]
+        xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+        xyxy = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1)
+        noisy = xyxy + torch.randn(xyxy.shape, generator=generator) * xywh[:, 2:].repeat(1, 2) * 0.15
+        false = torch.rand(5, 2, generator=generator) * 200
+        boxes = torch.cat([noisy, torch.cat([false, false + 40], dim=1)])  # hits of every quality and misses
+        labels = torch.tensor([category_ids.index(a["category_id"]) for a in anns] + [0, 1, 2, 3, 4])
+        labels[torch.rand(len(labels), generator=generator) < 0.1] = 5  # some wrong classes
+        det = {"boxes": boxes, "scores": torch.rand(len(boxes), generator=generator), "labels": labels}
+        for evaluator in evaluators:
+            evaluator.update([{"image_id": image_id, "orig_size": (256, 256), "size": (256, 256)}], [det])
+    reference, faster = (evaluator.summarize()[0] for evaluator in evaluators)
+    assert 5.0 < reference["AP"] < 95.0 and 0.0 < reference["APs"]  # a non-trivial score
+    assert faster == pytest.approx(reference, abs=1e-6) and len(reference) == 12

@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torchvision.models.detection import RetinaNet as TorchvisionRetinaNet
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
@@ -21,7 +22,7 @@ from detector.data.transforms import eval_transforms
 from detector.engine.checkpoint import load_checkpoint
 from tests.conftest import ROOT
 
-HEIGHT, WIDTH = 256, 384  # multiples of 128: no padding on either side
+HEIGHT, WIDTH = 256, 352  # multiples of 32, not of 128: across, P6 and P7 strides are 58 and 117 (torchvision)
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +74,9 @@ def test_converted_model_reproduces_torchvision_detections(tmp_path, torchvision
     with torch.no_grad():
         expected = torchvision_model(list(images))
         got = postprocess(ours(images), [(HEIGHT, WIDTH)] * 2)
+        features = list(torchvision_model.backbone(images).values())
+        their_anchors = torchvision_model.anchor_generator(ImageList(images, [(HEIGHT, WIDTH)] * 2), features)[0]
+    torch.testing.assert_close(ours(images)["anchors"], their_anchors, rtol=0, atol=0)  # sizes, rounding, strides
     for mine, theirs in zip(got, expected):
         assert 10 < len(theirs["boxes"]) < 300 and len(mine["boxes"]) == len(theirs["boxes"])  # not two empty lists
         # the same detections; equal scores may come in either order, so pair them by label and box

@@ -86,3 +86,22 @@ def test_gradient_diagnostics_do_not_change_the_step(compose_cfg, cache_dir, tmp
     for name, value in plain_state.items():
         torch.testing.assert_close(diagnosed_state[name], value, rtol=0, atol=0, msg=name)
     assert 0.0 < stats.scalars["easy_negative_loss_share"] < 1.0 and stats.g_negative.total > stats.g_positive.total > 0
+
+
+def test_bf16_autocast_on_cpu_trains_with_float32_losses(compose_cfg, cache_dir, tmp_path):
+    cfg = compose_cfg(["debug=smoke", f"data.cache_dir={cache_dir}"])
+    train_set, _ = build_datasets(cfg.data)
+    torch.manual_seed(0)
+    model, criterion, _ = build(cfg, train_set.num_classes)
+    optimizer = instantiate(cfg.optim)(model.parameters())
+    trainer = Trainer(model, criterion, optimizer, lambda_scheduler(optimizer, lambda it: 1.0),
+                      lambda start: infinite_train_batches(train_set, 2, 0, 0, start), validator=None,
+                      output_dir=tmp_path, max_iters=12, batch_size=2, device=torch.device("cpu"), amp="bf16")
+    seen = {}
+    model.head.register_forward_hook(lambda module, args, output: seen.update(head=output[0].dtype))  # returns None
+    criterion.register_forward_hook(lambda module, args, output: seen.update(loss=output["loss_cls"].dtype))
+    losses = trainer.step()
+    assert seen["head"] == torch.bfloat16 and seen["loss"] == torch.float32  # the network ran in bf16 ...
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # ... on float32 weights
+    history = [losses["loss"]] + [trainer.step()["loss"] for _ in range(11)]
+    assert all(torch.isfinite(torch.tensor(history))) and sum(history[-3:]) < sum(history[:3]), history

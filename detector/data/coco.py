@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
 
@@ -59,9 +60,15 @@ def checked_coco(ann_file: str, image_dir: str) -> COCO:
     if any(p.severity in ("skip", "fix") for p in report.problems):
         log.warning("%s: %d image(s) left out, %d annotation(s) dropped; what was done about each problem:\n%s",
                     ann_file, len(report.skipped_images()), len(report.dropped_annotations()), report.summary())
+        shown: Counter = Counter()
         for problem in report.problems:
             if problem.severity in ("skip", "fix"):
-                log.debug("%s", problem)
+                shown[problem.kind] += 1
+                if shown[problem.kind] <= 10:
+                    log.info("%s", problem)
+                elif shown[problem.kind] == 11:
+                    log.info("… more %s: python scripts/validate_dataset.py %s %s lists them all", problem.kind,
+                             ann_file, image_dir)
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
@@ -73,7 +80,8 @@ class CocoDetection(Dataset):
     """Images and boxes of one COCO-format split.
 
     Category ids map to contiguous labels 0..K−1 in increasing id order (`category_ids[label]`
-    maps back). Boxes are clipped to the image; boxes with no area left are dropped and counted.
+    maps back). Boxes are clipped to the image (the checks before training drop, count and log
+    those with less than a pixel inside, see `detector.data.validation`).
     Crowd boxes are kept with `iscrowd` = True (the criterion treats them as ignore regions).
 
     Each item is (image [3, H, W] float tensor, target) with target keys "boxes" [G, 4] xyxy in
@@ -90,7 +98,6 @@ class CocoDetection(Dataset):
         self.class_names = [self.coco.cats[c]["name"] for c in self.category_ids]
         self.label_of = {cat: label for label, cat in enumerate(self.category_ids)}
         self.image_ids = sorted(self.coco.getImgIds())
-        self.dropped_boxes = 0
 
     @property
     def num_classes(self) -> int:
@@ -126,7 +133,9 @@ class CocoDetection(Dataset):
 
     def _read(self, index: int) -> tuple[int, np.ndarray, list[int]]:
         """(image id, pixels, ids that failed): a file that cannot be decoded, or whose size is not
-        the one in the JSON (its boxes would not match), is logged and replaced by the next image."""
+        the one in the JSON (its boxes would not match), is logged and replaced by the next image.
+        The evaluator skips such substitutes (scored at their own turn) and leaves the unusable
+        image out of the COCO evaluation."""
         failed = []
         for attempt in range(len(self)):
             image_id = self.image_ids[(index + attempt) % len(self)]
@@ -150,14 +159,7 @@ class CocoDetection(Dataset):
         boxes, labels, crowd = [], [], []
         for ann in self.coco.imgToAnns.get(image_id, []):
             x, y, w, h = ann["bbox"]
-            x0, y0 = max(0.0, x), max(0.0, y)
-            x1, y1 = min(float(width), x + w), min(float(height), y + h)
-            if x1 - x0 < 1 or y1 - y0 < 1:
-                self.dropped_boxes += 1
-                log.debug("%s: annotation %s of image %s has no area inside the image; dropped",
-                          self.ann_file, ann.get("id"), image_id)
-                continue
-            boxes.append([x0, y0, x1, y1])
+            boxes.append([max(0.0, x), max(0.0, y), min(float(width), x + w), min(float(height), y + h)])
             labels.append(self.label_of[ann["category_id"]])
             crowd.append(bool(ann.get("iscrowd", 0)))
         return (np.asarray(boxes, dtype=np.float32).reshape(-1, 4), np.asarray(labels, dtype=np.int64),

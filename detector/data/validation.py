@@ -28,7 +28,9 @@ ACTIONS = {
     "orphan_annotation": ("skip", "annotation dropped"),
     "invalid_box": ("skip", "annotation dropped"),
     "empty_box": ("skip", "annotation dropped"),
+    "box_off_image": ("skip", "annotation dropped: less than a pixel of it is inside the image"),
     "box_outside_image": ("fix", "box clipped to the image"),
+    "missing_area": ("fix", "area set to the box's width × height (COCOeval needs it)"),
     "converted_image": ("fix", "converted to 8-bit RGB"),
     "exif_orientation": ("fix", "pixels rotated as EXIF says; boxes describe the displayed image"),
     "no_annotations": ("note", "kept as a negative image"),
@@ -107,6 +109,9 @@ def load_json(ann_file: str | Path, report: Report) -> dict | None:
 def check_annotations(data: dict, ann_file: str | Path, report: Report) -> None:
     """Everything that can be checked from the JSON alone."""
     categories = _unique_ids(data["categories"], "category", "duplicate_category_id", ann_file, report)
+    for category in categories.values():
+        if not isinstance(category.get("name"), str):
+            report.add("structure", ann_file, f"category {category['id']} needs a 'name'")
     if not categories:
         report.add("no_categories", ann_file, "'categories' is empty or has no valid entries")
     images = _unique_ids(data["images"], "image", "duplicate_image_id", ann_file, report)
@@ -142,8 +147,13 @@ def check_annotations(data: dict, ann_file: str | Path, report: Report) -> None:
             report.add("empty_box", ann_file, f"bbox {box} has zero or negative width or height", image_id, ann_id)
             continue
         width, height = image.get("width"), image.get("height")
+        if _positive(width) and _positive(height) and (min(x + w, width) - max(x, 0) < 1 or min(y + h, height) - max(y, 0) < 1):
+            report.add("box_off_image", ann_file, f"bbox {box} is not inside the {width}×{height} image", image_id, ann_id)
+            continue
         if _positive(width) and _positive(height) and (x < 0 or y < 0 or x + w > width or y + h > height):
             report.add("box_outside_image", ann_file, f"bbox {box} leaves the {width}×{height} image", image_id, ann_id)
+        if not _positive(ann.get("area")) and not ann.get("iscrowd"):
+            report.add("missing_area", ann_file, f"area is {ann.get('area')!r}", image_id, ann_id)
         if ann.get("iscrowd"):
             report.add("crowd", ann_file, "crowd region", image_id, ann_id)
         annotated.add(image_id)
@@ -193,6 +203,8 @@ def validate(ann_file: str | Path, image_dir: str | Path, decode: bool = True) -
         return report, None
     kept = {image["id"] for image in usable}
     annotations = [a for a in data["annotations"] if a.get("id") not in dropped and a.get("image_id") in kept]
+    missing_area = {p.annotation_id for p in report.problems if p.kind == "missing_area"}
+    annotations = [{**a, "area": a["bbox"][2] * a["bbox"][3]} if a["id"] in missing_area else a for a in annotations]
     return report, {**data, "images": usable, "annotations": annotations}
 
 

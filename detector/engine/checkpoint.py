@@ -80,7 +80,9 @@ def load_model_weights(model: torch.nn.Module, state: dict, path: str | Path, co
     ours, theirs = model.state_dict(), state["model"]
     reshaped = sorted(k for k in ours.keys() & theirs.keys() if ours[k].shape != theirs[k].shape)
     missing, unexpected = sorted(ours.keys() - theirs.keys()), sorted(theirs.keys() - ours.keys())
-    if not (reshaped or missing or unexpected):
+    saved_classes, classes = (state.get("config") or {}).get("classes"), (config or {}).get("classes")
+    renamed = saved_classes is not None and classes is not None and list(saved_classes) != list(classes)
+    if not (reshaped or missing or unexpected or renamed):
         model.load_state_dict(theirs)
         return
     lines = [f"{k}: {tuple(theirs[k].shape)} in the checkpoint, {tuple(ours[k].shape)} here" for k in reshaped[:5]]
@@ -88,11 +90,13 @@ def load_model_weights(model: torch.nn.Module, state: dict, path: str | Path, co
         lines.append(f"{len(missing)} tensors missing from the checkpoint, e.g. {missing[:3]}")
     if unexpected:
         lines.append(f"{len(unexpected)} tensors this model does not have, e.g. {unexpected[:3]}")
+    if renamed:
+        lines.append(f"classes {list(saved_classes)[:6]}… in the checkpoint, {list(classes)[:6]}… here")
     saved = state.get("config") or {}
     differences = [f"{key}: {a!r} in the checkpoint, {b!r} here"
                    for key, (a, b) in _config_differences(saved, config or {}).items()]
     raise CheckpointError(
-        f"{path} was trained with a different model and does not fit this one:\n  " + "\n  ".join(lines)
+        f"{path} was trained with a different model or classes and does not fit this one:\n  " + "\n  ".join(lines)
         + ("\nSettings that differ:\n  " + "\n  ".join(differences[:10]) if differences else "")
         + f"\nTo fine-tune from it, start a new run with model.backbone.weights_path={path} (loads its backbone "
           "only; the FPN and heads start fresh), or match the settings above to continue or evaluate it.")
@@ -103,7 +107,7 @@ def _config_differences(saved: dict, current: dict) -> dict[str, tuple]:
     flat_saved, flat_current = _flatten(saved.get("model", {}), "model"), _flatten(current.get("model", {}), "model")
     differences = {k: (flat_saved.get(k), flat_current.get(k)) for k in sorted(flat_saved.keys() | flat_current.keys())
                    if flat_saved.get(k) != flat_current.get(k)}
-    if saved.get("classes") != current.get("classes") and "classes" in saved and "classes" in current:
+    if "classes" in saved and "classes" in current and list(saved["classes"]) != list(current["classes"]):
         differences["classes"] = (f"{len(saved['classes'])} classes", f"{len(current['classes'])} classes")
     return differences
 

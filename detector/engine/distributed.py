@@ -52,9 +52,11 @@ def main_first():
     """Run the block on rank 0 first (e.g. writing the dataset cache), then on the others."""
     if dist.is_initialized() and dist.get_rank() != 0:
         dist.barrier()
-    yield
-    if dist.is_initialized() and dist.get_rank() == 0:
-        dist.barrier()
+    try:
+        yield
+    finally:  # also when the block raises on rank 0: the others then run it, meet the same error and stop
+        if dist.is_initialized() and dist.get_rank() == 0:
+            dist.barrier()
 
 
 def cleanup() -> None:

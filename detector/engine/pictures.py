@@ -14,7 +14,7 @@ PREDICTED, GROUND_TRUTH = (230, 40, 40), (40, 200, 60)
 def draw_detections(image: np.ndarray, boxes: Tensor, labels: Tensor, scores: Tensor, class_names: list[str],
                     ground_truth: Tensor | None = None) -> Tensor:
     """[3, H, W] uint8 picture of an H × W × 3 uint8 image with xyxy boxes in its pixels."""
-    picture = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    picture = torch.tensor(image).permute(2, 0, 1)  # a copy: decoded arrays may be read-only
     width = max(1, round(max(image.shape[:2]) / 300))
     if ground_truth is not None and len(ground_truth):
         picture = draw_bounding_boxes(picture, ground_truth.float(), colors=GROUND_TRUTH, width=width)

@@ -126,7 +126,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "iteration": self.iteration, "best_ap": self.best_ap,
                 "train_seconds": self.train_seconds, "skipped_steps": self.skipped_steps,
-                "replaced_images": sorted(self.replaced_images), "rng": capture_rng_state(),
+                "nonfinite_in_a_row": self.nonfinite_in_a_row, "replaced_images": sorted(self.replaced_images), "rng": capture_rng_state(),
                 "config": self.run_config}
 
     def resume(self, path: str | Path) -> None:
@@ -137,9 +137,12 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.iteration, self.best_ap = state["iteration"], state["best_ap"]
-        self.train_seconds, self.skipped_steps = state["train_seconds"], state["skipped_steps"]
-        self.replaced_images = set(state["replaced_images"])
-        restore_rng_state(state["rng"])
+        self.train_seconds = state["train_seconds"]
+        # checkpoints written before these were saved resume without them
+        self.skipped_steps, self.nonfinite_in_a_row = state.get("skipped_steps", 0), state.get("nonfinite_in_a_row", 0)
+        self.replaced_images = set(state.get("replaced_images", ()))
+        if "rng" in state:
+            restore_rng_state(state["rng"])
         self.stream = None  # the data stream restarts at the restored iteration
         log.info("resumed from %s at iteration %d", path, self.iteration)
 

@@ -25,7 +25,8 @@ class RetinaNetCriterion(nn.Module):
     `normalizer_init` (detectron2 uses 0.9 and 100): with one or two images per GPU the raw
     count is noisy. The EMA is a buffer, so it is saved in checkpoints.
 
-    `reduce_num_pos`, if given, sums the positive count over processes (DDP).
+    `reduce_num_pos`, if given, averages the positive count over processes (DDP: with the
+    gradients averaged too, the loss is then normalised by the global count).
 
     With `keep_cls_inputs=True` the result also holds the classification loss's inputs,
     "cls_logits" (still in the graph) and "cls_targets", for the gradient diagnostics.

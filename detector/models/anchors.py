@@ -18,14 +18,17 @@ class AnchorGenerator(nn.Module):
 
     A level's size may also be a list, its anchor sizes given explicitly (scales_per_octave is
     then unused), and `round` rounds the anchors' corners to integers: torchvision's RetinaNet
-    uses both, sizes (x, int(x·2^⅓), int(x·2^⅔)) and rounded anchors.
+    uses both, sizes (x, int(x·2^⅓), int(x·2^⅔)) and rounded anchors. torchvision also takes
+    each level's stride, per axis, as image size // grid size, which differs from the nominal
+    stride when the padded image is not a multiple of it (P6, P7 of an 800-px side: 61, 114);
+    `stride_from_image_size` does the same.
 
     Anchors are cached per set of feature-map sizes and device.
     """
 
     def __init__(self, sizes: Sequence[float] = (32, 64, 128, 256, 512), scales_per_octave: int = 3,
                  ratios: Sequence[float] = (0.5, 1.0, 2.0), strides: Sequence[int] = (8, 16, 32, 64, 128),
-                 offset: float = 0.0, round: bool = False):
+                 offset: float = 0.0, round: bool = False, stride_from_image_size: bool = False):
         super().__init__()
         if len(sizes) != len(strides):
             raise ValueError(f"anchors need one size per pyramid level: {len(sizes)} sizes for "
@@ -44,6 +47,7 @@ class AnchorGenerator(nn.Module):
             raise ValueError(f"anchor offset must be in [0, 1), got {offset}")
         self.strides = tuple(int(s) for s in strides)
         self.offset = offset
+        self.stride_from_image_size = stride_from_image_size
         self.cell_anchors = [self._cell_anchors(level, ratios, round) for level in level_sizes]
         self.num_anchors_per_location = len(level_sizes[0]) * len(ratios)
         self._cache: dict[tuple, Tensor] = {}
@@ -59,23 +63,32 @@ class AnchorGenerator(nn.Module):
         cell = torch.tensor(boxes, dtype=torch.float64)
         return cell.round() if round else cell
 
-    def grid_anchors(self, grid_sizes: Sequence[tuple[int, int]], device: torch.device) -> Tensor:
-        """[sum over levels of H·W·A, 4] anchors (float32) for feature maps of `grid_sizes`."""
-        key = (tuple(grid_sizes), str(device))
+    def grid_anchors(self, grid_sizes: Sequence[tuple[int, int]], device: torch.device,
+                     strides: Sequence[tuple[int, int]] | None = None) -> Tensor:
+        """[sum over levels of H·W·A, 4] anchors (float32) for feature maps of `grid_sizes`, with
+        (y, x) `strides` per level (default: the nominal ones)."""
+        strides = tuple(strides or ((s, s) for s in self.strides))
+        key = (tuple(grid_sizes), strides, str(device))
         if key not in self._cache:
             if len(self._cache) >= 32:
                 self._cache.clear()
             levels = []
-            for (height, width), stride, cell in zip(grid_sizes, self.strides, self.cell_anchors):
-                ys = (torch.arange(height, dtype=torch.float64) + self.offset) * stride
-                xs = (torch.arange(width, dtype=torch.float64) + self.offset) * stride
+            for (height, width), (stride_y, stride_x), cell in zip(grid_sizes, strides, self.cell_anchors):
+                ys = (torch.arange(height, dtype=torch.float64) + self.offset) * stride_y
+                xs = (torch.arange(width, dtype=torch.float64) + self.offset) * stride_x
                 y, x = torch.meshgrid(ys, xs, indexing="ij")
                 centers = torch.stack([x, y, x, y], dim=-1).reshape(-1, 1, 4)  # (H·W, 1, 4)
                 levels.append((centers + cell.view(1, -1, 4)).reshape(-1, 4))  # (H·W·A, 4)
             self._cache[key] = torch.cat(levels).to(device=device, dtype=torch.float32)
         return self._cache[key]
 
-    def forward(self, features: list[Tensor]) -> Tensor:
+    def forward(self, features: list[Tensor], image_size: tuple[int, int] | None = None) -> Tensor:
         if len(features) != len(self.strides):
             raise ValueError(f"{len(features)} feature maps for {len(self.strides)} anchor levels")
-        return self.grid_anchors([tuple(f.shape[-2:]) for f in features], features[0].device)
+        grids = [tuple(f.shape[-2:]) for f in features]
+        strides = None
+        if self.stride_from_image_size:
+            if image_size is None:
+                raise ValueError("anchor_generator.stride_from_image_size needs the image size")
+            strides = [(int(image_size[0]) // h, int(image_size[1]) // w) for h, w in grids]
+        return self.grid_anchors(grids, features[0].device, strides)

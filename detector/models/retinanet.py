@@ -52,6 +52,6 @@ class RetinaNet(nn.Module):
         return {
             "cls_logits": cls_logits,
             "box_deltas": box_deltas,
-            "anchors": self.anchor_generator(features),
+            "anchors": self.anchor_generator(features, tuple(images.shape[-2:])),
             "num_anchors_per_level": [f.shape[-2] * f.shape[-1] * per_location for f in features],
         }
