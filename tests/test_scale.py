@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 import yaml
 from hydra.utils import instantiate
@@ -110,3 +111,16 @@ def test_cluster_and_parallel_launcher_presets_compose():
                             capture_output=True, text=True, timeout=120)
     assert joblib.returncode == 0, joblib.stderr
     assert yaml.safe_load(joblib.stdout)["hydra"]["launcher"]["n_jobs"] == 2
+
+
+def test_sync_bn_on_cpu_under_ddp_is_refused_with_the_alternative(compose_cfg, cache_dir, tmp_path):
+    from detector.cli import build
+    from detector.engine.distributed import Distributed
+    from detector.engine.trainer import Trainer
+
+    cfg = compose_cfg(["debug=smoke", f"data.cache_dir={cache_dir}"])
+    model, criterion, _ = build(cfg, 6)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with pytest.raises(ValueError, match=r"trainer.sync_bn=true needs CUDA .*\(model.backbone.norm=gn\)"):
+        Trainer(model, criterion, optimizer, None, lambda start: iter(()), None, tmp_path, max_iters=1, batch_size=2,
+                device=torch.device("cpu"), distributed=Distributed(rank=0, world_size=2), sync_bn=True)
