@@ -1,6 +1,7 @@
 # make train  — create .venv if missing, install, train the default (synthetic data, CPU)
 # make test   — same set-up, then the fast test suite (what CI runs)
 # make test-slow — the heavier tests (longer training runs)
+# make benchmark — ours against torchvision's RetinaNet (scripts/benchmark.py; ARGS="--sizes 800x1333 ...")
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -13,7 +14,7 @@ ifneq ($(JEMALLOC),)
 RUN_ENV := LD_PRELOAD=$(JEMALLOC) MALLOC_CONF=oversize_threshold:1,background_thread:true,dirty_decay_ms:-1,muzzy_decay_ms:-1
 endif
 
-.PHONY: install train test test-slow clean
+.PHONY: install train test test-slow benchmark clean
 
 install: $(STAMP)
 
@@ -31,6 +32,9 @@ test: install
 
 test-slow: install
 	$(RUN_ENV) $(BIN)/python -m pytest -m slow $(ARGS)
+
+benchmark: install
+	$(BIN)/python scripts/benchmark.py $(ARGS)
 
 clean:
 	rm -rf .pytest_cache outputs multirun

@@ -1,7 +1,8 @@
 """Our RetinaNet against torchvision's, side by side in one process (random init, no download).
 
-    python scripts/benchmark.py [--device cpu|cuda] [--precision fp32 bf16] [--sizes 800x1333 512x512]
-                                [--boxes 7 50 200] [--channels-last] [--compile] [--json benchmark.json]
+    python scripts/benchmark.py [--device cpu|cuda] [--precision fp32 bf16] [--sizes 512x512 800x1333]
+                                [--boxes 7 50 200] [--channels-last] [--compile]
+                                [--allocator both|system|jemalloc] [--json benchmark.json]
 
 Both models: ResNet-50-FPN (frozen BatchNorm, stem and res2 frozen), P6 from C5, 4-conv
 256-channel heads, 9 anchors of 32–512 px, the same number of classes, the same padded image
@@ -16,9 +17,13 @@ batch (multiples of 32), the same random boxes; SGD. The measurements interleave
 - the FLOP rate of our training step (`torch.utils.flop_counter`) against this machine's
   measured rate for a 3×3 convolution forward + backward at the same precision.
 
-The allocator is the process's: run once plain and once under jemalloc (`make benchmark` does
-both) to compare torchvision with the default allocator and with ours. On a GPU: `--device cuda
---precision fp32 fp16 bf16`.
+The allocator is chosen at process start, so `--allocator both` (the default on CPU when
+jemalloc is installed; Debian: libjemalloc2) runs everything in a child process under jemalloc,
+as `make train` runs training, and the training comparison again in a child with the system
+allocator; the table gives torchvision with both, so that the ratio is honest. The defaults
+(512×512, 7 and 50 boxes, fp32 and bf16) take about 4 minutes on 2 CPU cores; the paper's size:
+`--sizes 800x1333 512x512 --boxes 7 50 200`. On a GPU: `--device cuda --precision fp32 fp16 bf16`
+(the allocator is CUDA's caching allocator there; `--allocator system`).
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -47,6 +54,9 @@ from detector.postprocess import RetinaNetPostProcessor  # noqa: E402
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 NUM_CLASSES = 80
+JEMALLOC_PATHS = ["/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
+                  "/usr/lib/libjemalloc.so.2"]
+JEMALLOC_CONF = "oversize_threshold:1,background_thread:true,dirty_decay_ms:-1,muzzy_decay_ms:-1"  # as the Makefile
 
 
 def ours():
@@ -215,7 +225,7 @@ def run(args) -> dict:
                 row["memory_ratio"] = round(memory["ours"] / memory["torchvision"], 3)
                 report["train"].append(row)
                 print(json.dumps(row), flush=True)
-            if size == args.sizes[0]:
+            if size == args.sizes[0] and not args.train_only:
                 for batch in (1, 8):
                     batch_images = images[:1].expand(batch, -1, -1, -1).contiguous()
                     times = interleaved(contenders, lambda c: c.infer(batch_images), device, 1, max(args.repeats // 2, 2))
@@ -238,13 +248,25 @@ def run(args) -> dict:
     return report
 
 
-def table(report: dict) -> str:
-    lines = ["training (images/s, peak MiB)", "| precision | size | boxes | ours | torchvision | speed-up | "
-             "memory ours / tv |", "|---|---|---|---|---|---|---|"]
+def table(report: dict, system: dict | None = None) -> str:
+    """Markdown tables; with `system` (the same training rows under the system allocator) a column
+    for torchvision with its default allocator and the speed-up against it."""
+    baseline = {(r["precision"], r["size"], r["boxes"]): r for r in (system or {}).get("train", [])}
+    allocator = "jemalloc" if system else "this process's allocator"
+    head = "| precision | size | boxes | ours | torchvision | speed-up |"
+    rule = "|---|---|---|---|---|---|"
+    if system:
+        head += " torchvision, system malloc | speed-up vs it |"
+        rule += "---|---|"
+    lines = [f"training (images/s, {allocator}; peak MiB)", head + " memory ours / tv |", rule + "---|"]
     for r in report["train"]:
-        lines.append(f"| {r['precision']} | {r['size']} | {r['boxes']} | {r['ours_images_per_s']:.3f} | "
-                     f"{r['torchvision_images_per_s']:.3f} | {r['speedup']:.2f}× | "
-                     f"{r['ours_peak_mib']:.0f} / {r['torchvision_peak_mib']:.0f} |")
+        row = (f"| {r['precision']} | {r['size']} | {r['boxes']} | {r['ours_images_per_s']:.3f} | "
+               f"{r['torchvision_images_per_s']:.3f} | {r['speedup']:.2f}× |")
+        if system:
+            other = baseline.get((r["precision"], r["size"], r["boxes"]))
+            row += (f" {other['torchvision_images_per_s']:.3f} | "
+                    f"{r['ours_images_per_s'] / other['torchvision_images_per_s']:.2f}× |" if other else " – | – |")
+        lines.append(row + f" {r['ours_peak_mib']:.0f} / {r['torchvision_peak_mib']:.0f} |")
     lines += ["", "inference incl. postprocessing (images/s)", "| precision | size | batch | ours | torchvision | "
               "speed-up |", "|---|---|---|---|---|---|"]
     for r in report["inference"]:
@@ -258,24 +280,57 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def jemalloc_library() -> str | None:
+    return next((path for path in JEMALLOC_PATHS if Path(path).exists()), None)
+
+
+def child_report(args, allocator: str, train_only: bool) -> dict:
+    """Run this script with the same settings in a fresh process with `allocator`; its JSON report."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
+    if allocator == "jemalloc":
+        env.update(LD_PRELOAD=jemalloc_library(), MALLOC_CONF=JEMALLOC_CONF)
+    settings = ["--device", args.device, "--precision", *args.precision, "--sizes", *args.sizes,
+                "--boxes", *map(str, args.boxes), "--batch", str(args.batch), "--warmup", str(args.warmup),
+                "--repeats", str(args.repeats), "--allocator", allocator, "--child"]
+    settings += ["--channels-last"] * args.channels_last + ["--compile"] * args.compile + ["--train-only"] * train_only
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "report.json"
+        subprocess.run([sys.executable, __file__, *settings, "--json", str(out)], env=env, check=True)
+        return json.loads(out.read_text())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
-    parser.add_argument("--sizes", nargs="+", default=["800x1333", "512x512"])
-    parser.add_argument("--boxes", nargs="+", type=int, default=[7, 50, 200])
+    parser.add_argument("--sizes", nargs="+", default=["512x512"])
+    parser.add_argument("--boxes", nargs="+", type=int, default=[7, 50])
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models")
+    parser.add_argument("--allocator", choices=["both", "system", "jemalloc"], default="both",
+                        help="both: jemalloc for everything, and the training rows again with the system allocator")
+    parser.add_argument("--train-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # a parent prints the table
     parser.add_argument("--json", type=Path, default=Path("benchmark.json"))
     args = parser.parse_args()
     if args.precision.count("fp16") and args.device != "cuda":
         parser.error("fp16 autocast needs --device cuda; on CPU use bf16")
-    report = run(args)
+    if args.allocator != "system" and args.device == "cpu" and jemalloc_library() is None:
+        parser.error("jemalloc is not installed (Debian: apt-get install libjemalloc2); use --allocator system")
+    if args.allocator == "both" and args.device == "cpu":
+        print("jemalloc (everything), then the system allocator (training rows):", flush=True)
+        report = child_report(args, "jemalloc", train_only=False)
+        report["system_allocator"] = child_report(args, "system", train_only=True)
+    elif args.allocator == "jemalloc" and "jemalloc" not in os.environ.get("LD_PRELOAD", ""):
+        report = child_report(args, "jemalloc", train_only=args.train_only)
+    else:
+        report = run(args)
     args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print("\n" + table(report) + f"\n\nwrote {args.json}")
+    if not args.child:
+        print("\n" + table(report, report.get("system_allocator")) + f"\n\nwrote {args.json}")
 
 
 if __name__ == "__main__":

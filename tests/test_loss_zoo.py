@@ -187,6 +187,40 @@ def test_classification_gradcheck(loss):
     assert torch.autograd.gradcheck(lambda z: call_cls(loss, z, y), (x,))
 
 
+FUSED_LOSSES = [L.SigmoidCrossEntropyLoss(), L.SigmoidCrossEntropyLoss(0.75), L.FocalLoss(), L.FocalLoss(None, 0.5),
+                L.FocalLoss(0.25, 5.0), L.FocalStarLoss(), L.FocalStarLoss(4.0, 0.0), L.GHMCLoss(), L.GHMCLoss(10, 0.0)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("loss", FUSED_LOSSES, ids=lambda l: f"{type(l).__name__}{vars(l).get('gamma', '')}")
+def test_fused_value_and_gradient_equal_autograd_of_the_elementwise_terms(loss, dtype):
+    """The forward computes Σ loss and its gradient in one pass; autograd through `elementwise`
+    (GHM-C: the weights of the update the forward just made) must give the same."""
+    x, y = cls_inputs(m=200, k=4, seed=3)
+    x, y = x.to(dtype).requires_grad_(True), y.to(dtype)
+    loss = loss.to(dtype)
+    fused = loss(x, y, 3.0)
+    (fused_gradient,) = torch.autograd.grad(fused, x)
+    if isinstance(loss, L.GHMCLoss):
+        reference = loss.elementwise(x, y, update=False).sum() / x.numel()
+    else:
+        reference = loss.elementwise(x, y).sum() / 3.0
+    (reference_gradient,) = torch.autograd.grad(reference, x)
+    tolerance = {"rtol": 1e-12, "atol": 1e-14} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-7}
+    torch.testing.assert_close(fused, reference, **tolerance)
+    assert torch.isfinite(fused_gradient).all()
+    finite = torch.isfinite(reference_gradient)  # autograd of (1 − p_t)^γ, γ < 1, is 0 · ∞ where p_t rounds to 1
+    assert finite.all() or (dtype == torch.float32 and getattr(loss, "gamma", 1) < 1)
+    torch.testing.assert_close(fused_gradient[finite], reference_gradient[finite], **tolerance)
+    assert fused_gradient.abs().max() > 0
+
+
+def test_fused_focal_gradient_is_zero_not_nan_where_p_t_rounds_to_one():
+    x = torch.tensor([[30.0, -30.0]], requires_grad=True)
+    L.FocalLoss(None, 0.5)(x, torch.tensor([[1.0, 0.0]]), 1.0).backward()
+    assert x.grad.abs().max() < 1e-12
+
+
 @pytest.mark.parametrize("loss", CLS_LOSSES, ids=lambda l: type(l).__name__)
 def test_classification_degenerate_inputs(loss):
     for m in (0, 5):  # all anchors ignored (M = 0), and no positives at all

@@ -100,17 +100,24 @@ def test_submitit_local_sweep_of_two_jobs_each_with_two_ddp_tasks(tmp_path, cach
         assert "(amp=off, 2 processes)" in (sweep / job / "train.log").read_text()
 
 
-def test_cluster_and_parallel_launcher_presets_compose():
+def test_cluster_launcher_preset_composes():
     slurm = subprocess.run([sys.executable, "train.py", "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
                             "--cfg", "hydra", "--resolve"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert slurm.returncode == 0, slurm.stderr
     launcher = yaml.safe_load(slurm.stdout)["hydra"]["launcher"]
     assert launcher["_target_"].endswith("SlurmLauncher") and launcher["partition"] == "gpu"
     assert launcher["tasks_per_node"] == launcher["gpus_per_node"] == 8
-    joblib = subprocess.run([sys.executable, "train.py", "hydra/launcher=parallel", "--cfg", "hydra"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)
-    assert joblib.returncode == 0, joblib.stderr
-    assert yaml.safe_load(joblib.stdout)["hydra"]["launcher"]["n_jobs"] == 2
+
+
+def test_parallel_launcher_runs_two_jobs_with_data_loader_workers(tmp_path, cache_dir):
+    """joblib's loky processes default to a start method that cannot start DataLoader workers."""
+    sweep = tmp_path / "sweep"
+    result = run_script("train.py", "-m", "debug=smoke", "loss=focal,ce", "data.num_workers=1", "hydra/launcher=parallel",
+                        f"hydra.sweep.dir={sweep}", f"data.cache_dir={cache_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
+    for job in ("0", "1"):
+        assert json.loads((sweep / job / "metrics.json").read_text())["iteration"] == 4
 
 
 def test_sync_bn_on_cpu_under_ddp_is_refused_with_the_alternative(compose_cfg, cache_dir, tmp_path):

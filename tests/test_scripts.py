@@ -27,3 +27,25 @@ def test_loss_benchmark_reports_every_loss_and_ghm_agreement(tmp_path):
     timed = {k.split("=", 1)[1] for k in report["milliseconds"] if k.startswith(("loss=", "box_loss=")) and " " not in k}
     assert timed == names
     assert report["ghm_c_same_value"] is True
+
+
+def test_evaluation_benchmark_times_both_backends_with_identical_stats(tmp_path):
+    out = tmp_path / "evaluation.json"
+    result = subprocess.run([sys.executable, "scripts/benchmark_evaluation.py", "--images", "40", "--repeats", "1",
+                             "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["identical_stats"] is True and set(report["seconds"]) == {"pycocotools", "faster_coco_eval"}
+    assert 0 < report["stats"]["pycocotools"]["AP"] < 100  # the fabricated detections are neither all hits nor misses
+
+
+def test_loader_benchmark_reports_loader_and_training_throughput(tmp_path, cache_dir):
+    out = tmp_path / "loader.json"
+    result = subprocess.run([sys.executable, "scripts/benchmark_loader.py", "debug=smoke", "data.num_workers=1",
+                             f"data.cache_dir={cache_dir}", "--batches", "3", "--steps", "2", "--json", str(out)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["num_workers"] == 1 and report["batch_size"] == 2
+    assert report["loader_images_per_s"] > 0 and report["training_images_per_s"] > 0
+    assert "loader / training" in result.stdout

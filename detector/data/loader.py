@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Iterator, Sequence
 
 from torch import Tensor
@@ -27,6 +28,16 @@ class PadCollate:
         return padded, list(targets)
 
 
+def worker_context(num_workers: int):
+    """The start method of DataLoader workers: Python's default, except inside a joblib/loky sweep
+    job (`hydra/launcher=parallel`), whose default ("loky") cannot start them and which spawned or
+    forkserver children cannot re-create: there, fork (POSIX)."""
+    method = multiprocessing.get_start_method(allow_none=True)
+    if num_workers == 0 or method in (None, *multiprocessing.get_all_start_methods()):
+        return None
+    return multiprocessing.get_context("fork")
+
+
 def infinite_train_batches(dataset: Dataset, batch_size: int, num_workers: int, seed: int, start_iteration: int = 0,
                            rank: int = 0, world_size: int = 1, group_ids: Sequence[int] | None = None,
                            size_divisibility: int = 128, pin_memory: bool = False) -> Iterator:
@@ -34,10 +45,12 @@ def infinite_train_batches(dataset: Dataset, batch_size: int, num_workers: int, 
     from iteration `start_iteration`; `batch_size` is the global batch over all processes."""
     sampler = TrainingBatchSampler(len(dataset), batch_size, seed, start_iteration, rank, world_size, group_ids)
     return iter(DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
-                           collate_fn=PadCollate(size_divisibility), pin_memory=pin_memory))
+                           collate_fn=PadCollate(size_divisibility), pin_memory=pin_memory,
+                           multiprocessing_context=worker_context(num_workers)))
 
 
 def eval_loader(dataset: Dataset, batch_size: int, num_workers: int, size_divisibility: int = 128,
                 pin_memory: bool = False) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      collate_fn=PadCollate(size_divisibility), pin_memory=pin_memory)
+                      collate_fn=PadCollate(size_divisibility), pin_memory=pin_memory,
+                      multiprocessing_context=worker_context(num_workers))

@@ -86,7 +86,7 @@ class CocoEvaluator:
     def _load_results(self, coco_gt, coco_class):
         if self.results:
             with contextlib.redirect_stdout(io.StringIO()):
-                return coco_gt.loadRes(copy.deepcopy(self.results))
+                return coco_gt.loadRes([dict(result) for result in self.results])  # loadRes adds keys to each
         return _as(coco_class, {"images": list(coco_gt.dataset["images"]), "annotations": [],
                                 "categories": copy.deepcopy(coco_gt.dataset["categories"])})
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
@@ -68,12 +67,14 @@ class RetinaNetCriterion(nn.Module):
 
         index = matches.clamp(min=0)
         labels = gt_labels.gather(1, index)  # (B, A)
-        cls_targets = F.one_hot(labels, cls_logits.shape[-1]).to(cls_logits.dtype) * positive.unsqueeze(-1)
         context = {}
         if getattr(self.cls_loss, "needs_anchors", False):  # e.g. OHEM: per-image selection, NMS on loss
             image_index = torch.arange(len(targets), device=kept.device).unsqueeze(1).expand_as(kept)
             context = {"image_index": image_index[kept], "anchors": anchors.expand(len(targets), -1, -1)[kept]}
-        kept_logits, kept_targets = cls_logits[kept], cls_targets[kept]
+        kept_logits = cls_logits[kept]
+        kept_labels = torch.where(positive, labels, -1)[kept]  # −1: negative
+        kept_targets = torch.zeros_like(kept_logits).scatter_(  # one-hot rows, written in place
+            1, kept_labels.clamp(min=0).unsqueeze(1), (kept_labels >= 0).unsqueeze(1).to(kept_logits.dtype))
         loss_cls = self.cls_loss(kept_logits, kept_targets, normalizer, **context)
 
         matched_boxes = gt_boxes.gather(1, index.unsqueeze(-1).expand(-1, -1, 4))[positive]  # (P, 4)

@@ -1,0 +1,52 @@
+"""The benchmarks compare like with like, and run."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from torchvision.models.detection.image_list import ImageList
+
+from scripts.benchmark import jemalloc_library, ours, torchvision_model
+from tests.conftest import ROOT
+
+
+def test_benchmark_models_have_the_same_size_anchors_and_head_outputs():
+    model, _, _ = ours()
+    reference = torchvision_model(256, 320)
+    images = torch.rand(2, 3, 256, 320)
+    with torch.no_grad():
+        outputs = model.eval()(images)
+        features = list(reference.eval().backbone(images).values())
+        head = reference.head(features)
+        anchors = reference.anchor_generator(ImageList(images, [(256, 320)] * 2), features)
+    assert outputs["cls_logits"].shape == head["cls_logits"].shape == (2, 15354, 80)
+    assert outputs["box_deltas"].shape == head["bbox_regression"].shape
+    assert outputs["anchors"].shape == anchors[0].shape
+    for trainable in (False, True):
+        counts = [sum(p.numel() for p in m.parameters() if p.requires_grad or not trainable) for m in (model, reference)]
+        assert counts[0] == counts[1]
+
+
+@pytest.mark.parametrize("allocator", ["system", "both"])
+def test_benchmark_runs_and_reports_both_systems(tmp_path, allocator):
+    if allocator == "both" and jemalloc_library() is None:
+        pytest.skip("jemalloc is not installed")
+    out = tmp_path / "benchmark.json"
+    result = subprocess.run([sys.executable, "scripts/benchmark.py", "--sizes", "128x160", "--boxes", "3",
+                             "--precision", "fp32", "--repeats", "1", "--warmup", "0", "--allocator", allocator,
+                             "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    (train,) = report["train"]
+    assert train["ours_images_per_s"] > 0 and train["torchvision_images_per_s"] > 0
+    assert train["speedup"] == pytest.approx(train["ours_images_per_s"] / train["torchvision_images_per_s"], rel=1e-2)
+    assert [r["batch"] for r in report["inference"]] == [1, 8]
+    assert 0 < report["flops"][0]["fraction_of_peak"]
+    assert "| fp32 | 128x160 | 3 |" in result.stdout
+    if allocator == "both":
+        assert "jemalloc" in report["machine"]["ld_preload"]
+        assert report["system_allocator"]["machine"]["ld_preload"] == ""
+        assert len(report["system_allocator"]["train"]) == 1 and not report["system_allocator"]["inference"]
+        assert "torchvision, system malloc" in result.stdout
