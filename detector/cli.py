@@ -146,7 +146,7 @@ def _train(cfg, device, amp_dtype, criterion, postprocessor, schedule, processes
         checkpoint_period=trainer_cfg.checkpoint_period, clip_grad_norm=trainer_cfg.clip_grad_norm,
         channels_last=trainer_cfg.channels_last, diagnostics_period=trainer_cfg.diagnostics_period,
         max_consecutive_nonfinite=trainer_cfg.max_consecutive_nonfinite, distributed=processes,
-        sync_bn=trainer_cfg.sync_bn, run_config=run_config)
+        sync_bn=trainer_cfg.sync_bn, compile_model=trainer_cfg.compile, run_config=run_config)
     resume_from = _resume_path(trainer_cfg.resume, out)
     if resume_from is not None:
         trainer.resume(resume_from)

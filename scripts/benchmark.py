@@ -13,7 +13,9 @@ batch (multiples of 32), the same random boxes; SGD. The measurements interleave
   boxes per image; our step runs the model under autocast and the losses in float32, as training does;
 - inference images/s including postprocessing, batch 1 and 8, at the first size;
 - peak memory of a training step: RSS high-water mark on CPU (reset before each step through
-  /proc/self/clear_refs), `max_memory_allocated` on CUDA;
+  /proc/self/clear_refs), `max_memory_allocated` on CUDA. jemalloc as configured keeps freed
+  pages, so its RSS is the process's high-water mark, not the step's: with `--allocator both`
+  the memory column comes from the system-allocator pass;
 - the FLOP rate of our training step (`torch.utils.flop_counter`) against this machine's
   measured rate for a 3×3 convolution forward + backward at the same precision.
 
@@ -186,6 +188,19 @@ def conv_peak_flops(device: torch.device, dtype: torch.dtype | None, repeats: in
     return counter.get_total_flops() / seconds
 
 
+def step_profile(contender: Contender, images, targets, rows: int = 12) -> dict:
+    """Where one training step's time goes: self CPU time by operator (`torch.profiler`), with
+    the share of convolution forward + backward."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        contender.train_step(images, targets)
+    events = sorted(profiler.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    convolution = sum(e.self_cpu_time_total for e in events if "conv" in e.key)
+    return {"step_ms": round(total / 1000, 1), "convolution_share": round(convolution / total, 3),
+            "top": [{"op": e.key, "ms": round(e.self_cpu_time_total / 1000, 1), "calls": e.count,
+                     "share": round(e.self_cpu_time_total / total, 3)} for e in events[:rows]]}
+
+
 def step_flops(contender: Contender, images, targets) -> int:
     with FlopCounterMode(display=False) as counter:
         contender.train_step(images, targets)
@@ -198,7 +213,7 @@ def run(args) -> dict:
     report = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "threads": torch.get_num_threads(), "torch": torch.__version__,
                           "ld_preload": os.environ.get("LD_PRELOAD", "")},
-              "settings": vars(args), "train": [], "inference": [], "flops": []}
+              "settings": vars(args), "train": [], "inference": [], "flops": [], "profile": []}
     for precision in args.precision:
         dtype = DTYPES[precision]
         for size in args.sizes:
@@ -245,6 +260,12 @@ def run(args) -> dict:
                        "fraction_of_peak": round(flops / seconds / peak, 3)}
                 report["flops"].append(row)
                 print(json.dumps(row), flush=True)
+                if args.profile:
+                    for contender in contenders:
+                        profile = {"precision": precision, "size": size, "model": contender.name,
+                                   **step_profile(contender, images, targets)}
+                        report["profile"].append(profile)
+                        print(json.dumps(profile), flush=True)
     return report
 
 
@@ -258,7 +279,9 @@ def table(report: dict, system: dict | None = None) -> str:
     if system:
         head += " torchvision, system malloc | speed-up vs it |"
         rule += "---|---|"
-    lines = [f"training (images/s, {allocator}; peak MiB)", head + " memory ours / tv |", rule + "---|"]
+    memory_note = "system malloc" if system else "RSS"
+    lines = [f"training (images/s, {allocator}; peak RSS of a step, {memory_note})", head + " memory ours / tv (MiB) |",
+             rule + "---|"]
     for r in report["train"]:
         row = (f"| {r['precision']} | {r['size']} | {r['boxes']} | {r['ours_images_per_s']:.3f} | "
                f"{r['torchvision_images_per_s']:.3f} | {r['speedup']:.2f}× |")
@@ -266,7 +289,8 @@ def table(report: dict, system: dict | None = None) -> str:
             other = baseline.get((r["precision"], r["size"], r["boxes"]))
             row += (f" {other['torchvision_images_per_s']:.3f} | "
                     f"{r['ours_images_per_s'] / other['torchvision_images_per_s']:.2f}× |" if other else " – | – |")
-        lines.append(row + f" {r['ours_peak_mib']:.0f} / {r['torchvision_peak_mib']:.0f} |")
+        memory = baseline.get((r["precision"], r["size"], r["boxes"]), r)  # RSS peaks mean little under jemalloc
+        lines.append(row + f" {memory['ours_peak_mib']:.0f} / {memory['torchvision_peak_mib']:.0f} |")
     lines += ["", "inference incl. postprocessing (images/s)", "| precision | size | batch | ours | torchvision | "
               "speed-up |", "|---|---|---|---|---|---|"]
     for r in report["inference"]:
@@ -277,6 +301,11 @@ def table(report: dict, system: dict | None = None) -> str:
     for r in report["flops"]:
         lines.append(f"| {r['precision']} | {r['size']} | {r['step_gflop']} | {r['achieved_gflops']} | "
                      f"{r['conv_peak_gflops']} | {100 * r['fraction_of_peak']:.0f} % |")
+    for p in report.get("profile", []):
+        lines += ["", f"profile of one training step: {p['model']}, {p['precision']}, {p['size']} "
+                  f"({p['step_ms']} ms of operator self time, {100 * p['convolution_share']:.0f} % in convolutions)",
+                  "| operator | ms | calls | share |", "|---|---|---|---|"]
+        lines += [f"| {e['op']} | {e['ms']} | {e['calls']} | {100 * e['share']:.1f} % |" for e in p["top"]]
     return "\n".join(lines)
 
 
@@ -293,6 +322,7 @@ def child_report(args, allocator: str, train_only: bool) -> dict:
                 "--boxes", *map(str, args.boxes), "--batch", str(args.batch), "--warmup", str(args.warmup),
                 "--repeats", str(args.repeats), "--allocator", allocator, "--child"]
     settings += ["--channels-last"] * args.channels_last + ["--compile"] * args.compile + ["--train-only"] * train_only
+    settings += ["--profile"] * args.profile
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "report.json"
         subprocess.run([sys.executable, __file__, *settings, "--json", str(out)], env=env, check=True)
@@ -310,6 +340,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models")
+    parser.add_argument("--profile", action="store_true", help="where a training step's time goes, per operator")
     parser.add_argument("--allocator", choices=["both", "system", "jemalloc"], default="both",
                         help="both: jemalloc for everything, and the training rows again with the system allocator")
     parser.add_argument("--train-only", action="store_true", help=argparse.SUPPRESS)

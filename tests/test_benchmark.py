@@ -35,7 +35,7 @@ def test_benchmark_runs_and_reports_both_systems(tmp_path, allocator):
         pytest.skip("jemalloc is not installed")
     out = tmp_path / "benchmark.json"
     result = subprocess.run([sys.executable, "scripts/benchmark.py", "--sizes", "128x160", "--boxes", "3",
-                             "--precision", "fp32", "--repeats", "1", "--warmup", "0", "--allocator", allocator,
+                             "--precision", "fp32", "--repeats", "1", "--warmup", "0", "--allocator", allocator, "--profile",
                              "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -45,6 +45,9 @@ def test_benchmark_runs_and_reports_both_systems(tmp_path, allocator):
     assert [r["batch"] for r in report["inference"]] == [1, 8]
     assert 0 < report["flops"][0]["fraction_of_peak"]
     assert "| fp32 | 128x160 | 3 |" in result.stdout
+    profiles = {p["model"]: p for p in report["profile"]}
+    assert set(profiles) == {"ours", "torchvision"}
+    assert all(0 < p["convolution_share"] < 1 and p["top"][0]["ms"] > 0 for p in profiles.values())
     if allocator == "both":
         assert "jemalloc" in report["machine"]["ld_preload"]
         assert report["system_allocator"]["machine"]["ld_preload"] == ""

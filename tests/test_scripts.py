@@ -36,6 +36,7 @@ def test_evaluation_benchmark_times_both_backends_with_identical_stats(tmp_path)
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     assert report["identical_stats"] is True and set(report["seconds"]) == {"pycocotools", "faster_coco_eval"}
+    assert set(report["speedup"]) == {"total", "evaluate"} and report["speedup"]["evaluate"] > 0
     assert 0 < report["stats"]["pycocotools"]["AP"] < 100  # the fabricated detections are neither all hits nor misses
 
 

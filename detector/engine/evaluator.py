@@ -7,6 +7,7 @@ import copy
 import functools
 import importlib.util
 import io
+import time
 from pathlib import Path
 
 import torch
@@ -69,10 +70,13 @@ class CocoEvaluator:
                                      "bbox": box, "score": score})
 
     def summarize(self) -> tuple[dict[str, float], str]:
-        """(stats in percent keyed by STAT_NAMES, pycocotools' printed table)."""
+        """(stats in percent keyed by STAT_NAMES, pycocotools' printed table); `self.seconds` then
+        holds the time spent loading the results and in evaluate + accumulate + summarize."""
+        start = time.perf_counter()
         coco_class, eval_class = _backend_classes(self.backend)
         coco_gt = self.coco_gt if coco_class is COCO else _as(coco_class, self.coco_gt.dataset)
         coco_dt = self._load_results(coco_gt, coco_class)
+        loaded = time.perf_counter()
         evaluator = eval_class(coco_gt, coco_dt, iouType="bbox")
         evaluator.params.imgIds = sorted(set(self.image_ids)) or evaluator.params.imgIds
         table = io.StringIO()
@@ -80,6 +84,7 @@ class CocoEvaluator:
             evaluator.evaluate()
             evaluator.accumulate()
             evaluator.summarize()
+        self.seconds = {"load": loaded - start, "evaluate": time.perf_counter() - loaded}
         stats = {name: _percent(v) for name, v in zip(STAT_NAMES, evaluator.stats)}
         return stats, table.getvalue()
 

@@ -68,7 +68,8 @@ class Trainer:
 
     `batches(iteration)` returns this process's training batches from that iteration on (so a
     resumed run continues the same stream). Under DDP (`distributed`) the model is wrapped in
-    `DistributedDataParallel` (BatchNorm made synchronous with `sync_bn`, CUDA only), logged
+    `DistributedDataParallel` (BatchNorm made synchronous with `sync_bn`, CUDA only; with
+    `compile_model` the training forward is `torch.compile`d, after the DDP wrap), logged
     losses are averaged over processes, evaluation runs on every process and is scored on rank 0,
     and only rank 0 writes logs, TensorBoard events, checkpoints and metrics.
 
@@ -88,7 +89,7 @@ class Trainer:
                  eval_period: int = 0, log_period: int = 20, checkpoint_period: int = 0,
                  clip_grad_norm: float | None = None, channels_last: bool = False, diagnostics_period: int = 0,
                  max_consecutive_nonfinite: int = 5, distributed: Distributed | None = None, sync_bn: bool = False,
-                 run_config: dict | None = None):
+                 compile_model: bool = False, run_config: dict | None = None):
         check_settings(max_iters, eval_period, log_period, checkpoint_period, clip_grad_norm, diagnostics_period,
                        max_consecutive_nonfinite)
         self.distributed = distributed or Distributed()
@@ -102,6 +103,7 @@ class Trainer:
         self.batches, self.validator = batches, validator
         self.stream: Iterator | None = None
         self.sync_bn = sync_bn
+        self.compile_model = compile_model
         self.output_dir = Path(output_dir)
         self.max_iters, self.batch_size = max_iters, batch_size
         self.device = device
@@ -155,6 +157,8 @@ class Trainer:
                 self.module = nn.SyncBatchNorm.convert_sync_batchnorm(self.module)  # shares the parameters
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.module, device_ids=device_ids)
+        if self.compile_model:  # the training forward only; evaluation and checkpoints use the bare module
+            self.model = torch.compile(self.model)
         self.model.train()
         main = self.distributed.is_main
         writer = SummaryWriter(str(self.output_dir / "tb")) if main else None

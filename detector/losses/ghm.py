@@ -96,7 +96,7 @@ class GHMCLoss(_GradientHarmonizing):
         gradient = torch.sigmoid(logits).sub_(targets)
         weights = self.weights(gradient.abs(), update=True).to(logits.dtype)
         ce = log1p_exp(logits * (1.0 - 2.0 * targets))  # BCE for y ∈ {0, 1}
-        return torch.dot(ce.flatten(), weights.flatten()), gradient.mul_(weights)
+        return ce.mul_(weights).sum(), gradient.mul_(weights)  # sum(), not dot(): its float32 accumulation drifts
 
 
 class GHMRLoss(_GradientHarmonizing):
