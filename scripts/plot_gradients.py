@@ -1,6 +1,6 @@
 """Draw the gradient diagnostics of one or more training runs into one PNG (GHM paper, Fig. 1 view).
 
-    python scripts/plot_gradients.py RUN_DIR [RUN_DIR ...] [--out gradients.png] [--average 3]
+    python scripts/plot_gradients.py RUN_DIR [RUN_DIR ...] [--out gradients.png] [--average 3] [--labels A B ...]
 
 Reads the `gradients/*` histograms and scalars that training writes to each run's `tb/`
 (`trainer.diagnostics_period`) and draws, one line per run: the density of g = |p − y| over
@@ -101,10 +101,14 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (each with a tb/ subfolder)")
     parser.add_argument("--out", type=Path, default=Path("gradients.png"))
     parser.add_argument("--average", type=int, default=3, help="average the last N logged histograms")
+    parser.add_argument("--labels", nargs="+", help="one legend label per run (default: the overrides that differ)")
     args = parser.parse_args()
     if args.average < 1:
         parser.error("--average must be >= 1")
-    runs = [(label, read_run(run_dir, args.average)) for label, run_dir in zip(labels_for(args.runs), args.runs)]
+    if args.labels and len(args.labels) != len(args.runs):
+        parser.error(f"--labels needs one label per run: {len(args.runs)} runs, {len(args.labels)} labels")
+    labels = args.labels or labels_for(args.runs)
+    runs = [(label, read_run(run_dir, args.average)) for label, run_dir in zip(labels, args.runs)]
     plot(runs, args.out)
     print(share_table(runs))
     print(f"\nwrote {args.out}")

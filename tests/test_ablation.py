@@ -118,3 +118,8 @@ def test_two_job_smoke_multirun_completes_and_tabulates(tmp_path, cache_dir):
     # CE spends most of its gradient on easy negatives; FL (gamma 2, alpha 0.25) much less
     assert shares["| loss=ce"][2] > 50.0 > shares["| loss=focal"][2]
     assert Image.open(picture).size[0] > 500
+    labelled = subprocess.run([sys.executable, "scripts/plot_gradients.py", str(sweep_dir / "0"), str(sweep_dir / "1"),
+                               "--labels", "FL", "CE", "--out", str(picture)], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+    assert labelled.returncode == 0, labelled.stderr
+    assert [line.split(" | ")[0] for line in labelled.stdout.splitlines() if line.startswith("| ")][1:] == ["| FL", "| CE"]
