@@ -12,17 +12,18 @@ batch (multiples of 32), the same random boxes; SGD. The measurements interleave
 - training images/s: forward + loss + backward + SGD step (batch `--batch`), per image size and
   boxes per image; our step runs the model under autocast and the losses in float32, as training does;
 - inference images/s including postprocessing, batch 1 and 8, at the first size;
-- peak memory of a training step: RSS high-water mark on CPU (reset before each step through
-  /proc/self/clear_refs), `max_memory_allocated` on CUDA. jemalloc as configured keeps freed
-  pages, so its RSS is the process's high-water mark, not the step's: with `--allocator both`
-  the memory column comes from the system-allocator pass;
+- training memory: each model alone in a fresh process (built, two training steps), the peak
+  above what the process held before the model was built — RSS high-water mark on CPU,
+  `max_memory_allocated` on CUDA (in one process the other model and the allocator's retained
+  pages would blur it); with `--allocator both` the column comes from the system pass;
 - the FLOP rate of our training step (`torch.utils.flop_counter`) against this machine's
   measured rate for a 3×3 convolution forward + backward at the same precision.
 
-The allocator is chosen at process start, so `--allocator both` (the default on CPU when
-jemalloc is installed; Debian: libjemalloc2) runs everything in a child process under jemalloc,
-as `make train` runs training, and the training comparison again in a child with the system
-allocator; the table gives torchvision with both, so that the ratio is honest. The defaults
+The allocator is chosen at process start, so `--allocator both` (the default; on CPU without
+jemalloc — Debian: libjemalloc2 — it falls back to the system allocator) runs everything in a
+child process under jemalloc, as `make train` runs training, and the training comparison again
+in a child with the system allocator; the table gives both systems under both allocators, each
+ratio within one process, and ours under jemalloc against torchvision as users run it. The defaults
 (512×512, 7 and 50 boxes, fp32 and bf16) take about 4 minutes on 2 CPU cores; the paper's size:
 `--sizes 800x1333 512x512 --boxes 7 50 200`. On a GPU: `--device cuda --precision fp32 fp16 bf16`
 (the allocator is CUDA's caching allocator there; `--allocator system`).
@@ -88,18 +89,46 @@ def random_targets(batch: int, height: int, width: int, boxes: int, generator: t
     return targets
 
 
-def peak_reset(device: torch.device) -> None:
+def memory_mib(device: torch.device, field: str = "VmRSS") -> float:
+    """CPU: the process's resident memory (`VmRSS`) or its high-water mark (`VmHWM`); CUDA: the
+    memory allocated by tensors now or at its peak."""
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    else:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux ≥ 4.0)
-
-
-def peak_mib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
+        return (torch.cuda.max_memory_allocated(device) if field == "VmHWM" else torch.cuda.memory_allocated(device)) / 2**20
     status = Path("/proc/self/status").read_text()
-    return int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]) / 1024
+    return int(next(line for line in status.splitlines() if line.startswith(field)).split()[1]) / 1024
+
+
+def inputs(batch: int, height: int, width: int, boxes: int, device: torch.device, generator: torch.Generator):
+    """A zero-padded image batch (multiples of 32) and its random targets."""
+    padded = (-(-height // 32) * 32, -(-width // 32) * 32)
+    images = torch.zeros(batch, 3, *padded, device=device)
+    images[:, :, :height, :width] = torch.rand(batch, 3, height, width, generator=generator).to(device)
+    targets = [{k: v.to(device) for k, v in t.items()} for t in random_targets(batch, height, width, boxes, generator)]
+    return images, targets
+
+
+def memory_probe(args) -> dict:
+    """In this fresh process: one model, its optimizer and two training steps; the peak memory
+    above what the process held before the model was built (torch, CUDA context)."""
+    device = torch.device(args.device)
+    height, width = (int(v) for v in args.sizes[0].split("x"))
+    images, targets = inputs(args.batch, height, width, args.boxes[0], device, torch.Generator().manual_seed(0))
+    before = memory_mib(device)
+    contender = Contender(args.memory_probe, device, DTYPES[args.precision[0]], args.channels_last, args.compile,
+                          height, width)
+    for _ in range(2):
+        contender.train_step(images, targets)
+    return {"peak_mib": round(memory_mib(device, "VmHWM") - before, 1)}
+
+
+def probed_memory_mib(args, name: str, precision: str, size: str, boxes: int) -> float:
+    """The training memory of one model, measured in a child process of its own (in this process
+    both models, their optimizers and the allocator's retained pages would blur it)."""
+    command = [sys.executable, __file__, "--memory-probe", name, "--device", args.device, "--precision", precision,
+               "--sizes", size, "--boxes", str(boxes), "--batch", str(args.batch), "--allocator", args.allocator,
+               "--child"] + ["--channels-last"] * args.channels_last + ["--compile"] * args.compile
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])["peak_mib"]
 
 
 def synchronize(device: torch.device) -> None:
@@ -218,26 +247,19 @@ def run(args) -> dict:
         dtype = DTYPES[precision]
         for size in args.sizes:
             height, width = (int(v) for v in size.split("x"))
-            padded = (-(-height // 32) * 32, -(-width // 32) * 32)
             contenders = [Contender(name, device, dtype, args.channels_last, args.compile, height, width)
                           for name in ("ours", "torchvision")]
-            images = torch.zeros(args.batch, 3, *padded, device=device)
-            images[:, :, :height, :width] = torch.rand(args.batch, 3, height, width, generator=generator).to(device)
             for boxes in args.boxes:
-                targets = [{k: v.to(device) for k, v in t.items()}
-                           for t in random_targets(args.batch, height, width, boxes, generator)]
+                images, targets = inputs(args.batch, height, width, boxes, device, generator)
                 times = interleaved(contenders, lambda c: c.train_step(images, targets), device, args.warmup,
                                     args.repeats)
-                memory = {}
-                for contender in contenders:
-                    peak_reset(device)
-                    contender.train_step(images, targets)
-                    memory[contender.name] = round(peak_mib(device), 1)
+                memory = {c.name: None if args.skip_memory else probed_memory_mib(args, c.name, precision, size, boxes)
+                          for c in contenders}
                 row = {"precision": precision, "size": size, "boxes": boxes, "batch": args.batch,
                        **{f"{name}_images_per_s": round(args.batch / statistics.median(t), 3) for name, t in times.items()},
                        **{f"{name}_peak_mib": m for name, m in memory.items()}}
                 row["speedup"] = round(row["ours_images_per_s"] / row["torchvision_images_per_s"], 3)
-                row["memory_ratio"] = round(memory["ours"] / memory["torchvision"], 3)
+                row["memory_ratio"] = None if args.skip_memory else round(memory["ours"] / memory["torchvision"], 3)
                 report["train"].append(row)
                 print(json.dumps(row), flush=True)
             if size == args.sizes[0] and not args.train_only:
@@ -249,8 +271,7 @@ def run(args) -> dict:
                     row["speedup"] = round(row["ours_images_per_s"] / row["torchvision_images_per_s"], 3)
                     report["inference"].append(row)
                     print(json.dumps(row), flush=True)
-                targets = [{k: v.to(device) for k, v in t.items()}
-                           for t in random_targets(args.batch, height, width, args.boxes[0], generator)]
+                images, targets = inputs(args.batch, height, width, args.boxes[0], device, generator)
                 flops = step_flops(contenders[0], images, targets)
                 seconds = statistics.median(timed(lambda: contenders[0].train_step(images, targets), device)
                                             for _ in range(args.repeats))
@@ -270,27 +291,31 @@ def run(args) -> dict:
 
 
 def table(report: dict, system: dict | None = None) -> str:
-    """Markdown tables; with `system` (the same training rows under the system allocator) a column
-    for torchvision with its default allocator and the speed-up against it."""
-    baseline = {(r["precision"], r["size"], r["boxes"]): r for r in (system or {}).get("train", [])}
-    allocator = "jemalloc" if system else "this process's allocator"
-    head = "| precision | size | boxes | ours | torchvision | speed-up |"
-    rule = "|---|---|---|---|---|---|"
+    """Markdown tables. With `system` (the training rows again, in a process with the system
+    allocator): each allocator's same-process speed-up, ours under jemalloc against torchvision
+    under the system allocator (what a user of either would run), and the memory from the system
+    pass (jemalloc keeps freed pages, so RSS under it does not show a step's peak)."""
+    lines = []
     if system:
-        head += " torchvision, system malloc | speed-up vs it |"
-        rule += "---|---|"
-    memory_note = "system malloc" if system else "RSS"
-    lines = [f"training (images/s, {allocator}; peak RSS of a step, {memory_note})", head + " memory ours / tv (MiB) |",
-             rule + "---|"]
-    for r in report["train"]:
-        row = (f"| {r['precision']} | {r['size']} | {r['boxes']} | {r['ours_images_per_s']:.3f} | "
-               f"{r['torchvision_images_per_s']:.3f} | {r['speedup']:.2f}× |")
-        if system:
-            other = baseline.get((r["precision"], r["size"], r["boxes"]))
-            row += (f" {other['torchvision_images_per_s']:.3f} | "
-                    f"{r['ours_images_per_s'] / other['torchvision_images_per_s']:.2f}× |" if other else " – | – |")
-        memory = baseline.get((r["precision"], r["size"], r["boxes"]), r)  # RSS peaks mean little under jemalloc
-        lines.append(row + f" {memory['ours_peak_mib']:.0f} / {memory['torchvision_peak_mib']:.0f} |")
+        baseline = {(r["precision"], r["size"], r["boxes"]): r for r in system["train"]}
+        lines += ["training (images/s; memory: peak MiB of model + optimizer + step, each model alone, system allocator)",
+                  "| precision | size | boxes | ours, jemalloc | tv, jemalloc | speed-up | tv, system malloc | ours "
+                  "jemalloc / tv system | ours, system malloc | speed-up, system malloc | memory ours / tv |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in report["train"]:
+            b = baseline[(r["precision"], r["size"], r["boxes"])]
+            lines.append(f"| {r['precision']} | {r['size']} | {r['boxes']} | {r['ours_images_per_s']:.3f} | "
+                         f"{r['torchvision_images_per_s']:.3f} | {r['speedup']:.2f}× | {b['torchvision_images_per_s']:.3f} |"
+                         f" {r['ours_images_per_s'] / b['torchvision_images_per_s']:.2f}× | {b['ours_images_per_s']:.3f} |"
+                         f" {b['speedup']:.2f}× | {b['ours_peak_mib']:.0f} / {b['torchvision_peak_mib']:.0f} |")
+    else:
+        lines += ["training (images/s; memory: peak MiB of model + optimizer + step, each model alone)",
+                  "| precision | size | boxes | ours | torchvision | speed-up | memory ours / tv |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in report["train"]:
+            memory = f"{r['ours_peak_mib']:.0f} / {r['torchvision_peak_mib']:.0f}"
+            lines.append(f"| {r['precision']} | {r['size']} | {r['boxes']} | {r['ours_images_per_s']:.3f} | "
+                         f"{r['torchvision_images_per_s']:.3f} | {r['speedup']:.2f}× | {memory} |")
     lines += ["", "inference incl. postprocessing (images/s)", "| precision | size | batch | ours | torchvision | "
               "speed-up |", "|---|---|---|---|---|---|"]
     for r in report["inference"]:
@@ -313,7 +338,7 @@ def jemalloc_library() -> str | None:
     return next((path for path in JEMALLOC_PATHS if Path(path).exists()), None)
 
 
-def child_report(args, allocator: str, train_only: bool) -> dict:
+def child_report(args, allocator: str, train_only: bool, skip_memory: bool = False) -> dict:
     """Run this script with the same settings in a fresh process with `allocator`; its JSON report."""
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
     if allocator == "jemalloc":
@@ -322,7 +347,7 @@ def child_report(args, allocator: str, train_only: bool) -> dict:
                 "--boxes", *map(str, args.boxes), "--batch", str(args.batch), "--warmup", str(args.warmup),
                 "--repeats", str(args.repeats), "--allocator", allocator, "--child"]
     settings += ["--channels-last"] * args.channels_last + ["--compile"] * args.compile + ["--train-only"] * train_only
-    settings += ["--profile"] * args.profile
+    settings += ["--profile"] * args.profile + ["--skip-memory"] * skip_memory
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "report.json"
         subprocess.run([sys.executable, __file__, *settings, "--json", str(out)], env=env, check=True)
@@ -345,18 +370,28 @@ def main() -> None:
                         help="both: jemalloc for everything, and the training rows again with the system allocator")
     parser.add_argument("--train-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # a parent prints the table
+    parser.add_argument("--memory-probe", choices=["ours", "torchvision"], help=argparse.SUPPRESS)
+    parser.add_argument("--skip-memory", action="store_true", help=argparse.SUPPRESS)  # the other pass measures it
     parser.add_argument("--json", type=Path, default=Path("benchmark.json"))
     args = parser.parse_args()
     if args.precision.count("fp16") and args.device != "cuda":
         parser.error("fp16 autocast needs --device cuda; on CPU use bf16")
-    if args.allocator != "system" and args.device == "cpu" and jemalloc_library() is None:
+    if args.allocator == "jemalloc" and args.device == "cpu" and jemalloc_library() is None:
         parser.error("jemalloc is not installed (Debian: apt-get install libjemalloc2); use --allocator system")
+    if args.allocator == "both" and args.device == "cpu" and jemalloc_library() is None:
+        print("jemalloc is not installed (Debian: libjemalloc2): measuring with the system allocator only", flush=True)
+        args.allocator = "system"
+    if args.memory_probe:
+        print(json.dumps(memory_probe(args)))
+        return
     if args.allocator == "both" and args.device == "cpu":
         print("jemalloc (everything), then the system allocator (training rows):", flush=True)
-        report = child_report(args, "jemalloc", train_only=False)
+        report = child_report(args, "jemalloc", train_only=False, skip_memory=True)
         report["system_allocator"] = child_report(args, "system", train_only=True)
+        report["settings"] = vars(args)  # this invocation's, not the children's
     elif args.allocator == "jemalloc" and "jemalloc" not in os.environ.get("LD_PRELOAD", ""):
         report = child_report(args, "jemalloc", train_only=args.train_only)
+        report["settings"] = vars(args)
     else:
         report = run(args)
     args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")

@@ -32,11 +32,14 @@ from detector.data.loader import infinite_train_batches  # noqa: E402
 from detector.engine.trainer import autocast_dtype, resolve_device  # noqa: E402
 
 
+def group_ids(cfg, train_set):
+    return train_set.aspect_ratio_groups() if cfg.data.group_by_aspect_ratio else None
+
+
 def loader_images_per_second(cfg, train_set, batches: int) -> float:
     stream = infinite_train_batches(train_set, cfg.data.batch_size, cfg.data.num_workers, cfg.seed,
-                                    size_divisibility=cfg.data.size_divisibility,
-                                    group_ids=train_set.aspect_ratio_groups() if cfg.data.group_by_aspect_ratio else None)
-    next(stream)  # workers started, first batch served
+                                    size_divisibility=cfg.data.size_divisibility, group_ids=group_ids(cfg, train_set))
+    next(stream)  # workers started, first batch served (they may have prefetched 2 per worker: a few % at 30)
     start = time.perf_counter()
     for _ in range(batches):
         next(stream)
@@ -51,7 +54,7 @@ def training_images_per_second(cfg, train_set, steps: int) -> float:
     criterion = build_criterion(cfg).to(device).train()
     optimizer = instantiate(cfg.optim)([p for p in model.parameters() if p.requires_grad])
     stream = infinite_train_batches(train_set, cfg.data.batch_size, 0, cfg.seed,
-                                    size_divisibility=cfg.data.size_divisibility)
+                                    size_divisibility=cfg.data.size_divisibility, group_ids=group_ids(cfg, train_set))
     batches = [next(stream) for _ in range(steps + 1)]
     times = []
     for images, targets in batches:

@@ -45,6 +45,8 @@ def test_benchmark_runs_and_reports_both_systems(tmp_path, allocator):
     assert [r["batch"] for r in report["inference"]] == [1, 8]
     assert 0 < report["flops"][0]["fraction_of_peak"]
     assert "| fp32 | 128x160 | 3 |" in result.stdout
+    for rows in [report["system_allocator"]["train"] if allocator == "both" else report["train"]]:
+        assert rows[0]["ours_peak_mib"] > 50 and rows[0]["torchvision_peak_mib"] > 50  # R50: 150 MiB of weights
     profiles = {p["model"]: p for p in report["profile"]}
     assert set(profiles) == {"ours", "torchvision"}
     assert all(0 < p["convolution_share"] < 1 and p["top"][0]["ms"] > 0 for p in profiles.values())
@@ -52,4 +54,5 @@ def test_benchmark_runs_and_reports_both_systems(tmp_path, allocator):
         assert "jemalloc" in report["machine"]["ld_preload"]
         assert report["system_allocator"]["machine"]["ld_preload"] == ""
         assert len(report["system_allocator"]["train"]) == 1 and not report["system_allocator"]["inference"]
-        assert "torchvision, system malloc" in result.stdout
+        assert "tv, system malloc" in result.stdout
+        assert report["settings"]["allocator"] == "both" and not report["settings"]["child"]

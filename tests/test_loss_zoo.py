@@ -437,3 +437,31 @@ def test_degenerate_boxes_give_finite_gradients():
 def test_invalid_hyperparameters_raise(build, message):
     with pytest.raises(ValueError, match=message):
         build()
+
+
+def test_log1p_exp_is_accurate_to_float32_rounding_where_log_of_one_plus_u_is_not():
+    from detector.losses.fused import log1p_exp
+
+    z = torch.linspace(-80, 80, 400_001)
+    exact = F.softplus(z.double(), threshold=1000)
+    assert ((log1p_exp(z).double() - exact).abs() / exact).max() < 3e-7
+    assert ((log1p_exp(z.double()) - exact).abs() / exact).max() < 1e-14
+    assert log1p_exp(torch.tensor([-17.0])).item() == pytest.approx(math.exp(-17.0), rel=1e-6)  # 1 + u rounds to 1
+
+
+def test_ghm_bin_index_on_and_next_to_every_edge_equals_bucketize():
+    """⌊g·bins⌋ alone disagrees with the edge comparisons next to some edges (bins 11, 12, 20, …)."""
+    from detector.losses.ghm import bin_index
+
+    for bins, last_edge in [(20, 1 + 1e-6), (12, 1e3), (11, 1 + 1e-6), (30, 1 + 1e-6), (10, 1e3)]:
+        edges = torch.arange(bins + 1, dtype=torch.float32) / bins
+        edges[-1] = last_edge
+        values, up, down = [edges[:-1]], edges[:-1], edges[:-1]
+        for _ in range(16):  # 16 floats either side of every edge
+            up, down = torch.nextafter(up, torch.tensor(2.0)), torch.nextafter(down, torch.tensor(-1.0)).clamp(min=0)
+            values += [up, down]
+        g = torch.cat([*values, torch.tensor([1.0, 0.9999999, 1 + 1e-6, 5.0])])
+        expected = (torch.bucketize(g, edges, right=True) - 1).clamp(0, bins - 1)
+        assert torch.equal(bin_index(g, edges), expected)
+        if bins in (20, 12, 11):
+            assert not torch.equal((g * bins).long().clamp(0, bins - 1), expected)  # the test can fail

@@ -32,10 +32,15 @@ class _SummedWithGradient(torch.autograd.Function):
 
 
 def log1p_exp(z: Tensor) -> Tensor:
-    """log(1 + e^z) = max(z, 0) + log(1 + e^−|z|), exact up to float rounding (terms below the
-    float epsilon round to 0). ATen's CPU `log1p` (inside `softplus`, `logsigmoid` and
-    `binary_cross_entropy_with_logits`) is not vectorised and is ~8× slower than this."""
-    return z.clamp(min=0).add_(z.abs().neg_().exp_().add_(1).log_())
+    """log(1 + e^z) = max(z, 0) + log1p(e^−|z|), the log1p as log(w) − ((w − 1) − u)/w with
+    u = e^−|z| and w = 1 + u rounded (the first-order correction for the rounding of w; exact when
+    u is below the float epsilon): float32 relative error ≤ 2e-7 over |z| < 80. ATen's CPU `log1p`
+    (inside `softplus`, `logsigmoid` and `binary_cross_entropy_with_logits`) is not vectorised and
+    is several times slower than these passes."""
+    u = z.abs().neg_().exp_()
+    w = u + 1
+    correction = (w - 1).sub_(u).div_(w)
+    return z.clamp(min=0).add_(w.log_().sub_(correction))
 
 
 def summed_with_gradient(logits: Tensor, targets: Tensor, value_and_gradient: ValueAndGradient) -> Tensor:
