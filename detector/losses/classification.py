@@ -58,7 +58,7 @@ def focal_value_and_gradient(logits: Tensor, targets: Tensor, alpha: float | Non
         gradient = gradient.sub_(correction).mul_(modulator)
         loss = ce.mul_(modulator)
     if alpha is not None:
-        alpha_t = targets * (2 * alpha - 1) + (1 - alpha)
+        alpha_t = alpha_weight(targets, alpha)
         loss, gradient = loss.mul_(alpha_t), gradient.mul_(alpha_t)
     return loss.sum(), gradient
 
@@ -139,6 +139,6 @@ class FocalStarLoss(nn.Module):
         loss = log1p_exp(z.neg()).div_(self.gamma)
         gradient = torch.sigmoid(z.neg_()).mul_(sign).neg_()
         if self.alpha is not None:
-            alpha_t = targets * (2 * self.alpha - 1) + (1 - self.alpha)
+            alpha_t = alpha_weight(targets, self.alpha)
             loss, gradient = loss.mul_(alpha_t), gradient.mul_(alpha_t)
         return loss.sum(), gradient
