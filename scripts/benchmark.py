@@ -121,12 +121,17 @@ def memory_probe(args) -> dict:
     return {"peak_mib": round(memory_mib(device, "VmHWM") - before, 1)}
 
 
+def child_command(args, precision: list[str], sizes: list[str], boxes: list[int], allocator: str) -> list[str]:
+    """This script with `args`' model settings and the given ones, as a child (which prints no table)."""
+    return [sys.executable, __file__, "--device", args.device, "--precision", *precision, "--sizes", *sizes,
+            "--boxes", *map(str, boxes), "--batch", str(args.batch), "--allocator", allocator, "--child",
+            *["--channels-last"] * args.channels_last, *["--compile"] * args.compile]
+
+
 def probed_memory_mib(args, name: str, precision: str, size: str, boxes: int) -> float:
     """The training memory of one model, measured in a child process of its own (in this process
     both models, their optimizers and the allocator's retained pages would blur it)."""
-    command = [sys.executable, __file__, "--memory-probe", name, "--device", args.device, "--precision", precision,
-               "--sizes", size, "--boxes", str(boxes), "--batch", str(args.batch), "--allocator", args.allocator,
-               "--child"] + ["--channels-last"] * args.channels_last + ["--compile"] * args.compile
+    command = child_command(args, [precision], [size], [boxes], args.allocator) + ["--memory-probe", name]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])["peak_mib"]
 
@@ -343,14 +348,12 @@ def child_report(args, allocator: str, train_only: bool, skip_memory: bool = Fal
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
     if allocator == "jemalloc":
         env.update(LD_PRELOAD=jemalloc_library(), MALLOC_CONF=JEMALLOC_CONF)
-    settings = ["--device", args.device, "--precision", *args.precision, "--sizes", *args.sizes,
-                "--boxes", *map(str, args.boxes), "--batch", str(args.batch), "--warmup", str(args.warmup),
-                "--repeats", str(args.repeats), "--allocator", allocator, "--child"]
-    settings += ["--channels-last"] * args.channels_last + ["--compile"] * args.compile + ["--train-only"] * train_only
-    settings += ["--profile"] * args.profile + ["--skip-memory"] * skip_memory
+    command = child_command(args, args.precision, args.sizes, args.boxes, allocator)
+    command += ["--warmup", str(args.warmup), "--repeats", str(args.repeats), *["--train-only"] * train_only,
+                *["--profile"] * args.profile, *["--skip-memory"] * skip_memory]
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "report.json"
-        subprocess.run([sys.executable, __file__, *settings, "--json", str(out)], env=env, check=True)
+        subprocess.run(command + ["--json", str(out)], env=env, check=True)
         return json.loads(out.read_text())
 
 
