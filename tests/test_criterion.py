@@ -1,7 +1,15 @@
+from pathlib import Path
+
+import pytest
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from detector.losses import FocalLoss, RetinaNetCriterion, SmoothL1Loss
+from detector.losses import criterion as criterion_module
+from detector.losses.criterion import pad_targets
+from detector.losses.criterion import row_counts as real_row_counts
 from detector.ops import BoxCoder, IoUMatcher
 
 ANCHORS = torch.tensor([[0, 0, 10, 10], [10, 0, 20, 10], [20, 0, 30, 10], [30, 0, 40, 10], [100, 100, 110, 110]],
@@ -92,3 +100,62 @@ def test_box_losses_on_boxes_receive_decoded_boxes():
     pred, gt = box_loss.seen
     torch.testing.assert_close(pred, ANCHORS[:1])  # zero deltas decode to the anchor itself
     torch.testing.assert_close(gt, torch.tensor([[1.0, 0.0, 11.0, 10.0]]))
+
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+SYNC_FREE = [("loss", name) for name in ("focal", "ce", "balanced_ce", "focal_star", "ghm_c", "dice", "tversky")] + \
+    [("box_loss", path.stem) for path in sorted((CONFIGS / "box_loss").glob("*.yaml"))]
+
+
+def criterion_with(group: str, name: str) -> RetinaNetCriterion:
+    loss = instantiate(OmegaConf.load(CONFIGS / group / f"{name}.yaml"))
+    cls_loss, box_loss = (loss, SmoothL1Loss(beta=0.11)) if group == "loss" else (FocalLoss(), loss)
+    return RetinaNetCriterion(cls_loss, box_loss, IoUMatcher(), BoxCoder())
+
+
+def on_meta(crit: RetinaNetCriterion, monkeypatch) -> dict:
+    """The criterion's forward and backward with the model outputs on the meta device (shapes, no
+    data), the targets on the host as the loader gives them. Meta tensors refuse every operation
+    whose result depends on their values on the host (item, bool, nonzero, boolean masks,
+    bincount): on CUDA each of those waits for the GPU. The row counts, the one deliberate wait,
+    are taken from the same call on the CPU."""
+    out = outputs(2)
+    targets = [target([[0, 0, 10, 10], [20, 0, 30, 10], [100, 100, 110, 110]], [2, 1, 0], crowd=[False, False, True]),
+               target([[10, 0, 20, 10]], [1])]
+    counts = []
+    monkeypatch.setattr(criterion_module, "row_counts",
+                        lambda kept, positive: counts.append(real_row_counts(kept, positive)) or counts[-1])
+    crit(out, targets)
+    monkeypatch.setattr(criterion_module, "row_counts", lambda kept, positive: counts[0])
+    meta = {key: value.to("meta") if torch.is_tensor(value) else value for key, value in out.items()}
+    meta["cls_logits"].requires_grad_(True)
+    meta["box_deltas"].requires_grad_(True)
+    losses = crit.to("meta")(meta, targets)
+    (losses["loss_cls"] + losses["loss_box"]).backward()
+    return {"losses": losses, "cls_grad": meta["cls_logits"].grad, "box_grad": meta["box_deltas"].grad}
+
+
+@pytest.mark.parametrize("group,name", SYNC_FREE)
+def test_criterion_waits_for_the_device_only_for_the_row_counts(group, name, monkeypatch):
+    result = on_meta(criterion_with(group, name), monkeypatch)
+    assert result["losses"]["loss_cls"].device.type == "meta" and result["losses"]["loss_cls"].shape == ()
+    assert result["cls_grad"].shape == (2, 5, K) and result["box_grad"].shape == (2, 5, 4)
+
+
+def test_the_meta_check_catches_a_host_synchronisation(monkeypatch):
+    """OHEM selects per image with NMS and top-k over data-dependent counts: it must wait for the device."""
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        on_meta(criterion_with("loss", "ohem"), monkeypatch)
+    with pytest.raises((RuntimeError, NotImplementedError)):  # the boolean mask the criterion used to index with
+        torch.zeros(3, device="meta")[torch.ones(3, dtype=torch.bool, device="meta")]
+
+
+def test_row_counts_and_pad_targets():
+    kept = torch.tensor([[True, False, True], [True, True, False]])
+    positive = torch.tensor([[False, False, True], [True, False, False]])
+    assert real_row_counts(kept, positive) == (4, 2)
+    boxes, labels, valid, crowd = pad_targets([target([[0, 0, 1, 1], [1, 1, 2, 2]], [3, 4]), target([], [])], "cpu")
+    assert boxes.shape == (2, 2, 4) and labels.tolist() == [[3, 4], [0, 0]]
+    assert valid.tolist() == [[True, True], [False, False]] and crowd is None  # no crowd box: no crowd pass
+    _, _, _, crowd = pad_targets([target([[0, 0, 1, 1]], [3], crowd=[True]), target([], [])], "cpu")
+    assert crowd.tolist() == [[True], [False]]

@@ -258,7 +258,8 @@ class Trainer:
         if self.distributed.enabled:
             stacked = sum_over_processes(stacked)
         world = self.distributed.world_size
-        return {name: float(v) if name == "num_pos" else float(v) / world for name, v in zip(values, stacked)}
+        host = stacked.tolist()  # the step's one wait for the device: the finite-loss verdict needs the values
+        return {name: v if name == "num_pos" else v / world for name, v in zip(values, host)}
 
     def evaluate(self, writer: SummaryWriter | None = None) -> dict | None:
         """Every process predicts its share; rank 0 scores them and returns the stats (others None)."""

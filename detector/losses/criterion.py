@@ -55,9 +55,10 @@ class RetinaNetCriterion(nn.Module):
         self.reduce_num_pos = None
 
     def forward(self, outputs: dict, targets: list[dict], keep_cls_inputs: bool = False) -> dict[str, Tensor]:
-        cls_logits = outputs["cls_logits"].float()  # (B, A, K); losses always in float32
-        box_deltas = outputs["box_deltas"].float()  # (B, A, 4)
+        cls_logits = outputs["cls_logits"]  # (B, A, K); the rows the losses see are cast to float32
+        box_deltas = outputs["box_deltas"]  # (B, A, 4)
         anchors = outputs["anchors"]  # (A, 4)
+        num_anchors = anchors.shape[0]
         gt_boxes, gt_labels, gt_valid, gt_crowd = pad_targets(targets, anchors.device)
         matches = self.matcher(anchors, gt_boxes, gt_valid, gt_crowd)  # (B, A)
         positive = matches >= 0
@@ -65,21 +66,22 @@ class RetinaNetCriterion(nn.Module):
         num_pos = positive.sum().float()
         normalizer = self._normalizer(num_pos)
 
-        index = matches.clamp(min=0)
-        labels = gt_labels.gather(1, index)  # (B, A)
+        num_kept, num_positive = row_counts(kept, positive)  # the criterion's one host synchronisation
+        kept_rows = torch.nonzero_static(kept.flatten(), size=num_kept).squeeze(1)  # indices into B·A rows
+        positive_rows = torch.nonzero_static(positive.flatten(), size=num_positive).squeeze(1)
+        labels = torch.where(positive, gt_labels.gather(1, matches.clamp(min=0)), -1).flatten()  # (B·A,), −1: negative
         context = {}
         if getattr(self.cls_loss, "needs_anchors", False):  # e.g. OHEM: per-image selection, NMS on loss
-            image_index = torch.arange(len(targets), device=kept.device).unsqueeze(1).expand_as(kept)
-            context = {"image_index": image_index[kept], "anchors": anchors.expand(len(targets), -1, -1)[kept]}
-        kept_logits = cls_logits[kept]
-        kept_labels = torch.where(positive, labels, -1)[kept]  # −1: negative
+            context = {"image_index": kept_rows // num_anchors, "anchors": anchors[kept_rows % num_anchors]}
+        kept_logits = cls_logits.flatten(0, 1)[kept_rows].float()  # losses always in float32
+        kept_labels = labels[kept_rows]
         kept_targets = torch.zeros_like(kept_logits).scatter_(  # one-hot rows, written in place
             1, kept_labels.clamp(min=0).unsqueeze(1), (kept_labels >= 0).unsqueeze(1).to(kept_logits.dtype))
         loss_cls = self.cls_loss(kept_logits, kept_targets, normalizer, **context)
 
-        matched_boxes = gt_boxes.gather(1, index.unsqueeze(-1).expand(-1, -1, 4))[positive]  # (P, 4)
-        pos_anchors = anchors.unsqueeze(0).expand_as(box_deltas)[positive]  # (P, 4)
-        pos_deltas = box_deltas[positive]  # (P, 4)
+        matched_boxes = gt_boxes[positive_rows // num_anchors, matches.flatten()[positive_rows]]  # (P, 4)
+        pos_anchors = anchors[positive_rows % num_anchors]  # (P, 4)
+        pos_deltas = box_deltas.flatten(0, 1)[positive_rows].float()  # (P, 4)
         if self.box_loss.input_space == "deltas":
             loss_box = self.box_loss(pos_deltas, self.box_coder.encode(pos_anchors, matched_boxes), normalizer)
         else:
@@ -99,15 +101,27 @@ class RetinaNetCriterion(nn.Module):
         return smoothed
 
 
-def pad_targets(targets: list[dict], device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Stack per-image targets into [B, G, 4] boxes, [B, G] labels, valid and crowd masks (G = max count)."""
-    counts = torch.tensor([len(t["boxes"]) for t in targets])
-    num_gt = max(int(counts.max()), 1)  # one invalid slot when no image has a box keeps gathers well-formed
-    valid = (torch.arange(num_gt) < counts.unsqueeze(1)).to(device)  # (B, G)
+def row_counts(kept: Tensor, positive: Tensor) -> tuple[int, int]:
+    """The numbers of kept and positive anchors, fetched to the host together: the compact rows the
+    losses take have these sizes. Every other selection uses them (`nonzero_static`), so the
+    criterion waits for the device once per step, not once per boolean mask."""
+    num_kept, num_positive = torch.stack([kept.sum(), positive.sum()]).tolist()
+    return num_kept, num_positive
+
+
+def pad_targets(targets: list[dict], device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Stack per-image targets into [B, G, 4] boxes, [B, G] labels, valid and crowd masks (G = max count).
+
+    Built on the host and copied without blocking; crowd is None when no image has a crowd box
+    (decided on the host, so the matcher skips its crowd pass without asking the device)."""
+    counts = [len(t["boxes"]) for t in targets]
+    num_gt = max(max(counts), 1)  # one invalid slot when no image has a box keeps gathers well-formed
+    valid = torch.arange(num_gt) < torch.tensor(counts).unsqueeze(1)  # (B, G)
     boxes = _pad([t["boxes"].reshape(-1, 4).float() for t in targets], num_gt)
     labels = _pad([t["labels"].long() for t in targets], num_gt)
-    crowd = _pad([t.get("iscrowd", torch.zeros(len(t["boxes"]))).bool() for t in targets], num_gt)
-    return boxes.to(device), labels.to(device), valid, crowd.to(device)
+    crowd = _pad([t.get("iscrowd", torch.zeros(n)).bool() for t, n in zip(targets, counts)], num_gt)
+    crowd = crowd if crowd.any() else None  # a host tensor: no device round trip
+    return tuple(None if x is None else x.to(device, non_blocking=True) for x in (boxes, labels, valid, crowd))
 
 
 def _pad(rows: list[Tensor], length: int) -> Tensor:

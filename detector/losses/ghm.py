@@ -41,7 +41,8 @@ def harmonizing_weights(g: Tensor, edges: Tensor, acc_sum: Tensor, momentum: flo
     """
     bins = len(edges) - 1
     index = bin_index(g, edges)
-    counts = torch.bincount(index.flatten(), minlength=bins).to(acc_sum.dtype)
+    counts = torch.zeros(bins, dtype=torch.long, device=g.device).scatter_add_(  # bincount would sync on CUDA
+        0, index.flatten(), torch.ones((), dtype=torch.long, device=g.device).expand(index.numel())).to(acc_sum.dtype)
     non_empty = counts > 0
     if momentum > 0:
         if update:

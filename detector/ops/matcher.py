@@ -36,7 +36,8 @@ class IoUMatcher:
         Args:
             anchors: [A, 4] xyxy.
             gt_boxes: [B, G, 4] xyxy, padded; gt_valid [B, G] marks real boxes.
-            gt_crowd: [B, G] bool, crowd boxes (ignore regions) among the valid ones.
+            gt_crowd: [B, G] bool, crowd boxes (ignore regions) among the valid ones; None when there
+                are none (the caller knows on the host: no crowd pass, no device round trip).
         Returns:
             matches [B, A] int64: ground-truth index in [0, G), BACKGROUND or IGNORE.
         """
@@ -55,7 +56,7 @@ class IoUMatcher:
             best_per_gt = iou.max(dim=2, keepdim=True).values  # (B, G, 1)
             is_best = (iou == best_per_gt) & (best_per_gt > 0)
             matches = torch.where(is_best.any(dim=1), best_gt, matches)
-        if gt_crowd is not None and bool(crowd.any()):
+        if gt_crowd is not None:
             inside_crowd = _intersection_over_anchor(gt_boxes, anchors).masked_fill(~crowd.unsqueeze(-1), 0.0)
             in_crowd = inside_crowd.max(dim=1).values >= self.crowd_ioa
             matches = torch.where(in_crowd & (matches == BACKGROUND), IGNORE, matches)
