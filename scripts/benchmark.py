@@ -13,7 +13,8 @@ batch (multiples of 32), the same random boxes; SGD. The measurements interleave
   boxes per image; our step runs the model under autocast and the losses in float32, as training does;
 - inference images/s including postprocessing, batch 1 and 8, at the first size;
 - training memory: each model alone in a fresh process (built, two training steps), the peak
-  above what the process held before the model was built — RSS high-water mark on CPU,
+  above what the process held before the model was built — RSS high-water mark on CPU (glibc with
+  a fixed 64 KiB mmap threshold, so that it is the live peak and repeats to 0.1 MiB),
   `max_memory_allocated` on CUDA (in one process the other model and the allocator's retained
   pages would blur it); with `--allocator both` the column comes from the system pass;
 - the FLOP rate of our training step (`torch.utils.flop_counter`) against this machine's
@@ -130,9 +131,15 @@ def child_command(args, precision: list[str], sizes: list[str], boxes: list[int]
 
 def probed_memory_mib(args, name: str, precision: str, size: str, boxes: int) -> float:
     """The training memory of one model, measured in a child process of its own (in this process
-    both models, their optimizers and the allocator's retained pages would blur it)."""
+    both models, their optimizers and the allocator's retained pages would blur it). Under glibc the
+    child maps every block of 64 KiB or more on its own (a fixed `MALLOC_MMAP_THRESHOLD_`), so a
+    freed tensor leaves the resident set at once and the high-water mark is the step's live peak;
+    with glibc's adaptive threshold the same probe varied by ±100 MiB from run to run."""
     command = child_command(args, [precision], [size], [boxes], args.allocator) + ["--memory-probe", name]
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    env = dict(os.environ)
+    if "jemalloc" not in env.get("LD_PRELOAD", ""):
+        env["MALLOC_MMAP_THRESHOLD_"] = str(64 * 1024)
+    result = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
     return json.loads(result.stdout.strip().splitlines()[-1])["peak_mib"]
 
 

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss as tv_sigmoid_focal_loss
 
-from detector.losses import FocalLoss, SmoothL1Loss
+from detector.losses import FocalLoss, FocalStarLoss, GHMCLoss, SigmoidCrossEntropyLoss, SmoothL1Loss, fused
 
 
 def logits_and_targets(m=64, k=5, seed=0, dtype=torch.float64):
@@ -105,3 +105,21 @@ def test_smooth_l1_empty_is_exactly_zero_and_declares_deltas():
     assert SmoothL1Loss()(torch.zeros(0, 4), torch.zeros(0, 4), 1.0).item() == 0.0
     with pytest.raises(ValueError, match="beta must be >= 0"):
         SmoothL1Loss(beta=-0.1)
+
+
+@pytest.mark.parametrize("loss", [FocalLoss(), FocalLoss(0.75, 0.5), SigmoidCrossEntropyLoss(0.75), FocalStarLoss(4.0, 0.0),
+                                  GHMCLoss(30, 0.0)], ids=["focal", "focal_g05", "balanced_ce", "focal_star", "ghm_c"])
+def test_losses_computed_in_blocks_of_rows_equal_the_whole(loss, monkeypatch):
+    """Blocks of 8 rows × 8 classes over 101 rows (the last block short): value and gradient equal the
+    autograd sum of the element-wise terms. GHM-C's weights need all elements at once, so it stays whole."""
+    monkeypatch.setitem(fused.CHUNK_ELEMENTS, "cpu", 64)
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(101, 8, generator=g, dtype=torch.float64) * 4).requires_grad_(True)
+    y = (torch.rand(101, 8, generator=g) < 0.1).double()
+    reference_x = x.detach().clone().requires_grad_(True)
+    reference = loss.elementwise(reference_x, y).sum() / (y.numel() if isinstance(loss, GHMCLoss) else 7.0)
+    reference.backward()
+    value = loss(x, y, 7.0)
+    value.backward()
+    torch.testing.assert_close(value, reference.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(x.grad, reference_x.grad, rtol=1e-10, atol=1e-14)

@@ -1,6 +1,7 @@
 import torch
+from torchvision.ops import box_iou
 
-from detector.ops.matcher import BACKGROUND, IGNORE, IoUMatcher
+from detector.ops.matcher import BACKGROUND, IGNORE, IOU_BLOCK_ELEMENTS, IoUMatcher, blockwise_box_iou
 
 # Four 10×10 anchors side by side, and one far away.
 ANCHORS = torch.tensor([[0, 0, 10, 10], [10, 0, 20, 10], [20, 0, 30, 10], [30, 0, 40, 10], [100, 100, 110, 110]],
@@ -44,3 +45,17 @@ def test_crowd_boxes_are_ignore_regions_not_positives():
     assert result == [IGNORE, IGNORE, IGNORE, 1, BACKGROUND]
     result = match([[0, 0, 24, 10], [30, 0, 40, 10]], crowd=[True, False])
     assert result[2] == BACKGROUND  # only 40 % of anchor 2 lies inside the crowd box
+
+
+def test_iou_in_blocks_of_anchors_equals_one_box_iou_call(monkeypatch):
+    g = torch.Generator().manual_seed(1)
+    corner = torch.rand(30, 2, generator=g) * 200
+    boxes = torch.cat([corner, corner + torch.rand(30, 2, generator=g) * 60 + 1], 1)
+    corner = torch.rand(1001, 2, generator=g) * 250
+    anchors = torch.cat([corner, corner + torch.rand(1001, 2, generator=g) * 60 + 1], 1)
+    blocks = blockwise_box_iou(boxes, anchors, block_elements=30 * 64)  # 16 blocks, the last one short
+    assert torch.equal(blocks, box_iou(boxes, anchors))
+    gt, valid = boxes.view(2, 15, 4), torch.ones(2, 15, dtype=torch.bool)
+    whole = IoUMatcher(allow_low_quality_matches=True)(anchors, gt, valid)
+    monkeypatch.setitem(IOU_BLOCK_ELEMENTS, "cpu", 100)
+    assert torch.equal(IoUMatcher(allow_low_quality_matches=True)(anchors, gt, valid), whole)

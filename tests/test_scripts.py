@@ -27,6 +27,7 @@ def test_loss_benchmark_reports_every_loss_and_ghm_agreement(tmp_path):
     timed = {k.split("=", 1)[1] for k in report["milliseconds"] if k.startswith(("loss=", "box_loss=")) and " " not in k}
     assert timed == names
     assert report["ghm_c_same_value"] is True
+    assert report["focal_blocks_speedup"] > 0 and "focal, one block" in report["milliseconds"]
 
 
 def test_evaluation_benchmark_times_both_backends_with_identical_stats(tmp_path):
@@ -50,3 +51,10 @@ def test_loader_benchmark_reports_loader_and_training_throughput(tmp_path, cache
     assert report["num_workers"] == 1 and report["batch_size"] == 2
     assert report["loader_images_per_s"] > 0 and report["training_images_per_s"] > 0
     assert "loader / training" in result.stdout
+
+
+def test_matcher_benchmark_times_blocks_against_one_call():
+    result = subprocess.run([sys.executable, "scripts/benchmark_matcher.py", "--size", "256x256", "--boxes", "5",
+                             "--repeats", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "iou, one call" in result.stdout and "IoUMatcher (default blocks)" in result.stdout

@@ -8,6 +8,8 @@ from torchvision.ops import box_iou
 
 BACKGROUND = -1
 IGNORE = -2
+IOU_BLOCK_ELEMENTS = {"cpu": 1 << 18}  # ground truths × anchors per `box_iou` call, by device type
+GPU_IOU_BLOCK_ELEMENTS = 1 << 26
 
 
 class IoUMatcher:
@@ -47,8 +49,8 @@ class IoUMatcher:
             return torch.full((batch, num_anchors), BACKGROUND, dtype=torch.long, device=anchors.device)
         crowd = gt_crowd & gt_valid if gt_crowd is not None else torch.zeros_like(gt_valid)
         matchable = gt_valid & ~crowd
-        iou = box_iou(gt_boxes.reshape(-1, 4), anchors).view(batch, num_gt, num_anchors)
-        iou = iou.masked_fill(~matchable.unsqueeze(-1), -1.0)  # (B, G, A)
+        iou = blockwise_box_iou(gt_boxes.reshape(-1, 4), anchors).view(batch, num_gt, num_anchors)
+        iou.masked_fill_(~matchable.unsqueeze(-1), -1.0)  # (B, G, A)
         best_iou, best_gt = iou.max(dim=1)  # (B, A)
         matches = torch.where(best_iou >= self.fg_iou, best_gt,
                               torch.where(best_iou >= self.bg_iou, IGNORE, BACKGROUND))
@@ -61,6 +63,22 @@ class IoUMatcher:
             in_crowd = inside_crowd.max(dim=1).values >= self.crowd_ioa
             matches = torch.where(in_crowd & (matches == BACKGROUND), IGNORE, matches)
         return matches
+
+
+def blockwise_box_iou(boxes: Tensor, anchors: Tensor, block_elements: int | None = None) -> Tensor:
+    """torchvision's `box_iou` [N, 4] × [A, 4] → [N, A], called on blocks of anchors: its
+    temporaries (corners, widths, areas: about six [N, A] tensors) then stay within a block. At
+    800×1333 with 200 boxes per image they would otherwise take about 2 GB. On the CPU a block is
+    2^18 elements, and the IoU for a batch of 2 there takes 0.47 s instead of 1.52 s in one call
+    with glibc malloc, 0.29 s instead of 0.38 s with jemalloc (scripts/benchmark_matcher.py)."""
+    block_elements = block_elements or IOU_BLOCK_ELEMENTS.get(anchors.device.type, GPU_IOU_BLOCK_ELEMENTS)
+    rows = max(1, block_elements // max(len(boxes), 1))
+    if len(anchors) <= rows:
+        return box_iou(boxes, anchors)
+    iou = boxes.new_empty(len(boxes), len(anchors))
+    for start in range(0, len(anchors), rows):
+        iou[:, start:start + rows] = box_iou(boxes, anchors[start:start + rows])
+    return iou
 
 
 def _intersection_over_anchor(boxes: Tensor, anchors: Tensor) -> Tensor:
