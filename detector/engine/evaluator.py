@@ -41,7 +41,8 @@ class CocoEvaluator:
     """Collects detections in COCO results format and scores them with `COCOeval`.
 
     `update` maps boxes from network-input pixels back to the file's pixels
-    (x·orig_w/w, y·orig_h/h), turns xyxy into xywh and labels into category ids.
+    (x·orig_w/w, y·orig_h/h), turns xyxy into xywh and labels into category ids; each result also
+    carries the area and iscrowd = 0 that `loadRes` would add (and, once scored by faster-coco-eval, an id).
     `summarize` returns the 12 COCO stats in percent; −1 where pycocotools has no ground truth
     for that size range. An empty detection list scores 0 (pycocotools' `loadRes` raises on it).
     `backend` is pycocotools or faster_coco_eval (the same protocol, reimplemented in C++).
@@ -67,7 +68,7 @@ class CocoEvaluator:
             xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
             for box, score, label in zip(xywh, det["scores"].tolist(), det["labels"].tolist()):
                 self.results.append({"image_id": int(target["image_id"]), "category_id": self.category_ids[label],
-                                     "bbox": box, "score": score})
+                                     "bbox": box, "score": score, "area": box[2] * box[3], "iscrowd": 0})
 
     def summarize(self) -> tuple[dict[str, float], str]:
         """(stats in percent keyed by STAT_NAMES, pycocotools' printed table); `self.seconds` then
@@ -89,10 +90,16 @@ class CocoEvaluator:
         return stats, table.getvalue()
 
     def _load_results(self, coco_gt, coco_class):
-        if self.results:
+        """pycocotools, the reference: its own `loadRes` (on copies: it adds keys to each result).
+        faster-coco-eval: the results indexed as they are, with the ids `loadRes` would give them;
+        `update` already set the rest that it sets for boxes (area = w·h, iscrowd = 0). Its
+        `loadRes` loop over the results took longer than the evaluation."""
+        if self.results and coco_class is COCO:
             with contextlib.redirect_stdout(io.StringIO()):
-                return coco_gt.loadRes([dict(result) for result in self.results])  # loadRes adds keys to each
-        return _as(coco_class, {"images": list(coco_gt.dataset["images"]), "annotations": [],
+                return coco_gt.loadRes([dict(result) for result in self.results])
+        for index, result in enumerate(self.results, start=1):
+            result["id"] = index
+        return _as(coco_class, {"images": list(coco_gt.dataset["images"]), "annotations": self.results,
                                 "categories": copy.deepcopy(coco_gt.dataset["categories"])})
 
 
