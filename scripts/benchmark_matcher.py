@@ -1,6 +1,6 @@
 """Anchor matching at the paper's image size: IoU in blocks of anchors against one `box_iou` call.
 
-    python scripts/benchmark_matcher.py [--size 800x1333 --boxes 200 --batch 2 --repeats 5]
+    python scripts/benchmark_matcher.py [--size 800x1333 --boxes 200 --batch 2 --repeats 5 --json FILE]
 
 Times `blockwise_box_iou` (the matcher's IoU) over the batch's ground truths × the RetinaNet
 anchors (P3–P7, 9 per location) for several block sizes, the largest being one call, and the
@@ -11,6 +11,8 @@ whole `IoUMatcher` with the default blocks; medians in milliseconds. Run it unde
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
 import sys
 import time
@@ -39,6 +41,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--boxes", type=int, default=200)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", type=Path, default=Path("matcher_benchmark.json"))
     args = parser.parse_args(argv)
     height, width = (-(-int(v) // 128) * 128 for v in args.size.split("x"))
     generator = AnchorGenerator([32, 64, 128, 256, 512], 3, [0.5, 1.0, 2.0], [8, 16, 32, 64, 128])
@@ -57,6 +60,10 @@ def main(argv=None) -> dict:
           f"{torch.get_num_threads()} threads, median of {args.repeats}:")
     for name, ms in results.items():
         print(f"  {name:<28} {ms:8.1f} ms")
+    report = {"settings": vars(args) | {"json": str(args.json), "threads": torch.get_num_threads(),
+                                        "ld_preload": os.environ.get("LD_PRELOAD", "")},
+              "anchors": anchors.shape[0], "milliseconds": results}
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
     return results
 
 

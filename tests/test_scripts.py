@@ -53,8 +53,11 @@ def test_loader_benchmark_reports_loader_and_training_throughput(tmp_path, cache
     assert "loader / training" in result.stdout
 
 
-def test_matcher_benchmark_times_blocks_against_one_call():
+def test_matcher_benchmark_times_blocks_against_one_call(tmp_path):
+    out = tmp_path / "matcher.json"
     result = subprocess.run([sys.executable, "scripts/benchmark_matcher.py", "--size", "256x256", "--boxes", "5",
-                             "--repeats", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                             "--repeats", "1", "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "iou, one call" in result.stdout and "IoUMatcher (default blocks)" in result.stdout
+    report = json.loads(out.read_text())
+    assert report["anchors"] == 9 * sum((256 // s) ** 2 for s in (8, 16, 32, 64, 128))
+    assert {"iou, one call", "IoUMatcher (default blocks)"} <= set(report["milliseconds"])
