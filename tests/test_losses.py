@@ -3,7 +3,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss as tv_sigmoid_focal_loss
 
-from detector.losses import FocalLoss, FocalStarLoss, GHMCLoss, SigmoidCrossEntropyLoss, SmoothL1Loss, fused
+from detector.losses import FocalLoss, FocalStarLoss, GHMCLoss, SigmoidCrossEntropyLoss, SmoothL1Loss
+from detector.ops import blocks
 
 
 def logits_and_targets(m=64, k=5, seed=0, dtype=torch.float64):
@@ -112,7 +113,10 @@ def test_smooth_l1_empty_is_exactly_zero_and_declares_deltas():
 def test_losses_computed_in_blocks_of_rows_equal_the_whole(loss, monkeypatch):
     """Blocks of 8 rows × 8 classes over 101 rows (the last block short): value and gradient equal the
     autograd sum of the element-wise terms. GHM-C's weights need all elements at once, so it stays whole."""
-    monkeypatch.setitem(fused.CHUNK_ELEMENTS, "cpu", 64)
+    monkeypatch.setitem(blocks.BLOCK_ELEMENTS, "cpu", 64)
+    calls = []
+    value_and_gradient = loss._value_and_gradient
+    monkeypatch.setattr(loss, "_value_and_gradient", lambda *a: calls.append(1) or value_and_gradient(*a))
     g = torch.Generator().manual_seed(3)
     x = (torch.randn(101, 8, generator=g, dtype=torch.float64) * 4).requires_grad_(True)
     y = (torch.rand(101, 8, generator=g) < 0.1).double()
@@ -123,3 +127,4 @@ def test_losses_computed_in_blocks_of_rows_equal_the_whole(loss, monkeypatch):
     value.backward()
     torch.testing.assert_close(value, reference.detach(), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(x.grad, reference_x.grad, rtol=1e-10, atol=1e-14)
+    assert len(calls) == (1 if isinstance(loss, GHMCLoss) else 13)  # ⌈101 / 8⌉ blocks

@@ -1,7 +1,8 @@
 import torch
 from torchvision.ops import box_iou
 
-from detector.ops.matcher import BACKGROUND, IGNORE, IOU_BLOCK_ELEMENTS, IoUMatcher, blockwise_box_iou
+from detector.ops import blocks, matcher
+from detector.ops.matcher import BACKGROUND, IGNORE, IoUMatcher, blockwise_box_iou
 
 # Four 10×10 anchors side by side, and one far away.
 ANCHORS = torch.tensor([[0, 0, 10, 10], [10, 0, 20, 10], [20, 0, 30, 10], [30, 0, 40, 10], [100, 100, 110, 110]],
@@ -53,9 +54,12 @@ def test_iou_in_blocks_of_anchors_equals_one_box_iou_call(monkeypatch):
     boxes = torch.cat([corner, corner + torch.rand(30, 2, generator=g) * 60 + 1], 1)
     corner = torch.rand(1001, 2, generator=g) * 250
     anchors = torch.cat([corner, corner + torch.rand(1001, 2, generator=g) * 60 + 1], 1)
-    blocks = blockwise_box_iou(boxes, anchors, block_elements=30 * 64)  # 16 blocks, the last one short
-    assert torch.equal(blocks, box_iou(boxes, anchors))
+    in_blocks = blockwise_box_iou(boxes, anchors, block_elements=30 * 64)  # 16 blocks, the last one short
+    assert torch.equal(in_blocks, box_iou(boxes, anchors))
     gt, valid = boxes.view(2, 15, 4), torch.ones(2, 15, dtype=torch.bool)
     whole = IoUMatcher(allow_low_quality_matches=True)(anchors, gt, valid)
-    monkeypatch.setitem(IOU_BLOCK_ELEMENTS, "cpu", 100)
+    monkeypatch.setitem(blocks.BLOCK_ELEMENTS, "cpu", 3000)  # 100 anchors per call for 30 boxes
+    calls = []
+    monkeypatch.setattr(matcher, "box_iou", lambda *a: calls.append(1) or box_iou(*a))
     assert torch.equal(IoUMatcher(allow_low_quality_matches=True)(anchors, gt, valid), whole)
+    assert len(calls) == 11

@@ -5,12 +5,10 @@ all anchors × classes and walks them back one kernel at a time. A loss written 
 `value_and_gradient(logits, targets) → (Σ loss, ∂Σ loss/∂logits)` keeps one tensor, the gradient,
 and its backward is a single multiply: at 800×1333 that is ~20 M elements per image.
 
-An element-wise loss is also computed in blocks of rows: its temporaries (σ(x), log terms, the
-modulating factor, …) then take a few MiB instead of several copies of the [anchors, classes]
-matrix, which were the peak of the whole training step's memory. On the CPU a block is 2^18
-elements (1 MiB per float32 temporary), so the passes run in cache: the focal loss is 1.7×
-(jemalloc) to 1.9× (glibc malloc) faster than in one block (scripts/benchmark_losses.py). On a GPU a block is 2^24 elements, so the loss stays a few kernel
-launches per block.
+A loss whose elements depend only on their own logit and target is also computed in blocks of
+rows (`detector.ops.blocks`): its temporaries, once the peak of the whole training step's memory,
+then take a few MiB, and on the CPU the passes run in cache, so the focal loss is 1.7× (jemalloc)
+to 1.9× (glibc malloc) faster than in one block (scripts/benchmark_losses.py).
 """
 
 from __future__ import annotations
@@ -21,16 +19,17 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from detector.ops.blocks import rows_per_block
+
 ValueAndGradient = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
-CHUNK_ELEMENTS = {"cpu": 1 << 18}  # elements per block of rows, by device type
-GPU_CHUNK_ELEMENTS = 1 << 24
 
 
 class _SummedWithGradient(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, targets: Tensor, value_and_gradient: ValueAndGradient,
-                elementwise: bool) -> Tensor:
-        value, gradient = (in_row_chunks if elementwise else _whole)(value_and_gradient, logits, targets)
+                in_blocks: bool) -> Tensor:
+        value, gradient = (in_row_blocks(value_and_gradient, logits, targets) if in_blocks
+                           else value_and_gradient(logits, targets))
         ctx.save_for_backward(gradient)
         return value
 
@@ -41,15 +40,10 @@ class _SummedWithGradient(torch.autograd.Function):
         return gradient * grad_output, None, None, None
 
 
-def _whole(value_and_gradient: ValueAndGradient, logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-    return value_and_gradient(logits, targets)
-
-
-def in_row_chunks(value_and_gradient: ValueAndGradient, logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-    """`value_and_gradient` of an element-wise loss over [M, K], applied to blocks of rows of about
-    `CHUNK_ELEMENTS` elements: the sum of the blocks' sums and the blocks' gradients in one tensor."""
-    block_elements = CHUNK_ELEMENTS.get(logits.device.type, GPU_CHUNK_ELEMENTS)
-    rows = max(1, block_elements // max(logits.shape[-1], 1))
+def in_row_blocks(value_and_gradient: ValueAndGradient, logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """`value_and_gradient` of an element-wise loss over [M, K], applied to blocks of rows: the sum
+    of the blocks' sums and the blocks' gradients in one tensor."""
+    rows = rows_per_block(logits.device, logits.shape[-1])
     if logits.shape[0] <= rows:
         return value_and_gradient(logits, targets)
     gradient = torch.empty_like(logits)
@@ -74,9 +68,10 @@ def log1p_exp(z: Tensor) -> Tensor:
 
 
 def summed_with_gradient(logits: Tensor, targets: Tensor, value_and_gradient: ValueAndGradient,
-                         elementwise: bool = True) -> Tensor:
+                         in_blocks: bool = True) -> Tensor:
     """Σ loss as a scalar in the autograd graph of `logits`, its gradient the one that
-    `value_and_gradient` returned with it (targets get none; no double backward). `elementwise`:
-    each element's loss depends on its own logit and target only, so rows can be computed in
-    chunks; a loss whose weights come from all elements (GHM-C's bin counts) passes False."""
-    return _SummedWithGradient.apply(logits, targets, value_and_gradient, elementwise)
+    `value_and_gradient` returned with it (targets get none; no double backward). `in_blocks`:
+    compute blocks of rows one at a time, correct only when each element's loss depends on its own
+    logit and target alone; a loss whose weights come from all elements (GHM-C's bin counts)
+    passes False."""
+    return _SummedWithGradient.apply(logits, targets, value_and_gradient, in_blocks)

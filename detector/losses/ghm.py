@@ -90,7 +90,7 @@ class GHMCLoss(_GradientHarmonizing):
         return F.binary_cross_entropy_with_logits(logits, targets, weights.to(logits.dtype), reduction="none")
 
     def forward(self, logits: Tensor, targets: Tensor, normalizer: Tensor | float | None = None) -> Tensor:
-        return summed_with_gradient(logits, targets, self._value_and_gradient, elementwise=False) / max(logits.numel(), 1)
+        return summed_with_gradient(logits, targets, self._value_and_gradient, in_blocks=False) / max(logits.numel(), 1)
 
     def _value_and_gradient(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         """Σ β·BCE and its gradient β (σ(x) − y); advances the count EMA."""

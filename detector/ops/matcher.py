@@ -6,10 +6,10 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
+from detector.ops.blocks import rows_per_block
+
 BACKGROUND = -1
 IGNORE = -2
-IOU_BLOCK_ELEMENTS = {"cpu": 1 << 18}  # ground truths × anchors per `box_iou` call, by device type
-GPU_IOU_BLOCK_ELEMENTS = 1 << 26
 
 
 class IoUMatcher:
@@ -66,13 +66,13 @@ class IoUMatcher:
 
 
 def blockwise_box_iou(boxes: Tensor, anchors: Tensor, block_elements: int | None = None) -> Tensor:
-    """torchvision's `box_iou` [N, 4] × [A, 4] → [N, A], called on blocks of anchors: its
-    temporaries (corners, widths, areas: about six [N, A] tensors) then stay within a block. At
-    800×1333 with 200 boxes per image they would otherwise take about 2 GB. On the CPU a block is
-    2^18 elements, and the IoU for a batch of 2 there is 4× faster than one call with glibc malloc,
-    1.15× with jemalloc (scripts/benchmark_matcher.py)."""
-    block_elements = block_elements or IOU_BLOCK_ELEMENTS.get(anchors.device.type, GPU_IOU_BLOCK_ELEMENTS)
-    rows = max(1, block_elements // max(len(boxes), 1))
+    """torchvision's `box_iou` [N, 4] × [A, 4] → [N, A], called on blocks of anchors
+    (`detector.ops.blocks`, or `block_elements` box × anchor pairs): its temporaries (corners,
+    widths, intersections, unions: about nine floats per pair) then stay within a block. For a
+    batch of 2 at 800×1333 with 200 boxes per image they would otherwise take about 3 GB. On the
+    CPU the IoU there is 4× faster in blocks than in one call with glibc malloc, 1.15× with jemalloc
+    (scripts/benchmark_matcher.py)."""
+    rows = rows_per_block(anchors.device, len(boxes), block_elements)
     if len(anchors) <= rows:
         return box_iou(boxes, anchors)
     iou = boxes.new_empty(len(boxes), len(anchors))
