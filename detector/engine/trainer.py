@@ -258,7 +258,7 @@ class Trainer:
         if self.distributed.enabled:
             stacked = sum_over_processes(stacked)
         world = self.distributed.world_size
-        host = stacked.tolist()  # the step's one wait for the device: the finite-loss verdict needs the values
+        host = stacked.tolist()  # a wait for the device (the criterion's row counts are the other): the verdict needs them
         return {name: v if name == "num_pos" else v / world for name, v in zip(values, host)}
 
     def evaluate(self, writer: SummaryWriter | None = None) -> dict | None:

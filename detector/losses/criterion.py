@@ -63,10 +63,11 @@ class RetinaNetCriterion(nn.Module):
         matches = self.matcher(anchors, gt_boxes, gt_valid, gt_crowd)  # (B, A)
         positive = matches >= 0
         kept = matches != IGNORE
-        num_pos = positive.sum().float()
+        counts = torch.stack([kept.sum(), positive.sum()])
+        num_pos = counts[1].float()
         normalizer = self._normalizer(num_pos)
 
-        num_kept, num_positive = row_counts(kept, positive)  # the criterion's one host synchronisation
+        num_kept, num_positive = row_counts(counts)  # the criterion's one host synchronisation
         kept_rows = torch.nonzero_static(kept.flatten(), size=num_kept).squeeze(1)  # indices into B·A rows
         positive_rows = torch.nonzero_static(positive.flatten(), size=num_positive).squeeze(1)
         labels = torch.where(positive, gt_labels.gather(1, matches.clamp(min=0)), -1).flatten()  # (B·A,), −1: negative
@@ -101,19 +102,21 @@ class RetinaNetCriterion(nn.Module):
         return smoothed
 
 
-def row_counts(kept: Tensor, positive: Tensor) -> tuple[int, int]:
+def row_counts(counts: Tensor) -> tuple[int, int]:
     """The numbers of kept and positive anchors, fetched to the host together: the compact rows the
-    losses take have these sizes. Every other selection uses them (`nonzero_static`), so the
-    criterion waits for the device once per step, not once per boolean mask."""
-    num_kept, num_positive = torch.stack([kept.sum(), positive.sum()]).tolist()
+    losses take have these sizes. Every selection uses them (`nonzero_static`), so the criterion
+    waits for the device once per step, not once per boolean mask."""
+    num_kept, num_positive = counts.tolist()
     return num_kept, num_positive
 
 
 def pad_targets(targets: list[dict], device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Stack per-image targets into [B, G, 4] boxes, [B, G] labels, valid and crowd masks (G = max count).
 
-    Built on the host and copied without blocking; crowd is None when no image has a crowd box
-    (decided on the host, so the matcher skips its crowd pass without asking the device)."""
+    The targets are on the host, as the loader gives them: the stacks are built there and copied
+    without blocking (from pinned memory on CUDA, so that the copy cannot wait for the queued
+    forward pass). Crowd is None when no image has a crowd box, decided on the host, so the
+    matcher skips its crowd pass without asking the device."""
     counts = [len(t["boxes"]) for t in targets]
     num_gt = max(max(counts), 1)  # one invalid slot when no image has a box keeps gathers well-formed
     valid = torch.arange(num_gt) < torch.tensor(counts).unsqueeze(1)  # (B, G)
@@ -121,7 +124,11 @@ def pad_targets(targets: list[dict], device: torch.device) -> tuple[Tensor, Tens
     labels = _pad([t["labels"].long() for t in targets], num_gt)
     crowd = _pad([t.get("iscrowd", torch.zeros(n)).bool() for t, n in zip(targets, counts)], num_gt)
     crowd = crowd if crowd.any() else None  # a host tensor: no device round trip
-    return tuple(None if x is None else x.to(device, non_blocking=True) for x in (boxes, labels, valid, crowd))
+    return tuple(None if x is None else _to_device(x, torch.device(device)) for x in (boxes, labels, valid, crowd))
+
+
+def _to_device(host: Tensor, device: torch.device) -> Tensor:
+    return (host.pin_memory() if device.type == "cuda" else host).to(device, non_blocking=True)
 
 
 def _pad(rows: list[Tensor], length: int) -> Tensor:
