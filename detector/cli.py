@@ -23,7 +23,7 @@ from detector.data.loader import eval_loader, infinite_train_batches
 from detector.data.transforms import eval_transforms, train_transforms
 from detector.engine import distributed
 from detector.engine.checkpoint import load_checkpoint, load_model_weights
-from detector.engine.evaluator import CocoValidator, format_metrics, resolve_backend
+from detector.engine.evaluator import RESULT_KEYS, CocoValidator, format_metrics, resolve_backend
 from detector.engine.schedule import lambda_scheduler
 from detector.engine.trainer import Trainer, autocast_dtype, check_settings, resolve_device
 
@@ -180,7 +180,7 @@ def evaluate(cfg: DictConfig) -> dict:
     backend = OmegaConf.select(saved, "evaluation.backend", default="auto")
     stats, table, detections = validator_for(val_set, saved.data, postprocessor, device, amp_dtype, backend=backend)(model)
     out = output_dir()
-    (out / "detections.json").write_text(json.dumps(detections))
+    (out / "detections.json").write_text(json.dumps([{key: d[key] for key in RESULT_KEYS} for d in detections]))
     metrics = {name: stats[name] for name in ("AP", "AP50", "AP75", "APs", "APm", "APl")}
     metrics.update(iteration=state["iteration"], checkpoint=str(Path(cfg.checkpoint).resolve()))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

@@ -65,3 +65,12 @@ def test_faster_coco_eval_gives_pycocotools_12_stats_on_the_same_detections(cach
     reference, faster = (evaluator.summarize()[0] for evaluator in evaluators)
     assert 5.0 < reference["AP"] < 95.0 and 0.0 < reference["APs"]  # a non-trivial score
     assert faster == pytest.approx(reference, abs=1e-6) and len(reference) == 12
+
+
+def test_detections_of_an_image_outside_the_ground_truth_are_refused(cache_dir):
+    coco = ground_truth(cache_dir)
+    evaluator = CocoEvaluator(coco, sorted(coco.getCatIds()), "faster_coco_eval")
+    det = {"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]), "scores": torch.tensor([0.9]), "labels": torch.tensor([0])}
+    evaluator.update([{"image_id": max(coco.getImgIds()) + 1, "orig_size": (256, 256), "size": (256, 256)}], [det])
+    with pytest.raises(ValueError, match="1 image ids of the detections are not in the ground truth"):
+        evaluator.summarize()

@@ -41,6 +41,7 @@ def test_smoke_training_writes_metrics_checkpoints_and_events_then_evaluates(tmp
     detections = json.loads((evaluation / "detections.json").read_text())
     assert isinstance(detections, list)
     assert all(d["score"] > 0.01 for d in detections)  # the command-line threshold replaced the saved 0.05
+    assert all(set(d) == {"image_id", "category_id", "bbox", "score"} for d in detections)  # COCO results format
 
     # a group option and a key inside it replace the saved data config: here, a COCO root that is not there;
     # evaluation looks only for the validation split

@@ -19,6 +19,7 @@ from detector.engine.distributed import gather_to_main
 from detector.engine.pictures import draw_detections
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+RESULT_KEYS = ("image_id", "category_id", "bbox", "score")  # the COCO results format
 
 
 BACKENDS = ("auto", "pycocotools", "faster_coco_eval")
@@ -97,6 +98,10 @@ class CocoEvaluator:
         if self.results and coco_class is COCO:
             with contextlib.redirect_stdout(io.StringIO()):
                 return coco_gt.loadRes([dict(result) for result in self.results])
+        unknown = {result["image_id"] for result in self.results} - coco_gt.imgs.keys()
+        if unknown:  # loadRes's check
+            raise ValueError(f"{len(unknown)} image ids of the detections are not in the ground truth, "
+                             f"e.g. {sorted(unknown)[:5]}")
         for index, result in enumerate(self.results, start=1):
             result["id"] = index
         return _as(coco_class, {"images": list(coco_gt.dataset["images"]), "annotations": self.results,
