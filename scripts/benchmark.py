@@ -229,11 +229,11 @@ def conv_peak_flops(device: torch.device, dtype: torch.dtype | None, repeats: in
     return counter.get_total_flops() / seconds
 
 
-def step_profile(contender: Contender, images, targets, rows: int = 12) -> dict:
-    """Where one training step's time goes: self CPU time by operator (`torch.profiler`), with
+def operator_profile(step, rows: int = 12) -> dict:
+    """Where one call of `step` spends its time: self CPU time by operator (`torch.profiler`), with
     the share of convolution forward + backward."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
-        contender.train_step(images, targets)
+        step()
     events = sorted(profiler.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events)
     convolution = sum(e.self_cpu_time_total for e in events if "conv" in e.key)
@@ -294,11 +294,15 @@ def run(args) -> dict:
                 report["flops"].append(row)
                 print(json.dumps(row), flush=True)
                 if args.profile:
-                    for contender in contenders:
-                        profile = {"precision": precision, "size": size, "model": contender.name,
-                                   **step_profile(contender, images, targets)}
-                        report["profile"].append(profile)
-                        print(json.dumps(profile), flush=True)
+                    eight = images[:1].expand(8, -1, -1, -1).contiguous()
+                    steps = {"training step": lambda c: c.train_step(images, targets),
+                             "inference, batch 8": lambda c: c.infer(eight)}
+                    for what, step in steps.items():
+                        for contender in contenders:
+                            profile = {"precision": precision, "size": size, "model": contender.name, "step": what,
+                                       **operator_profile(lambda: step(contender))}
+                            report["profile"].append(profile)
+                            print(json.dumps(profile), flush=True)
     return report
 
 
@@ -339,7 +343,7 @@ def table(report: dict, system: dict | None = None) -> str:
         lines.append(f"| {r['precision']} | {r['size']} | {r['step_gflop']} | {r['achieved_gflops']} | "
                      f"{r['conv_peak_gflops']} | {100 * r['fraction_of_peak']:.0f} % |")
     for p in report.get("profile", []):
-        lines += ["", f"profile of one training step: {p['model']}, {p['precision']}, {p['size']} "
+        lines += ["", f"profile of one {p.get('step', 'training step')}: {p['model']}, {p['precision']}, {p['size']} "
                   f"({p['step_ms']} ms of operator self time, {100 * p['convolution_share']:.0f} % in convolutions)",
                   "| operator | ms | calls | share |", "|---|---|---|---|"]
         lines += [f"| {e['op']} | {e['ms']} | {e['calls']} | {100 * e['share']:.1f} % |" for e in p["top"]]
@@ -375,7 +379,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models")
-    parser.add_argument("--profile", action="store_true", help="where a training step's time goes, per operator")
+    parser.add_argument("--profile", action="store_true",
+                        help="where a training step's and an inference batch's time goes, per operator")
     parser.add_argument("--allocator", choices=["both", "system", "jemalloc"], default="both",
                         help="both: jemalloc for everything, and the training rows again with the system allocator")
     parser.add_argument("--train-only", action="store_true", help=argparse.SUPPRESS)

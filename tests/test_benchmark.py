@@ -47,9 +47,11 @@ def test_benchmark_runs_and_reports_both_systems(tmp_path, allocator):
     assert "| fp32 | 128x160 | 3 |" in result.stdout
     for rows in [report["system_allocator"]["train"] if allocator == "both" else report["train"]]:
         assert rows[0]["ours_peak_mib"] > 50 and rows[0]["torchvision_peak_mib"] > 50  # R50: 150 MiB of weights
-    profiles = {p["model"]: p for p in report["profile"]}
-    assert set(profiles) == {"ours", "torchvision"}
+    profiles = {(p["model"], p["step"]): p for p in report["profile"]}
+    assert set(profiles) == {(model, step) for model in ("ours", "torchvision")
+                             for step in ("training step", "inference, batch 8")}
     assert all(0 < p["convolution_share"] < 1 and p["top"][0]["ms"] > 0 for p in profiles.values())
+    assert "profile of one inference, batch 8: ours, fp32, 128x160" in result.stdout
     if allocator == "both":
         assert "jemalloc" in report["machine"]["ld_preload"]
         assert report["system_allocator"]["machine"]["ld_preload"] == ""
