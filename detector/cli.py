@@ -25,7 +25,9 @@ from detector.engine import distributed
 from detector.engine.checkpoint import load_checkpoint, load_model_weights
 from detector.engine.evaluator import RESULT_KEYS, CocoValidator, format_metrics, resolve_backend
 from detector.engine.schedule import lambda_scheduler
-from detector.engine.trainer import Trainer, autocast_dtype, check_settings, resolve_device
+from detector.engine.machine import describe_machine, machine_line
+from detector.engine.precision import resolve_precision
+from detector.engine.trainer import Trainer, check_settings, resolve_device
 
 log = logging.getLogger("detector")
 
@@ -89,25 +91,30 @@ def train(cfg: DictConfig) -> float:
     trainer_cfg = cfg.trainer
     check_settings(trainer_cfg.max_iters, trainer_cfg.eval_period, trainer_cfg.log_period,
                    trainer_cfg.checkpoint_period, trainer_cfg.clip_grad_norm, trainer_cfg.diagnostics_period,
-                   trainer_cfg.max_consecutive_nonfinite)
+                   trainer_cfg.max_consecutive_nonfinite, trainer_cfg.time_budget, trainer_cfg.budget_probe_iters)
     for key in ("batch_size", "eval_batch_size"):
         if cfg.data[key] < 1:
             raise ValueError(f"data.{key} must be >= 1, got {cfg.data[key]}")
     device = resolve_device(trainer_cfg.device)
-    amp_dtype = autocast_dtype(trainer_cfg.amp, device)
+    precision = resolve_precision(trainer_cfg.amp, device)
     resolve_backend(cfg.evaluation.backend)
     criterion = build_criterion(cfg)
     postprocessor = instantiate(cfg.postprocess)
     schedule = instantiate(cfg.schedule, max_iters=trainer_cfg.max_iters)
+    if trainer_cfg.time_budget is not None and getattr(schedule, "warmup_iters", 0) < trainer_cfg.budget_probe_iters:
+        raise ValueError(f"trainer.time_budget fixes the iteration count after trainer.budget_probe_iters="
+                         f"{trainer_cfg.budget_probe_iters} iterations, which must lie inside the warmup (schedule."
+                         f"warmup_iters={getattr(schedule, 'warmup_iters', 0)}) so that a rerun with that count is "
+                         "identical; lower trainer.budget_probe_iters or raise schedule.warmup_iters")
     _check_model_values(cfg.model)
     processes = distributed.setup(device.type)
     try:
-        return _train(cfg, device, amp_dtype, criterion, postprocessor, schedule, processes, run_config)
+        return _train(cfg, device, precision, criterion, postprocessor, schedule, processes, run_config)
     finally:
         distributed.cleanup()
 
 
-def _train(cfg, device, amp_dtype, criterion, postprocessor, schedule, processes, run_config) -> float:
+def _train(cfg, device, precision, criterion, postprocessor, schedule, processes, run_config) -> float:
     trainer_cfg = cfg.trainer
     if processes.enabled:
         if cfg.data.batch_size % processes.world_size:
@@ -119,6 +126,7 @@ def _train(cfg, device, amp_dtype, criterion, postprocessor, schedule, processes
         if not processes.is_main:
             _quiet_logging()
     out = distributed.broadcast_from_main(output_dir())  # one run directory, rank 0's
+    precision = distributed.broadcast_from_main(precision)  # a timed choice (amp=auto) could differ between ranks
     seed_everything(cfg.seed)
 
     with distributed.main_first():  # rank 0 writes any dataset cache; the others then read it
@@ -140,18 +148,22 @@ def _train(cfg, device, amp_dtype, criterion, postprocessor, schedule, processes
 
     trainer = Trainer(
         model, criterion, optimizer, lambda_scheduler(optimizer, schedule), batches=batches,
-        validator=validator_for(val_set, cfg.data, postprocessor, device, amp_dtype, processes, cfg.evaluation.backend),
+        validator=validator_for(val_set, cfg.data, postprocessor, device, precision.dtype, processes,
+                                cfg.evaluation.backend),
         output_dir=out, max_iters=trainer_cfg.max_iters, batch_size=cfg.data.batch_size, device=device,
-        amp=trainer_cfg.amp, eval_period=trainer_cfg.eval_period, log_period=trainer_cfg.log_period,
+        amp=precision, eval_period=trainer_cfg.eval_period, log_period=trainer_cfg.log_period,
         checkpoint_period=trainer_cfg.checkpoint_period, clip_grad_norm=trainer_cfg.clip_grad_norm,
         channels_last=trainer_cfg.channels_last, diagnostics_period=trainer_cfg.diagnostics_period,
         max_consecutive_nonfinite=trainer_cfg.max_consecutive_nonfinite, distributed=processes,
-        sync_bn=trainer_cfg.sync_bn, compile_model=trainer_cfg.compile, run_config=run_config)
+        sync_bn=trainer_cfg.sync_bn, compile_model=trainer_cfg.compile, run_config=run_config,
+        time_budget=trainer_cfg.time_budget, budget_probe_iters=trainer_cfg.budget_probe_iters)
     resume_from = _resume_path(trainer_cfg.resume, out)
     if resume_from is not None:
         trainer.resume(resume_from)
-    log.info("training for %d iterations on %s (amp=%s, %d process%s); outputs in %s", trainer_cfg.max_iters,
-             device, trainer_cfg.amp, processes.world_size, "es" if processes.enabled else "", out)
+    budget = "" if trainer_cfg.time_budget is None else f" at most, or what fits in {trainer_cfg.time_budget:g} s"
+    log.info("training for %d iterations%s on %s (amp=%s, %d process%s); outputs in %s", trainer_cfg.max_iters, budget,
+             device, precision.amp, processes.world_size, "es" if processes.enabled else "", out)
+    log.info("machine: %s; precision %s (%s)", machine_line(describe_machine()), precision.name, precision.reason)
     metrics = trainer.train()
     if not processes.is_main:
         return float(metrics.get("AP", 0.0))
@@ -167,7 +179,7 @@ def evaluate(cfg: DictConfig) -> dict:
     for key in _overridden_keys():
         OmegaConf.update(saved, key, OmegaConf.select(cfg, key), merge=False)
     device = resolve_device(saved.trainer.device)
-    amp_dtype = autocast_dtype(saved.trainer.amp, device)
+    precision = resolve_precision(saved.trainer.amp, device)
     val_set = build_val_dataset(saved.data)
     classes = state["config"].get("classes")
     if classes is not None and list(classes) != val_set.class_names:
@@ -178,11 +190,13 @@ def evaluate(cfg: DictConfig) -> dict:
     load_model_weights(model, state, cfg.checkpoint, {**current, "classes": val_set.class_names})
     model.to(device)
     backend = OmegaConf.select(saved, "evaluation.backend", default="auto")
-    stats, table, detections = validator_for(val_set, saved.data, postprocessor, device, amp_dtype, backend=backend)(model)
+    stats, table, detections = validator_for(val_set, saved.data, postprocessor, device, precision.dtype,
+                                                backend=backend)(model)
     out = output_dir()
     (out / "detections.json").write_text(json.dumps([{key: d[key] for key in RESULT_KEYS} for d in detections]))
     metrics = {name: stats[name] for name in ("AP", "AP50", "AP75", "APs", "APm", "APl")}
-    metrics.update(iteration=state["iteration"], checkpoint=str(Path(cfg.checkpoint).resolve()))
+    metrics.update(iteration=state["iteration"], precision=precision.as_dict(),
+                   checkpoint=str(Path(cfg.checkpoint).resolve()))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     log.info("evaluation of %s:\n%s", cfg.checkpoint, table.rstrip())
     print(f"\n{format_metrics(metrics)}\nmetrics: {out / 'metrics.json'}")

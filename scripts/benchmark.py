@@ -1,6 +1,6 @@
 """Our RetinaNet against torchvision's, side by side in one process (random init, no download).
 
-    python scripts/benchmark.py [--device cpu|cuda] [--precision fp32 bf16] [--sizes 512x512 800x1333]
+    python scripts/benchmark.py [--device cpu|cuda] [--precision fp32 bf16|auto] [--sizes 512x512 800x1333]
                                 [--boxes 7 50 200] [--channels-last] [--compile]
                                 [--allocator both|system|jemalloc] [--json benchmark.json]
 
@@ -19,6 +19,12 @@ batch (multiples of 32), the same random boxes; SGD. The measurements interleave
   pages would blur it); with `--allocator both` the column comes from the system pass;
 - the FLOP rate of our training step (`torch.utils.flop_counter`) against this machine's
   measured rate for a 3×3 convolution forward + backward at the same precision.
+
+The report starts with the machine (CPU model and vector units — AVX2, AVX-512, AVX-512 BF16, AMX —,
+cores, allocator, GPU). A bf16 precision that has no fast path here (`detector.engine.precision`:
+oneDNN's bf16 kernels need AVX-512 BF16 or AMX; without them PyTorch's fallback is an order of
+magnitude slower than fp32) is not timed: its rows say "no fast path" and why. `auto` stands for
+the precision `trainer.amp=auto` chooses.
 
 The allocator is chosen at process start, so `--allocator both` (the default; on CPU without
 jemalloc — Debian: libjemalloc2 — it falls back to the system allocator) runs everything in a
@@ -51,6 +57,8 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from detector.engine.machine import describe_machine, machine_line  # noqa: E402
+from detector.engine.precision import bf16_fast_path, resolve_precision  # noqa: E402
 from detector.losses import FocalLoss, RetinaNetCriterion, SmoothL1Loss  # noqa: E402
 from detector.models import AnchorGenerator, ResNetBackbone, RetinaNet, RetinaNetFPN, RetinaNetHead  # noqa: E402
 from detector.ops import BoxCoder, IoUMatcher  # noqa: E402
@@ -251,8 +259,7 @@ def step_flops(contender: Contender, images, targets) -> int:
 def run(args) -> dict:
     device = torch.device(args.device)
     generator = torch.Generator().manual_seed(0)
-    report = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
-                          "threads": torch.get_num_threads(), "torch": torch.__version__,
+    report = {"machine": {**describe_machine(), "platform": platform.platform(),
                           "ld_preload": os.environ.get("LD_PRELOAD", "")},
               "settings": vars(args), "train": [], "inference": [], "flops": [], "profile": []}
     for precision in args.precision:
@@ -311,7 +318,10 @@ def table(report: dict, system: dict | None = None) -> str:
     allocator): each allocator's same-process speed-up, ours under jemalloc against torchvision
     under the system allocator (what a user of either would run), and the memory from the system
     pass (jemalloc keeps freed pages, so RSS under it does not show a step's peak)."""
-    lines = []
+    lines = [f"machine: {machine_line(report['machine'])}", ""]
+    lines += [f"{s['precision']}: no fast path, not timed ({s['reason']})" for s in report.get("not_timed", [])]
+    if report.get("not_timed"):
+        lines.append("")
     if system:
         baseline = {(r["precision"], r["size"], r["boxes"]): r for r in system["train"]}
         lines += ["training (images/s; memory: peak MiB of model + optimizer + step, each model alone, system allocator)",
@@ -368,10 +378,26 @@ def child_report(args, allocator: str, train_only: bool, skip_memory: bool = Fal
         return json.loads(out.read_text())
 
 
+def untimed_precisions(args) -> list[dict]:
+    """Resolve `auto` in `args.precision` and take out a bf16 without a fast path here; return
+    what was taken out and why."""
+    device = torch.device(args.device)
+    resolved = [resolve_precision("auto", device).name if p == "auto" else p for p in args.precision]
+    args.precision = list(dict.fromkeys(resolved))
+    not_timed = []
+    if "bf16" in args.precision:
+        fast, why = bf16_fast_path(device)
+        if not fast:
+            args.precision.remove("bf16")
+            not_timed.append({"precision": "bf16", "reason": why})
+            print(f"bf16: no fast path on this machine, not timed ({why})", flush=True)
+    return not_timed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
+    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=[*DTYPES, "auto"])
     parser.add_argument("--sizes", nargs="+", default=["512x512"])
     parser.add_argument("--boxes", nargs="+", type=int, default=[7, 50])
     parser.add_argument("--batch", type=int, default=2)
@@ -399,6 +425,9 @@ def main() -> None:
     if args.memory_probe:
         print(json.dumps(memory_probe(args)))
         return
+    not_timed = [] if args.child else untimed_precisions(args)
+    if not args.precision:
+        parser.error(f"nothing to time: {not_timed}")
     if args.allocator == "both" and args.device == "cpu":
         print("jemalloc (everything), then the system allocator (training rows):", flush=True)
         report = child_report(args, "jemalloc", train_only=False, skip_memory=True)
@@ -409,6 +438,7 @@ def main() -> None:
         report["settings"] = vars(args)
     else:
         report = run(args)
+    report["not_timed"] = not_timed
     args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
     if not args.child:
         print("\n" + table(report, report.get("system_allocator")) + f"\n\nwrote {args.json}")

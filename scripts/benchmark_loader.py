@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from detector.cli import build_criterion, build_datasets, seed_everything  # noqa: E402
 from detector.data.loader import infinite_train_batches  # noqa: E402
-from detector.engine.trainer import autocast_dtype, resolve_device  # noqa: E402
+from detector.engine.precision import resolve_precision  # noqa: E402
+from detector.engine.trainer import resolve_device  # noqa: E402
 
 
 def group_ids(cfg, train_set):
@@ -48,7 +49,7 @@ def loader_images_per_second(cfg, train_set, batches: int) -> float:
 
 def training_images_per_second(cfg, train_set, steps: int) -> float:
     device = resolve_device(cfg.trainer.device)
-    dtype = autocast_dtype(cfg.trainer.amp, device)
+    precision = resolve_precision(cfg.trainer.amp, device)
     memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
     model = instantiate(cfg.model, num_classes=train_set.num_classes).to(device, memory_format=memory_format).train()
     criterion = build_criterion(cfg).to(device).train()
@@ -61,7 +62,7 @@ def training_images_per_second(cfg, train_set, steps: int) -> float:
         start = time.perf_counter()
         images = images.to(device, memory_format=memory_format)
         targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with precision.autocast(device):
             outputs = model(images)
         with torch.autocast(device.type, enabled=False):
             losses = criterion(outputs, targets)

@@ -1,9 +1,10 @@
 """Detect objects in image files with a checkpoint; write annotated pictures and COCO results.
 
-    python scripts/predict.py CHECKPOINT IMAGE_OR_FOLDER [...] [--out predictions] [--score 0.3]
+    python scripts/predict.py CHECKPOINT IMAGE_OR_FOLDER [...] [--out predictions] [--score 0.3] [--amp auto]
 
 Each image is read as RGB (EXIF orientation applied), resized and normalised as in the
-checkpoint's evaluation, padded, and run through the model and its postprocessing. Boxes are
+checkpoint's evaluation, padded, and run on the CPU through the model (under `--amp`, resolved like
+`trainer.amp`: auto is bf16 only where it is fast) and its postprocessing. Boxes are
 mapped back to the file's pixels. Writes OUT/<name>.png with the boxes, class names and scores
 drawn on it, and OUT/detections.json in the COCO results format (image_id is the position in the
 list of images, "file_name" names the file, category_id is the model's label 0…K−1 and "category"
@@ -27,6 +28,7 @@ from detector.data.images import read_rgb  # noqa: E402
 from detector.data.loader import PadCollate  # noqa: E402
 from detector.data.transforms import eval_transforms  # noqa: E402
 from detector.engine.checkpoint import load_checkpoint, load_model_weights  # noqa: E402
+from detector.engine.precision import resolve_precision  # noqa: E402
 from detector.engine.pictures import draw_detections  # noqa: E402
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -47,7 +49,9 @@ def image_files(paths: list[Path]) -> list[Path]:
 
 
 @torch.no_grad()
-def predict(checkpoint: Path, files: list[Path], out: Path, score: float) -> list[dict]:
+def predict(checkpoint: Path, files: list[Path], out: Path, score: float, amp: str = "auto") -> list[dict]:
+    device = torch.device("cpu")
+    precision = resolve_precision(amp, device)
     state = load_checkpoint(checkpoint)
     config = OmegaConf.create(state["config"])
     classes = list(state["config"]["classes"])
@@ -63,7 +67,9 @@ def predict(checkpoint: Path, files: list[Path], out: Path, score: float) -> lis
         pixels, _ = read_rgb(path)
         tensor = transform(image=pixels, bboxes=[], labels=[], iscrowd=[])["image"]
         images, _ = collate([(tensor, {})])
-        detections = postprocess(model(images), [tuple(tensor.shape[-2:])])[0]
+        with precision.autocast(device):
+            predictions = model(images)
+        detections = postprocess(predictions, [tuple(tensor.shape[-2:])])[0]
         scale = torch.tensor([pixels.shape[1] / tensor.shape[2], pixels.shape[0] / tensor.shape[1]]).repeat(2)
         boxes = detections["boxes"] * scale
         for box, value, label in zip(boxes.tolist(), detections["scores"].tolist(), detections["labels"].tolist()):
@@ -83,9 +89,10 @@ def main() -> None:
     parser.add_argument("images", type=Path, nargs="+", help="image files or folders")
     parser.add_argument("--out", type=Path, default=Path("predictions"))
     parser.add_argument("--score", type=float, default=0.3, help="draw detections at least this confident")
+    parser.add_argument("--amp", default="auto", choices=["auto", "off", "bf16"], help="autocast precision")
     args = parser.parse_args()
     files = image_files(args.images)
-    results = predict(args.checkpoint, files, args.out, args.score)
+    results = predict(args.checkpoint, files, args.out, args.score, args.amp)
     print(f"{len(results)} detections in {len(files)} images; pictures and detections.json in {args.out}")
 
 

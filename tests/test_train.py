@@ -18,8 +18,9 @@ def test_smoke_training_writes_metrics_checkpoints_and_events_then_evaluates(tmp
     result = run_script("train.py", "debug=smoke", f"data.cache_dir={cache_dir}", f"hydra.run.dir={run}")
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl", "iteration", "skipped_steps", "replaced_images",
-                            "train_seconds", "images_per_second"}
+    assert set(metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl", "iteration", "precision", "machine",
+                            "skipped_steps", "replaced_images", "train_seconds", "images_per_second"}
+    assert metrics["precision"] == {"used": "fp32", "requested": "off", "reason": "as requested"}  # debug=smoke
     assert metrics["iteration"] == 4 and metrics["images_per_second"] > 0
     assert all(0.0 <= metrics[k] <= 100.0 or metrics[k] == -1.0 for k in ("AP", "AP50", "APl"))
     assert (run / "checkpoints" / "last.pt").is_file() and (run / "checkpoints" / "best.pt").is_file()

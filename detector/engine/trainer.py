@@ -20,12 +20,12 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from detector.engine.checkpoint import (capture_rng_state, load_checkpoint, load_model_weights, restore_rng_state,
                                         save_checkpoint)
 from detector.engine.diagnostics import GradientStatistics, gradient_statistics
-from detector.engine.distributed import Distributed, gather_to_main, sum_over_processes
+from detector.engine.distributed import Distributed, broadcast_from_main, gather_to_main, sum_over_processes
 from detector.engine.evaluator import STAT_NAMES, format_metrics
+from detector.engine.machine import describe_machine
+from detector.engine.precision import Precision, resolve_precision
 
 log = logging.getLogger(__name__)
-
-AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -38,21 +38,17 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def autocast_dtype(amp: str | bool, device: torch.device) -> torch.dtype | None:
-    if amp is False:  # YAML 1.1 reads an unquoted `off` as false
-        amp = "off"
-    if amp not in AMP_DTYPES:
-        raise ValueError(f"trainer.amp must be one of {list(AMP_DTYPES)}, got {amp!r}")
-    if amp == "fp16" and device.type != "cuda":
-        raise ValueError("trainer.amp=fp16 needs CUDA; on CPU use trainer.amp=bf16")
-    return AMP_DTYPES[amp]
-
-
 def check_settings(max_iters: int, eval_period: int, log_period: int, checkpoint_period: int,
-                   clip_grad_norm: float | None, diagnostics_period: int = 0, max_consecutive_nonfinite: int = 5) -> None:
+                   clip_grad_norm: float | None, diagnostics_period: int = 0, max_consecutive_nonfinite: int = 5,
+                   time_budget: float | None = None, budget_probe_iters: int = 20) -> None:
     """Raise ValueError naming the trainer key whose value is out of range."""
     if max_iters < 1:
         raise ValueError(f"trainer.max_iters must be >= 1, got {max_iters}")
+    if time_budget is not None and time_budget <= 0:
+        raise ValueError(f"trainer.time_budget must be > 0 seconds or null, got {time_budget}")
+    if time_budget is not None and not 1 <= budget_probe_iters < max_iters:
+        raise ValueError(f"trainer.budget_probe_iters must be in [1, trainer.max_iters={max_iters}), got "
+                         f"{budget_probe_iters}")
     if max_consecutive_nonfinite < 1:
         raise ValueError(f"trainer.max_consecutive_nonfinite must be >= 1, got {max_consecutive_nonfinite}")
     for name, value in (("eval_period", eval_period), ("log_period", log_period),
@@ -64,7 +60,17 @@ def check_settings(max_iters: int, eval_period: int, log_period: int, checkpoint
 
 
 class Trainer:
-    """Trains `model` with `criterion` for `max_iters` iterations.
+    """Trains `model` with `criterion` for `max_iters` iterations, the forward under `amp` (a
+    `Precision`, or a `trainer.amp` value resolved by `resolve_precision`).
+
+    With a `time_budget` (seconds of training steps, evaluation excluded), `max_iters` is only the
+    upper bound: after `budget_probe_iters` iterations the measured seconds per iteration (over the
+    last three quarters of them; the first steps warm up) fix the iteration count,
+    N = min(max_iters, ⌊(budget − seconds so far) / seconds per iteration⌋ + iterations so far),
+    and the schedule's horizon with it (rank 0's figure under DDP). The probe lies inside the warmup, where
+    the schedule does not depend on the horizon, so `max_iters=N` without a budget reruns the same
+    training exactly. N is logged, saved in checkpoints (a resumed run keeps it) and written to
+    metrics.json (`time_budget`).
 
     `batches(iteration)` returns this process's training batches from that iteration on (so a
     resumed run continues the same stream). Under DDP (`distributed`) the model is wrapped in
@@ -79,19 +85,20 @@ class Trainer:
     it logs where the classification gradient goes (`detector.engine.diagnostics`) to
     TensorBoard. A step whose loss is not finite updates nothing and is logged with the loss
     terms at fault; `max_consecutive_nonfinite` of them in a row stop training with a clear error. `train()` returns the final
-    metrics, also written to metrics.json. Checkpoints hold everything a resumed run needs to
+    metrics, also written to metrics.json with the precision used and the machine. Checkpoints hold everything a resumed run needs to
     continue exactly: model, optimizer, scheduler, scaler, loss state, iteration and RNG states.
     """
 
     def __init__(self, model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler, batches: Callable[[int], Iterator], validator: Callable | None, output_dir: str | Path,
-                 max_iters: int, batch_size: int, device: torch.device, amp: str = "off",
+                 max_iters: int, batch_size: int, device: torch.device, amp: str | Precision = "off",
                  eval_period: int = 0, log_period: int = 20, checkpoint_period: int = 0,
                  clip_grad_norm: float | None = None, channels_last: bool = False, diagnostics_period: int = 0,
                  max_consecutive_nonfinite: int = 5, distributed: Distributed | None = None, sync_bn: bool = False,
-                 compile_model: bool = False, run_config: dict | None = None):
+                 compile_model: bool = False, run_config: dict | None = None, time_budget: float | None = None,
+                 budget_probe_iters: int = 20, clock: Callable[[], float] = time.perf_counter):
         check_settings(max_iters, eval_period, log_period, checkpoint_period, clip_grad_norm, diagnostics_period,
-                       max_consecutive_nonfinite)
+                       max_consecutive_nonfinite, time_budget, budget_probe_iters)
         self.distributed = distributed or Distributed()
         if sync_bn and self.distributed.enabled and device.type != "cuda":
             raise ValueError("trainer.sync_bn=true needs CUDA (PyTorch's SyncBatchNorm is GPU-only); on CPU use "
@@ -106,9 +113,12 @@ class Trainer:
         self.compile_model = compile_model
         self.output_dir = Path(output_dir)
         self.max_iters, self.batch_size = max_iters, batch_size
+        self.time_budget, self.budget_probe_iters, self.clock = time_budget, budget_probe_iters, clock
+        self.budget_fixed = False
+        self.probe_start: tuple[int, float] | None = None  # (iteration, train_seconds) where the probe's timing starts
         self.device = device
-        self.amp_dtype = autocast_dtype(amp, device)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        self.precision = amp if isinstance(amp, Precision) else resolve_precision(amp, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision.dtype == torch.float16)
         self.eval_period, self.log_period, self.checkpoint_period = eval_period, log_period, checkpoint_period
         self.diagnostics_period = diagnostics_period
         self.clip_grad_norm = clip_grad_norm
@@ -129,7 +139,7 @@ class Trainer:
                 "scaler": self.scaler.state_dict(), "iteration": self.iteration, "best_ap": self.best_ap,
                 "train_seconds": self.train_seconds, "skipped_steps": self.skipped_steps,
                 "nonfinite_in_a_row": self.nonfinite_in_a_row, "replaced_images": sorted(self.replaced_images), "rng": capture_rng_state(),
-                "config": self.run_config}
+                "max_iters": self.max_iters, "budget_fixed": self.budget_fixed, "config": self.run_config}
 
     def resume(self, path: str | Path) -> None:
         state = load_checkpoint(path)
@@ -143,6 +153,8 @@ class Trainer:
         # checkpoints written before these were saved resume without them
         self.skipped_steps, self.nonfinite_in_a_row = state.get("skipped_steps", 0), state.get("nonfinite_in_a_row", 0)
         self.replaced_images = set(state.get("replaced_images", ()))
+        if self.time_budget is not None and state.get("budget_fixed", False):
+            self._set_horizon(state["max_iters"])  # the count the budget fixed before the interruption
         if "rng" in state:
             restore_rng_state(state["rng"])
         self.stream = None  # the data stream restarts at the restored iteration
@@ -176,11 +188,17 @@ class Trainer:
     def _loop(self, writer: SummaryWriter | None, bar: tqdm) -> dict | None:
         metrics, evaluated = None, False
         while self.iteration < self.max_iters:
-            start = time.perf_counter()
+            start = self.clock()
             diagnose = self._due(self.diagnostics_period, self.iteration + 1)
             losses = self.step(diagnose)
-            self.train_seconds += time.perf_counter() - start
+            self.train_seconds += self.clock() - start
             self.iteration += 1
+            if self.time_budget is not None and not self.budget_fixed:
+                if self.iteration == self.budget_probe_iters // 4:
+                    self.probe_start = (self.iteration, self.train_seconds)
+                if self.iteration == self.budget_probe_iters:
+                    self._fit_to_budget()
+                    bar.total = self.max_iters
             bar.update(1)
             bar.set_postfix(loss=f"{losses['loss']:.4f}")
             gradients = losses.pop("gradients", None)
@@ -208,7 +226,7 @@ class Trainer:
         buffers = [*self.module.buffers(), *self.criterion.buffers()]  # BatchNorm statistics, loss EMAs
         saved = [b.detach().clone() for b in buffers]
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+        with self.precision.autocast(self.device):
             outputs = self.model(images)
         with torch.autocast(self.device.type, enabled=False):
             loss_dict = self.criterion(outputs, targets, keep_cls_inputs=diagnose)
@@ -234,6 +252,23 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         return losses if gradients is None else {**losses, "gradients": gradients}
+
+    def _fit_to_budget(self) -> None:
+        start_iteration, start_seconds = self.probe_start or (0, 0.0)  # a run resumed inside the probe times it all
+        per_iteration = (self.train_seconds - start_seconds) / (self.iteration - start_iteration)
+        left = max(0, math.floor((self.time_budget - self.train_seconds) / per_iteration))
+        fitted = broadcast_from_main(min(self.max_iters, self.iteration + left))  # every process stops together
+        log.info("trainer.time_budget=%gs at %.3fs/it (iterations %d-%d): %d iterations (upper bound %d); "
+                 "rerun exactly with trainer.max_iters=%d trainer.time_budget=null", self.time_budget, per_iteration,
+                 start_iteration + 1, self.iteration, fitted, self.max_iters, fitted)
+        self._set_horizon(fitted)
+
+    def _set_horizon(self, max_iters: int) -> None:
+        """End training and the schedule (every factor with a `max_iters`) at `max_iters`."""
+        self.max_iters, self.budget_fixed = max_iters, True
+        for factor in self.scheduler.lr_lambdas:
+            if hasattr(factor, "max_iters"):
+                factor.max_iters = max_iters
 
     def _skip_nonfinite(self, losses: dict[str, float]) -> None:
         """No update from this batch: no optimizer step, and the step's buffers (BatchNorm statistics,
@@ -306,7 +341,11 @@ class Trainer:
     def _write_metrics(self, stats: dict) -> dict:
         metrics = {name: stats[name] for name in STAT_NAMES[:6] if name in stats}
         replaced = sorted({i for ids in gather_to_main([sorted(self.replaced_images)]) or [] for i in ids})
-        metrics.update(iteration=self.iteration, skipped_steps=self.skipped_steps, replaced_images=replaced,
+        if self.time_budget is not None:
+            metrics["time_budget"] = {"seconds": self.time_budget, "max_iters": self.max_iters,
+                                      "probe_iters": self.budget_probe_iters}
+        metrics.update(iteration=self.iteration, precision=self.precision.as_dict(), machine=describe_machine(),
+                       skipped_steps=self.skipped_steps, replaced_images=replaced,
                        train_seconds=round(self.train_seconds, 2),
                        images_per_second=round(self.iteration * self.batch_size / max(self.train_seconds, 1e-9), 3))
         if not self.distributed.is_main:
