@@ -101,7 +101,8 @@ def train(cfg: DictConfig) -> float:
     criterion = build_criterion(cfg)
     postprocessor = instantiate(cfg.postprocess)
     schedule = instantiate(cfg.schedule, max_iters=trainer_cfg.max_iters)
-    if trainer_cfg.time_budget is not None and getattr(schedule, "warmup_iters", 0) < trainer_cfg.budget_probe_iters:
+    if (trainer_cfg.time_budget is not None and trainer_cfg.max_iters > trainer_cfg.budget_probe_iters
+            and getattr(schedule, "warmup_iters", 0) < trainer_cfg.budget_probe_iters):
         raise ValueError(f"trainer.time_budget fixes the iteration count after trainer.budget_probe_iters="
                          f"{trainer_cfg.budget_probe_iters} iterations, which must lie inside the warmup (schedule."
                          f"warmup_iters={getattr(schedule, 'warmup_iters', 0)}) so that a rerun with that count is "
@@ -195,7 +196,7 @@ def evaluate(cfg: DictConfig) -> dict:
     out = output_dir()
     (out / "detections.json").write_text(json.dumps([{key: d[key] for key in RESULT_KEYS} for d in detections]))
     metrics = {name: stats[name] for name in ("AP", "AP50", "AP75", "APs", "APm", "APl")}
-    metrics.update(iteration=state["iteration"], precision=precision.as_dict(),
+    metrics.update(iteration=state["iteration"], precision=precision.as_dict(), machine=describe_machine(),
                    checkpoint=str(Path(cfg.checkpoint).resolve()))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     log.info("evaluation of %s:\n%s", cfg.checkpoint, table.rstrip())

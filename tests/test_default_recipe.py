@@ -1,5 +1,5 @@
-"""Slow runs: the acceptance goal of the default run, as `make train` runs it (about 15 minutes), and
-the compiled training forward."""
+"""Slow runs: the acceptance goal of the default recipe, its full 1400 iterations (about 13 minutes on
+a CPU with bf16 kernels, about 55 in fp32 on an AVX2-only one), and the compiled training forward."""
 
 import json
 
@@ -10,10 +10,10 @@ from tests.conftest import run_script
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2400)
+@pytest.mark.timeout(5400)
 def test_default_training_reaches_ap50_of_50_on_the_synthetic_validation_split(tmp_path, cache_dir):
     run = tmp_path / "run"
-    result = run_script("train.py", f"data.cache_dir={cache_dir}", f"hydra.run.dir={run}", timeout=1800)
+    result = run_script("train.py", f"data.cache_dir={cache_dir}", f"hydra.run.dir={run}", timeout=5000)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["AP50"] >= 50.0, metrics

@@ -98,7 +98,7 @@ def bf16_conv_speedup(batch: int = 2, channels: int = 128, size: int = 32, repea
     the fp32 time ends the probe early (the fallback is 10× slower or more)."""
     with torch.inference_mode(False), torch.enable_grad():  # callable from inference code too
         with torch.random.fork_rng(devices=[]):  # the probe leaves no trace in the run's random streams
-            torch.manual_seed(0)
+            torch.default_generator.manual_seed(0)
             conv = nn.Conv2d(channels, channels, 3, padding=1).to(memory_format=torch.channels_last)
             x = torch.randn(batch, channels, size, size).contiguous(memory_format=torch.channels_last).requires_grad_()
         _conv_seconds(conv, x, None)

@@ -46,9 +46,8 @@ def check_settings(max_iters: int, eval_period: int, log_period: int, checkpoint
         raise ValueError(f"trainer.max_iters must be >= 1, got {max_iters}")
     if time_budget is not None and time_budget <= 0:
         raise ValueError(f"trainer.time_budget must be > 0 seconds or null, got {time_budget}")
-    if time_budget is not None and not 1 <= budget_probe_iters < max_iters:
-        raise ValueError(f"trainer.budget_probe_iters must be in [1, trainer.max_iters={max_iters}), got "
-                         f"{budget_probe_iters}")
+    if time_budget is not None and budget_probe_iters < 1:  # >= max_iters: the run ends before the budget acts
+        raise ValueError(f"trainer.budget_probe_iters must be >= 1, got {budget_probe_iters}")
     if max_consecutive_nonfinite < 1:
         raise ValueError(f"trainer.max_consecutive_nonfinite must be >= 1, got {max_consecutive_nonfinite}")
     for name, value in (("eval_period", eval_period), ("log_period", log_period),
@@ -154,7 +153,14 @@ class Trainer:
         self.skipped_steps, self.nonfinite_in_a_row = state.get("skipped_steps", 0), state.get("nonfinite_in_a_row", 0)
         self.replaced_images = set(state.get("replaced_images", ()))
         if self.time_budget is not None and state.get("budget_fixed", False):
-            self._set_horizon(state["max_iters"])  # the count the budget fixed before the interruption
+            self.budget_fixed = True
+            self.max_iters = state["max_iters"]  # the count the budget fixed before the interruption
+        elif self.time_budget is not None and self.budget_probe_iters // 4 <= self.iteration < self.budget_probe_iters:
+            self.probe_start = (self.iteration, self.train_seconds)  # time the probe's rest in this process
+        if state.get("max_iters", self.max_iters) != self.max_iters:
+            log.warning("the checkpoint trained towards %d iterations; this run goes to %d and its schedule with it",
+                        state["max_iters"], self.max_iters)
+        self._set_horizon(self.max_iters)  # the scheduler's state brought back the checkpoint's horizon
         if "rng" in state:
             restore_rng_state(state["rng"])
         self.stream = None  # the data stream restarts at the restored iteration
@@ -257,15 +263,29 @@ class Trainer:
         start_iteration, start_seconds = self.probe_start or (0, 0.0)  # a run resumed inside the probe times it all
         per_iteration = (self.train_seconds - start_seconds) / (self.iteration - start_iteration)
         left = max(0, math.floor((self.time_budget - self.train_seconds) / per_iteration))
-        fitted = broadcast_from_main(min(self.max_iters, self.iteration + left))  # every process stops together
+        fitted = self._first_horizon_keeping_the_past(min(self.max_iters, self.iteration + left))
+        fitted = broadcast_from_main(fitted)  # every process stops together
         log.info("trainer.time_budget=%gs at %.3fs/it (iterations %d-%d): %d iterations (upper bound %d); "
-                 "rerun exactly with trainer.max_iters=%d trainer.time_budget=null", self.time_budget, per_iteration,
-                 start_iteration + 1, self.iteration, fitted, self.max_iters, fitted)
+                 "rerun exactly with trainer.max_iters=%d trainer.time_budget=null trainer.amp=%s", self.time_budget,
+                 per_iteration, start_iteration + 1, self.iteration, fitted, self.max_iters, fitted,
+                 self.precision.amp)
+        self.budget_fixed = True
         self._set_horizon(fitted)
+
+    def _first_horizon_keeping_the_past(self, horizon: int) -> int:
+        """The smallest horizon from `horizon` up to max_iters under which every schedule factor gives
+        the iterations already run the values they ran with (a multistep milestone must not move
+        into the probe)."""
+        factors = [f for f in self.scheduler.lr_lambdas if hasattr(f, "max_iters")]
+        ran = [[f(t) for t in range(self.iteration + 1)] for f in factors]
+        for candidate in range(horizon, self.max_iters):
+            if all(_values_under(f, candidate, self.iteration) == values for f, values in zip(factors, ran)):
+                return candidate
+        return self.max_iters
 
     def _set_horizon(self, max_iters: int) -> None:
         """End training and the schedule (every factor with a `max_iters`) at `max_iters`."""
-        self.max_iters, self.budget_fixed = max_iters, True
+        self.max_iters = max_iters
         for factor in self.scheduler.lr_lambdas:
             if hasattr(factor, "max_iters"):
                 factor.max_iters = max_iters
@@ -357,3 +377,12 @@ class Trainer:
         if stats:
             log.info("final COCO evaluation (iteration %d):\n%s", self.iteration, format_metrics(stats))
         return metrics
+
+
+def _values_under(factor, max_iters: int, iterations: int) -> list[float]:
+    """`factor`'s values at 0…iterations with its horizon at `max_iters` (then put back)."""
+    saved, factor.max_iters = factor.max_iters, max_iters
+    try:
+        return [factor(t) for t in range(iterations + 1)]
+    finally:
+        factor.max_iters = saved
