@@ -22,7 +22,7 @@ batch (multiples of 32), the same random boxes; SGD. The measurements interleave
 
 The report starts with the machine (CPU model and vector units — AVX2, AVX-512, AVX-512 BF16, AMX —,
 cores, allocator, GPU). A bf16 precision that has no fast path here (`detector.engine.precision`:
-oneDNN's bf16 kernels need AVX-512 BF16 or AMX; without them PyTorch's fallback is an order of
+oneDNN's bf16 kernels are fast only with AVX-512 BF16 or AMX; without them PyTorch's fallback is an order of
 magnitude slower than fp32) is not timed: its rows say "no fast path" and why. `auto` stands for
 the precision `trainer.amp=auto` chooses.
 
@@ -134,6 +134,7 @@ def child_command(args, precision: list[str], sizes: list[str], boxes: list[int]
     """This script with `args`' model settings and the given ones, as a child (which prints no table)."""
     return [sys.executable, __file__, "--device", args.device, "--precision", *precision, "--sizes", *sizes,
             "--boxes", *map(str, boxes), "--batch", str(args.batch), "--allocator", allocator, "--child",
+            "--conv-map", args.conv_map,
             *["--channels-last"] * args.channels_last, *["--compile"] * args.compile]
 
 
@@ -220,10 +221,13 @@ def interleaved(contenders: list[Contender], step, device, warmup: int, repeats:
     return times
 
 
-def conv_peak_flops(device: torch.device, dtype: torch.dtype | None, repeats: int = 5) -> float:
-    """FLOP/s of a 3×3, 256→256 convolution forward + backward on a 2 × 100 × 168 map (P3 at 800 px)."""
+def conv_peak_flops(device: torch.device, dtype: torch.dtype | None, repeats: int = 5,
+                    height: int = 100, width: int = 168) -> float:
+    """FLOP/s of a 3×3, 256→256 convolution forward + backward on a 2 × height × width map (by
+    default 100 × 168, P3 at 800 px)."""
     conv = torch.nn.Conv2d(256, 256, 3, padding=1).to(device, memory_format=torch.channels_last)
-    x = torch.randn(2, 256, 100, 168, device=device).contiguous(memory_format=torch.channels_last).requires_grad_()
+    x = torch.randn(2, 256, height, width, device=device).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
 
     def step():
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
@@ -294,7 +298,7 @@ def run(args) -> dict:
                 flops = step_flops(contenders[0], images, targets)
                 seconds = statistics.median(timed(lambda: contenders[0].train_step(images, targets), device)
                                             for _ in range(args.repeats))
-                peak = conv_peak_flops(device, dtype)
+                peak = conv_peak_flops(device, dtype, 5, *(int(v) for v in args.conv_map.split("x")))
                 row = {"precision": precision, "size": size, "step_gflop": round(flops / 1e9, 1),
                        "achieved_gflops": round(flops / seconds / 1e9, 1), "conv_peak_gflops": round(peak / 1e9, 1),
                        "fraction_of_peak": round(flops / seconds / peak, 3)}
@@ -405,6 +409,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models")
+    parser.add_argument("--conv-map", default="100x168", help="HxW of the reference 3×3 convolution's map")
     parser.add_argument("--profile", action="store_true",
                         help="where a training step's and an inference batch's time goes, per operator")
     parser.add_argument("--allocator", choices=["both", "system", "jemalloc"], default="both",

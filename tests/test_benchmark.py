@@ -36,6 +36,7 @@ def test_benchmark_runs_and_reports_both_systems(tmp_path, allocator):
     out = tmp_path / "benchmark.json"
     result = subprocess.run([sys.executable, "scripts/benchmark.py", "--sizes", "128x160", "--boxes", "3",
                              "--precision", "fp32", "--repeats", "1", "--warmup", "0", "--allocator", allocator, "--profile",
+                             "--conv-map", "16x20",
                              "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -52,6 +53,9 @@ def test_benchmark_runs_and_reports_both_systems(tmp_path, allocator):
                              for step in ("training step", "inference, batch 8")}
     assert all(0 < p["convolution_share"] < 1 and p["top"][0]["ms"] > 0 for p in profiles.values())
     assert "profile of one inference, batch 8: ours, fp32, 128x160" in result.stdout
+    assert result.stdout.startswith("machine: ") or "\nmachine: " in result.stdout
+    assert report["machine"]["cpu_kind"] in ("AVX2", "AVX-512", "AVX-512 BF16", "AMX", "other")
+    assert report["not_timed"] == []  # fp32 only
     if allocator == "both":
         assert "jemalloc" in report["machine"]["ld_preload"]
         assert report["system_allocator"]["machine"]["ld_preload"] == ""

@@ -90,8 +90,10 @@ def test_sigkill_then_resume_auto_ends_bit_identical_to_an_uninterrupted_run(tmp
     assert set(loss_lines(killed)) == set(loss_lines(straight)) and len(loss_lines(straight)) == 12
 
 
+@pytest.mark.slow
 def test_submitit_local_sweep_of_two_jobs_each_with_two_ddp_tasks(tmp_path, cache_dir):
-    """The local executor of the launcher that drives SLURM: ranks come from submitit's environment."""
+    """The local executor of the launcher that drives SLURM: ranks come from submitit's environment.
+    Slow tier (48 s on 2 cores); the fast tier keeps DDP under torchrun (gloo) and the parallel launcher."""
     sweep = tmp_path / "sweep"
     result = run_script("train.py", "-m", "debug=smoke", "loss=focal,ce", "model.backbone.norm=gn", "data.batch_size=4",
                         "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2", f"hydra.sweep.dir={sweep}",
