@@ -1,5 +1,6 @@
 """End to end: train.py and evaluate.py as a user runs them, on the embedded data."""
 
+import itertools
 import json
 
 import torch
@@ -91,19 +92,21 @@ def test_gradient_diagnostics_do_not_change_the_step(compose_cfg, cache_dir, tmp
 
 
 def test_bf16_autocast_on_cpu_trains_with_float32_losses(compose_cfg, cache_dir, tmp_path):
+    """One batch of 2, stepped on 8 times: bf16 on a CPU without bf16 kernels runs PyTorch's slow fallback."""
     cfg = compose_cfg(["debug=smoke", f"data.cache_dir={cache_dir}"])
     train_set, _ = build_datasets(cfg.data)
     torch.manual_seed(0)
     model, criterion, _ = build(cfg, train_set.num_classes)
     optimizer = instantiate(cfg.optim)(model.parameters())
+    batch = next(infinite_train_batches(train_set, 2, 0, 0, 0))
     trainer = Trainer(model, criterion, optimizer, lambda_scheduler(optimizer, lambda it: 1.0),
-                      lambda start: infinite_train_batches(train_set, 2, 0, 0, start), validator=None,
-                      output_dir=tmp_path, max_iters=12, batch_size=2, device=torch.device("cpu"), amp="bf16")
+                      lambda start: itertools.repeat(batch), validator=None,
+                      output_dir=tmp_path, max_iters=8, batch_size=2, device=torch.device("cpu"), amp="bf16")
     seen = {}
     model.head.register_forward_hook(lambda module, args, output: seen.update(head=output[0].dtype))  # returns None
     criterion.register_forward_hook(lambda module, args, output: seen.update(loss=output["loss_cls"].dtype))
     losses = trainer.step()
     assert seen["head"] == torch.bfloat16 and seen["loss"] == torch.float32  # the network ran in bf16 ...
     assert all(p.dtype == torch.float32 for p in model.parameters())  # ... on float32 weights
-    history = [losses["loss"]] + [trainer.step()["loss"] for _ in range(11)]
-    assert all(torch.isfinite(torch.tensor(history))) and sum(history[-3:]) < sum(history[:3]), history
+    history = [losses["loss"]] + [trainer.step()["loss"] for _ in range(7)]
+    assert all(torch.isfinite(torch.tensor(history))) and sum(history[-2:]) < 0.9 * sum(history[:2]), history
