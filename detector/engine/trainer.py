@@ -260,7 +260,7 @@ class Trainer:
         return losses if gradients is None else {**losses, "gradients": gradients}
 
     def _fit_to_budget(self) -> None:
-        start_iteration, start_seconds = self.probe_start or (0, 0.0)  # a run resumed inside the probe times it all
+        start_iteration, start_seconds = self.probe_start or (0, 0.0)  # budget_probe_iters < 4: all of it
         per_iteration = (self.train_seconds - start_seconds) / (self.iteration - start_iteration)
         left = max(0, math.floor((self.time_budget - self.train_seconds) / per_iteration))
         fitted = self._first_horizon_keeping_the_past(min(self.max_iters, self.iteration + left))
