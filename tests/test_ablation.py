@@ -50,6 +50,26 @@ def test_fl_table1b_rows_are_the_papers(compose_cfg):
     assert pairs == {(0.0, 0.75), (0.1, 0.75), (0.2, 0.75), (0.5, 0.5), (1.0, 0.25), (2.0, 0.25), (5.0, 0.25)}
 
 
+@pytest.mark.parametrize("preset", ["ablation_cpu", "ablation_coco"])
+def test_ghm_rows_carry_the_official_recipe(compose_cfg, preset):
+    """GHM_Detection's config: GHM-C and GHM-R called per level, GHM-R (and ASL1, its one-bin
+    case) weighted by 10, every row clipped at gradient norm 35."""
+    recipe = {}
+    for name in ("ghm_reg", "ghm_cls", "ghm_bins"):
+        for row in sweep_rows(name):
+            cfg = compose_cfg([f"sweep={name}", f"experiment={preset}", row])
+            assert cfg.trainer.clip_grad_norm == 35.0, (name, row)
+            recipe[name, row] = (cfg.box_loss._target_.rsplit(".", 1)[1], cfg.criterion.box_weight)
+            assert cfg.loss.get("per_level", True) and cfg.box_loss.get("per_level", True)
+            assert name != "ghm_reg" or cfg.loss._target_ == "detector.losses.GHMCLoss"
+    assert recipe["ghm_reg", "+row/ghm_reg=sl1"] == ("SmoothL1Loss", 1.0)
+    assert recipe["ghm_reg", "+row/ghm_reg=asl1"] == ("GHMRLoss", 10.0)
+    assert recipe["ghm_reg", "+row/ghm_reg=ghm_r"] == ("GHMRLoss", 10.0)
+    assert recipe["ghm_cls", "loss=ghm_c"] == ("SmoothL1Loss", 1.0)
+    weights = {row: compose_cfg(["sweep=box_losses", row]).criterion.box_weight for row in sweep_rows("box_losses")}
+    assert weights.pop("+row/box_losses=ghm_r") == 10.0 and set(weights.values()) == {1.0} and len(weights) == 8
+
+
 def fake_job(root, index, alpha, metrics=None, log=""):
     job = root / str(index)
     (job / ".hydra").mkdir(parents=True)

@@ -6,11 +6,13 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from detector.losses import FocalLoss, RetinaNetCriterion, SmoothL1Loss
+from detector.losses import FocalLoss, GHMCLoss, GHMRLoss, RetinaNetCriterion, SmoothL1Loss
 from detector.losses import criterion as criterion_module
 from detector.losses.criterion import pad_targets
 from detector.losses.criterion import row_counts as real_row_counts
+from detector.models import AnchorGenerator
 from detector.ops import BoxCoder, IoUMatcher
+from detector.ops.matcher import IGNORE
 
 ANCHORS = torch.tensor([[0, 0, 10, 10], [10, 0, 20, 10], [20, 0, 30, 10], [30, 0, 40, 10], [100, 100, 110, 110]],
                        dtype=torch.float32)
@@ -20,7 +22,7 @@ K = 3
 def outputs(batch, seed=0):
     g = torch.Generator().manual_seed(seed)
     return {"cls_logits": torch.randn(batch, 5, K, generator=g), "box_deltas": torch.randn(batch, 5, 4, generator=g) * 0.1,
-            "anchors": ANCHORS, "num_anchors_per_level": [5]}
+            "anchors": ANCHORS, "num_anchors_per_level": [3, 2]}
 
 
 def target(boxes, labels, crowd=None):
@@ -152,7 +154,7 @@ def test_the_meta_check_catches_a_host_synchronisation(monkeypatch):
 def test_row_counts_and_pad_targets():
     kept = torch.tensor([[True, False, True], [True, True, False]])
     positive = torch.tensor([[False, False, True], [True, False, False]])
-    assert real_row_counts(torch.stack([kept.sum(), positive.sum()])) == (4, 2)
+    assert real_row_counts(torch.stack([kept.sum(), positive.sum()])) == [4, 2]
     boxes, labels, valid, crowd = pad_targets([target([[0, 0, 1, 1], [1, 1, 2, 2]], [3, 4]), target([], [])], "cpu")
     assert boxes.shape == (2, 2, 4) and labels.tolist() == [[3, 4], [0, 0]]
     assert valid.tolist() == [[True, True], [False, False]] and crowd is None  # no crowd box: no crowd pass
@@ -180,3 +182,111 @@ def test_a_loss_that_needs_anchors_gets_each_rows_image_and_anchor():
     assert image_index.tolist() == [row // 5 for row in rows]
     assert torch.equal(anchors, ANCHORS[[row % 5 for row in rows]])
     assert targets[0].tolist() == [0.0, 1.0, 0.0] and targets.sum() == 1  # image 0, anchor 0: label 1
+
+
+def official_ghm_level(values, g, valid, bins, momentum, acc, last_edge):
+    """One level of the official GHM code (GHM_Detection / mmdetection GHMC and GHMR forward): the
+    loop over bins on this level's valid elements, tot = their number, the shared EMA `acc`
+    advanced in place; float64."""
+    edges = [i / bins for i in range(bins + 1)]
+    edges[-1] = last_edge
+    tot = max(float(valid.sum()), 1.0)
+    weights = torch.zeros_like(values)
+    n = 0
+    for i in range(bins):
+        inds = (g >= edges[i]) & (g < edges[i + 1]) & valid
+        num = int(inds.sum())
+        if num > 0:
+            n += 1
+            acc[i] = momentum * acc[i] + (1 - momentum) * num if momentum > 0 else num
+            weights[inds] = tot / acc[i]
+    if n > 0:
+        weights = weights / n
+    return (values * weights).sum() / tot
+
+
+def five_level_batch(seed):
+    """Outputs for a 256-px batch of 2 on P3–P7 (12,276 anchors, levels of 9,216 … 9 rows) and targets
+    with 1–6 boxes an image, K = 3."""
+    g = torch.Generator().manual_seed(seed)
+    generator = AnchorGenerator()
+    features = [torch.zeros(1, 1, 256 // s, 256 // s) for s in generator.strides]
+    anchors = generator(features)
+    per_level = [f.shape[-1] ** 2 * generator.num_anchors_per_location for f in features]
+    out = {"cls_logits": torch.randn(2, len(anchors), K, generator=g) * 2 - 2,
+           "box_deltas": torch.randn(2, len(anchors), 4, generator=g) * 0.3,
+           "anchors": anchors, "num_anchors_per_level": per_level}
+    targets = []
+    for n in (1 + seed % 3, 6):
+        xy = torch.rand(n, 2, generator=g) * 180
+        wh = 16 + torch.rand(n, 2, generator=g) * 140
+        targets.append(target(torch.cat([xy, (xy + wh).clamp(max=256)], 1).tolist(),
+                              torch.randint(0, K, (n,), generator=g).tolist()))
+    return out, targets
+
+
+def official_ghm_per_level(out, targets, acc_c, acc_r, box_coder):
+    """Σ over levels of the official GHM-C (30 bins, momentum .75) and GHM-R (μ .02, 10 bins, momentum
+    .7) on the criterion's matches, on leaves whose gradients the test compares."""
+    matcher = IoUMatcher(allow_low_quality_matches=True)
+    gt_boxes, gt_labels, gt_valid, _ = pad_targets(targets, "cpu")
+    matches = matcher(out["anchors"], gt_boxes, gt_valid)
+    logits = out["cls_logits"].double().requires_grad_(True)
+    deltas = out["box_deltas"].double().requires_grad_(True)
+    loss_cls = loss_box = 0.0
+    start = 0
+    for count in out["num_anchors_per_level"]:
+        level = slice(start, start + count)
+        start += count
+        m = matches[:, level]
+        x = logits[:, level]
+        y = torch.zeros_like(x, dtype=torch.float64)
+        pos = m >= 0
+        labels = gt_labels.gather(1, m.clamp(min=0))
+        y[pos] = F.one_hot(labels[pos], K).double()
+        valid = (m != IGNORE).unsqueeze(-1).expand_as(x)
+        gc = (torch.sigmoid(x.detach().float()) - y.float()).abs().double()
+        bce = F.binary_cross_entropy_with_logits(x, y, reduction="none")
+        loss_cls = loss_cls + official_ghm_level(bce, gc, valid, 30, 0.75, acc_c, 1 + 1e-6)
+        boxes = gt_boxes.gather(1, m.clamp(min=0).unsqueeze(-1).expand(-1, -1, 4)).double()
+        encoded = box_coder.encode(out["anchors"][level].double().expand(2, -1, -1).reshape(-1, 4),
+                                   boxes.reshape(-1, 4)).view(2, -1, 4)
+        diff = deltas[:, level] - encoded
+        root = torch.sqrt(diff * diff + 0.02 ** 2)
+        gr = (diff.detach().float() / root.detach().float()).abs().double()
+        loss_box = loss_box + official_ghm_level(root - 0.02, gr, pos.unsqueeze(-1).expand_as(diff), 10, 0.7, acc_r, 1e3)
+    (loss_cls + loss_box).backward()
+    return loss_cls, loss_box, logits.grad, deltas.grad
+
+
+def test_ghm_runs_per_level_as_the_official_code_over_iterations():
+    """GHM-C and GHM-R, called per FPN level by the criterion, against the official per-level loop
+    over 4 iterations on 5 levels: values, the shared EMAs, and the gradients."""
+    box_coder = BoxCoder()
+    crit = RetinaNetCriterion(GHMCLoss(), GHMRLoss(), IoUMatcher(allow_low_quality_matches=True), box_coder)
+    acc_c, acc_r = [0.0] * 30, [0.0] * 10
+    for seed in range(4):
+        out, targets = five_level_batch(seed)
+        expected_cls, expected_box, cls_grad, box_grad = official_ghm_per_level(out, targets, acc_c, acc_r, box_coder)
+        out["cls_logits"].requires_grad_(True)
+        out["box_deltas"].requires_grad_(True)
+        losses = crit(out, targets)
+        (losses["loss_cls"] + losses["loss_box"]).backward()
+        torch.testing.assert_close(losses["loss_cls"].double(), expected_cls, rtol=2e-6, atol=0)
+        torch.testing.assert_close(losses["loss_box"].double(), expected_box, rtol=2e-6, atol=0)
+        torch.testing.assert_close(out["cls_logits"].grad.double(), cls_grad, rtol=1e-4, atol=1e-9)
+        # float32 targets: near d = 0 the ASL1 gradient d/√(d² + μ²) moves by 1/μ = 50 times their rounding
+        torch.testing.assert_close(out["box_deltas"].grad.double(), box_grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(crit.cls_loss.acc_sum.double(), torch.tensor(acc_c, dtype=torch.float64), rtol=1e-6, atol=0)
+    torch.testing.assert_close(crit.box_loss.acc_sum.double(), torch.tensor(acc_r, dtype=torch.float64), rtol=1e-6, atol=0)
+
+
+def test_per_level_ghm_differs_from_one_call_over_all_levels():
+    """The split matters: on the same batch, one call over all 12,276 anchors' elements gives a
+    classification loss several times smaller (so the test above can fail)."""
+    out, targets = five_level_batch(0)
+    per_level, whole = (RetinaNetCriterion(GHMCLoss(momentum=0.0, per_level=flag), GHMRLoss(momentum=0.0, per_level=flag),
+                                           IoUMatcher(allow_low_quality_matches=True), BoxCoder())(out, targets)
+                        for flag in (True, False))
+    assert per_level["loss_cls"] > 2 * whole["loss_cls"]
+    assert not torch.isclose(per_level["loss_box"], whole["loss_box"], rtol=1e-3)

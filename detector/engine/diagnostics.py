@@ -58,7 +58,7 @@ def gradient_statistics(loss_cls: Tensor, logits: Tensor, targets: Tensor, cls_l
     the criterion passed to `cls_loss`. The graph is kept for the training step's backward.
 
     The loss share needs the loss's per-element terms (`cls_loss.elementwise`); losses that are
-    not a sum over elements (OHEM, Dice) report the gradient share only.
+    not one sum over these elements (OHEM, Dice, a `per_level` GHM-C) report the gradient share only.
     """
     (gradient,) = torch.autograd.grad(loss_cls, logits, retain_graph=True)
     with torch.no_grad():
@@ -70,7 +70,7 @@ def gradient_statistics(loss_cls: Tensor, logits: Tensor, targets: Tensor, cls_l
         scalars = {"easy_negative_fraction": int(easy.sum()) / max(easy.numel(), 1),
                    "easy_negative_gradient_share": _share(magnitude, easy)}
         elementwise = getattr(cls_loss, "elementwise", None)
-        if elementwise is not None:
+        if elementwise is not None and not getattr(cls_loss, "per_level", False):
             scalars["easy_negative_loss_share"] = _share(elementwise(logits.detach(), targets).flatten(), easy)
         return GradientStatistics(Histogram.of(g[~negative], bins), Histogram.of(g[negative], bins),
                                   Histogram.of(g, bins, weights=magnitude), scalars)

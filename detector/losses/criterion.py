@@ -19,6 +19,11 @@ class RetinaNetCriterion(nn.Module):
     deltas or as decoded boxes, whichever the loss's `input_space` asks for. A classification
     loss that sets `needs_anchors` (OHEM) also receives each row's `image_index` and anchor box.
 
+    A loss whose `per_level` attribute is true (GHM-C and GHM-R by default) is called once per FPN
+    level, on that level's rows of the whole batch (`outputs["num_anchors_per_level"]`), and the
+    level losses are summed: the official GHM code does this (`multi_apply` over levels), so each
+    call has its own element count N and advances the loss's EMA once per level.
+
     Both are divided by the number of positive anchors (at least 1). With
     `normalizer_momentum` > 0 that count is smoothed across iterations by an EMA started at
     `normalizer_init` (detectron2 uses 0.9 and 100): with one or two images per GPU the raw
@@ -63,11 +68,13 @@ class RetinaNetCriterion(nn.Module):
         matches = self.matcher(anchors, gt_boxes, gt_valid, gt_crowd)  # (B, A)
         positive = matches >= 0
         kept = matches != IGNORE
-        counts = torch.stack([kept.sum(), positive.sum()])
+        per_level = getattr(self.cls_loss, "per_level", False) or getattr(self.box_loss, "per_level", False)
+        levels = list(outputs["num_anchors_per_level"]) if per_level else []
+        counts = torch.stack([kept.sum(), positive.sum(), *level_counts(kept, levels), *level_counts(positive, levels)])
         num_pos = counts[1].float()
         normalizer = self._normalizer(num_pos)
 
-        num_kept, num_positive = row_counts(counts)  # the criterion's one host synchronisation
+        num_kept, num_positive, *rows_per_level = row_counts(counts)  # the criterion's one host synchronisation
         kept_rows = torch.nonzero_static(kept.flatten(), size=num_kept).squeeze(1)  # indices into B·A rows
         positive_rows = torch.nonzero_static(positive.flatten(), size=num_positive).squeeze(1)
         labels = torch.where(positive, gt_labels.gather(1, matches.clamp(min=0)), -1).flatten()  # (B·A,), −1: negative
@@ -78,19 +85,37 @@ class RetinaNetCriterion(nn.Module):
         kept_labels = labels[kept_rows]
         kept_targets = torch.zeros_like(kept_logits).scatter_(  # one-hot rows, written in place
             1, kept_labels.clamp(min=0).unsqueeze(1), (kept_labels >= 0).unsqueeze(1).to(kept_logits.dtype))
-        loss_cls = self.cls_loss(kept_logits, kept_targets, normalizer, **context)
+        cls_split = (kept_rows % num_anchors, levels, rows_per_level[:len(levels)])
+        loss_cls = self._call(self.cls_loss, cls_split, kept_logits, kept_targets, normalizer, **context)
 
         matched_boxes = gt_boxes[positive_rows // num_anchors, matches.flatten()[positive_rows]]  # (P, 4)
         pos_anchors = anchors[positive_rows % num_anchors]  # (P, 4)
         pos_deltas = box_deltas.flatten(0, 1)[positive_rows].float()  # (P, 4)
+        box_split = (positive_rows % num_anchors, levels, rows_per_level[len(levels):])
         if self.box_loss.input_space == "deltas":
-            loss_box = self.box_loss(pos_deltas, self.box_coder.encode(pos_anchors, matched_boxes), normalizer)
+            box_inputs = (pos_deltas, self.box_coder.encode(pos_anchors, matched_boxes))
         else:
-            loss_box = self.box_loss(self.box_coder.decode(pos_anchors, pos_deltas), matched_boxes, normalizer)
+            box_inputs = (self.box_coder.decode(pos_anchors, pos_deltas), matched_boxes)
+        loss_box = self._call(self.box_loss, box_split, *box_inputs, normalizer)
         result = {"loss_cls": self.cls_weight * loss_cls, "loss_box": self.box_weight * loss_box, "num_pos": num_pos}
         if keep_cls_inputs:
             result.update(cls_logits=kept_logits, cls_targets=kept_targets)
         return result
+
+    @staticmethod
+    def _call(loss: nn.Module, split: tuple[Tensor, list[int], list[int]], inputs: Tensor, targets: Tensor,
+              normalizer: Tensor, **context: Tensor) -> Tensor:
+        """loss(inputs, targets, normalizer, **context), or, for a `per_level` loss, the sum of one
+        call per level on that level's rows (in level order, as the official code's levels run)."""
+        if not getattr(loss, "per_level", False):
+            return loss(inputs, targets, normalizer, **context)
+        anchor_index, anchors_per_level, rows_per_level = split
+        ends = torch.tensor(anchors_per_level, device=anchor_index.device).cumsum(0)
+        by_level = torch.sort(torch.bucketize(anchor_index, ends, right=True), stable=True).indices
+        total = inputs.new_zeros(())
+        for rows in by_level.split(rows_per_level):
+            total = total + loss(inputs[rows], targets[rows], normalizer, **{k: v[rows] for k, v in context.items()})
+        return total
 
     def _normalizer(self, num_pos: Tensor) -> Tensor:
         total = self.reduce_num_pos(num_pos) if self.reduce_num_pos is not None else num_pos
@@ -102,12 +127,17 @@ class RetinaNetCriterion(nn.Module):
         return smoothed
 
 
-def row_counts(counts: Tensor) -> tuple[int, int]:
-    """The numbers of kept and positive anchors, fetched to the host together: the compact rows the
-    losses take have these sizes. Every selection uses them (`nonzero_static`), so the criterion
-    waits for the device once per step, not once per boolean mask."""
-    num_kept, num_positive = counts.tolist()
-    return num_kept, num_positive
+def row_counts(counts: Tensor) -> list[int]:
+    """The numbers of kept and positive anchors (then, for per-level losses, of each level's kept and
+    positive anchors), fetched to the host together: the compact rows the losses take have these
+    sizes. Every selection uses them (`nonzero_static`), so the criterion waits for the device once
+    per step, not once per boolean mask."""
+    return counts.tolist()
+
+
+def level_counts(mask: Tensor, anchors_per_level: list[int]) -> list[Tensor]:
+    """The true entries of a (B, A) mask on each level's slice of anchors (none without levels)."""
+    return [part.sum() for part in mask.split(anchors_per_level, dim=1)] if anchors_per_level else []
 
 
 def pad_targets(targets: list[dict], device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:

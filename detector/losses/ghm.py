@@ -3,7 +3,8 @@ AAAI 2019): down-weight examples whose gradient norm falls in crowded regions of
 
 Both losses keep a per-bin EMA of example counts in a registered buffer (`acc_sum`, saved in
 checkpoints). Under DDP each process keeps its own EMA of its own counts, as the official code
-does. Binning is vectorised and exact: ⌊g·bins⌋, then moved by one where the official code's edge
+does. Both are `per_level` by default: the criterion calls them once per FPN level and sums, as the
+official code does (each level has its own N and advances the shared EMA once). Binning is vectorised and exact: ⌊g·bins⌋, then moved by one where the official code's edge
 comparisons (edges[i] ≤ g < edges[i+1]) disagree with the rounding.
 """
 
@@ -57,12 +58,13 @@ def harmonizing_weights(g: Tensor, edges: Tensor, acc_sum: Tensor, momentum: flo
 
 class _GradientHarmonizing(nn.Module):
     """Shared state of GHM-C and GHM-R: `bins` equal bins on [0, 1] whose last edge is `last_edge`,
-    and the EMA of per-bin counts (`acc_sum`, a buffer so that checkpoints keep it)."""
+    the EMA of per-bin counts (`acc_sum`, a buffer so that checkpoints keep it), and `per_level`
+    (the criterion's cue to call the loss once per FPN level)."""
 
-    def __init__(self, bins: int, momentum: float, last_edge: float):
+    def __init__(self, bins: int, momentum: float, last_edge: float, per_level: bool):
         super().__init__()
         _check(bins, momentum)
-        self.bins, self.momentum = bins, momentum
+        self.bins, self.momentum, self.per_level = bins, momentum, per_level
         edges = torch.arange(bins + 1, dtype=torch.float32) / bins
         edges[-1] = last_edge
         self.register_buffer("edges", edges, persistent=False)
@@ -75,14 +77,14 @@ class _GradientHarmonizing(nn.Module):
 class GHMCLoss(_GradientHarmonizing):
     """GHM-C: g = |σ(x) − y| (no gradient), `bins` equal bins on [0, 1] (last edge 1 + 1e-6),
     β_i = N / (EMA count of the bin) / (number of non-empty bins), loss = Σ β·BCE / N over the N
-    valid elements (all M·K entries the criterion passes).
+    valid elements (all M·K entries the criterion passes: one FPN level's with `per_level`).
 
     Self-normalising: divides by N, not by the criterion's positive count (which it ignores).
-    Defaults bins = 30, momentum = 0.75 (the official config).
+    Defaults bins = 30, momentum = 0.75 (the official config), per_level = True (the official code).
     """
 
-    def __init__(self, bins: int = 30, momentum: float = 0.75):
-        super().__init__(bins, momentum, last_edge=1.0 + 1e-6)
+    def __init__(self, bins: int = 30, momentum: float = 0.75, per_level: bool = True):
+        super().__init__(bins, momentum, last_edge=1.0 + 1e-6, per_level=per_level)
 
     def elementwise(self, logits: Tensor, targets: Tensor, update: bool = False) -> Tensor:
         """β·BCE per element; the count EMA advances only with `update` (the forward pass does)."""
@@ -103,18 +105,19 @@ class GHMCLoss(_GradientHarmonizing):
 class GHMRLoss(_GradientHarmonizing):
     """GHM-R on deltas: ASL1(d) = √(d² + μ²) − μ, g = |d| / √(d² + μ²) (no gradient), `bins`
     bins on [0, 1] (last edge 1e3), the same harmonizing weights as GHM-C, loss = Σ β·ASL1 / N
-    over the N = 4·P coordinates. Self-normalising like GHM-C.
+    over the N = 4·P coordinates (one FPN level's with `per_level`). Self-normalising like GHM-C.
 
-    Defaults μ = 0.02, bins = 10, momentum = 0.7. The official config weights this loss by 10
-    (criterion.box_weight=10).
+    Defaults μ = 0.02, bins = 10, momentum = 0.7, per_level = True (the official config and code).
+    The official config also weights this loss by 10 (criterion.box_weight=10) and clips the
+    gradient norm at 35 (trainer.clip_grad_norm=35).
     """
 
     input_space = "deltas"
 
-    def __init__(self, mu: float = 0.02, bins: int = 10, momentum: float = 0.7):
+    def __init__(self, mu: float = 0.02, bins: int = 10, momentum: float = 0.7, per_level: bool = True):
         if mu <= 0:
             raise ValueError(f"mu must be > 0, got {mu}")
-        super().__init__(bins, momentum, last_edge=1e3)
+        super().__init__(bins, momentum, last_edge=1e3, per_level=per_level)
         self.mu = mu
 
     def forward(self, pred: Tensor, target: Tensor, normalizer: Tensor | float | None = None) -> Tensor:
