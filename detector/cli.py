@@ -26,6 +26,7 @@ from detector.engine.checkpoint import load_checkpoint, load_model_weights
 from detector.engine.evaluator import RESULT_KEYS, CocoValidator, format_metrics, resolve_backend
 from detector.engine.schedule import lambda_scheduler
 from detector.engine.machine import describe_machine, machine_line
+from detector.engine.optimizer import build_optimizer
 from detector.engine.precision import resolve_precision
 from detector.engine.trainer import Trainer, check_settings, resolve_device
 
@@ -137,7 +138,7 @@ def _train(cfg, device, precision, criterion, postprocessor, schedule, processes
     model = instantiate(cfg.model, num_classes=train_set.num_classes)
     log.info("model: %.2fM parameters (%.2fM trainable)", sum(p.numel() for p in model.parameters()) / 1e6,
              sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6)
-    optimizer = instantiate(cfg.optim)([p for p in model.parameters() if p.requires_grad])
+    optimizer = build_optimizer(cfg.optim, model)
     run_config["classes"] = train_set.class_names
 
     group_ids = train_set.aspect_ratio_groups() if cfg.data.group_by_aspect_ratio else None

@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from detector.cli import build_criterion, build_datasets, seed_everything  # noqa: E402
 from detector.data.loader import infinite_train_batches  # noqa: E402
+from detector.engine.optimizer import build_optimizer
 from detector.engine.precision import resolve_precision  # noqa: E402
 from detector.engine.trainer import resolve_device  # noqa: E402
 
@@ -53,7 +54,7 @@ def training_images_per_second(cfg, train_set, steps: int) -> float:
     memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
     model = instantiate(cfg.model, num_classes=train_set.num_classes).to(device, memory_format=memory_format).train()
     criterion = build_criterion(cfg).to(device).train()
-    optimizer = instantiate(cfg.optim)([p for p in model.parameters() if p.requires_grad])
+    optimizer = build_optimizer(cfg.optim, model)
     stream = infinite_train_batches(train_set, cfg.data.batch_size, 0, cfg.seed,
                                     size_divisibility=cfg.data.size_divisibility, group_ids=group_ids(cfg, train_set))
     batches = [next(stream) for _ in range(steps + 1)]

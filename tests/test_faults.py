@@ -4,11 +4,11 @@ import logging
 
 import pytest
 import torch
-from hydra.utils import instantiate
 
 from detector.cli import build, build_datasets
 from detector.data.loader import infinite_train_batches
 from detector.engine.checkpoint import load_checkpoint
+from detector.engine.optimizer import build_optimizer  # noqa: E402
 from detector.engine.schedule import lambda_scheduler
 from detector.engine.trainer import Trainer
 
@@ -37,7 +37,7 @@ def make_trainer(compose_cfg, cache_dir, tmp_path):
     def make(bad_calls, **kwargs):
         torch.manual_seed(0)
         model, criterion, _ = build(cfg, train_set.num_classes)
-        optimizer = instantiate(cfg.optim)(model.parameters())
+        optimizer = build_optimizer(cfg.optim, model)
         return Trainer(model, NaNAt(criterion, bad_calls), optimizer, lambda_scheduler(optimizer, lambda it: 1.0),
                        lambda start: infinite_train_batches(train_set, 2, 0, 0, start), validator=None,
                        output_dir=tmp_path, batch_size=2, device=torch.device("cpu"), **kwargs)

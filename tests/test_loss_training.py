@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 
 from detector.cli import build, build_datasets
 from detector.data.loader import infinite_train_batches
+from detector.engine.optimizer import build_optimizer
 from detector.losses import L1Loss
 from tests.conftest import CONFIGS
 
@@ -41,7 +42,7 @@ def test_loss_pair_trains(compose_cfg, cache_dir, fixed_batch, loss, box_loss):
     torch.manual_seed(0)
     model, criterion, _ = build(cfg, num_classes)
     judge = instantiate(cfg.criterion, cls_loss=instantiate(cfg.loss), box_loss=L1Loss())
-    optimizer = instantiate(cfg.optim)(model.parameters())
+    optimizer = build_optimizer(cfg.optim, model)
     model.train()
     history = []
     for _ in range(12):

@@ -6,12 +6,12 @@ import logging
 
 import pytest
 import torch
-from hydra.utils import instantiate
 
 from detector.cli import build, build_datasets
 from detector.data.loader import infinite_train_batches
 from detector.engine import precision as precision_module
 from detector.engine.machine import cpu_flags, describe_machine, machine_line, vector_kind
+from detector.engine.optimizer import build_optimizer
 from detector.engine.precision import Precision, bf16_conv_speedup, resolve_precision
 from detector.engine.schedule import lambda_scheduler
 from detector.engine.trainer import Trainer
@@ -97,7 +97,7 @@ def test_trainer_runs_and_records_the_resolved_precision(monkeypatch, compose_cf
     cfg = compose_cfg(["debug=smoke", f"data.cache_dir={cache_dir}"])
     train_set, _ = build_datasets(cfg.data)
     model, criterion, _ = build(cfg, train_set.num_classes)
-    optimizer = instantiate(cfg.optim)(model.parameters())
+    optimizer = build_optimizer(cfg.optim, model)
     trainer = Trainer(model, criterion, optimizer, lambda_scheduler(optimizer, lambda it: 1.0),
                       lambda start: infinite_train_batches(train_set, 2, 0, 0, start), validator=None,
                       output_dir=tmp_path, max_iters=1, batch_size=2, device=CPU, amp="auto")

@@ -5,10 +5,10 @@ import math
 
 import pytest
 import torch
-from hydra.utils import instantiate
 
 from detector.cli import build, build_datasets
 from detector.data.loader import infinite_train_batches
+from detector.engine.optimizer import build_optimizer
 from detector.engine.schedule import WarmupCosine, WarmupMultiStep, lambda_scheduler
 from detector.engine.trainer import Trainer
 
@@ -66,7 +66,7 @@ def smoke_trainer(compose_cfg, cache_dir, output_dir, max_iters, schedule=None, 
     train_set, _ = build_datasets(cfg.data)
     torch.manual_seed(0)
     model, criterion, _ = build(cfg, train_set.num_classes)
-    optimizer = instantiate(cfg.optim)(model.parameters())
+    optimizer = build_optimizer(cfg.optim, model)
     schedule = schedule or WarmupCosine(max_iters=max_iters, warmup_iters=4)
     return Trainer(model, criterion, optimizer, lambda_scheduler(optimizer, schedule),
                    lambda start: infinite_train_batches(train_set, 2, 0, 0, start), validator=None,

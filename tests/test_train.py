@@ -4,11 +4,11 @@ import itertools
 import json
 
 import torch
-from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
 
 from detector.cli import build, build_datasets
 from detector.data.loader import infinite_train_batches
+from detector.engine.optimizer import build_optimizer
 from detector.engine.schedule import lambda_scheduler
 from detector.engine.trainer import Trainer
 from tests.conftest import run_script
@@ -59,7 +59,7 @@ def test_training_lowers_the_loss(compose_cfg, cache_dir, tmp_path):
     torch.manual_seed(0)
     train_set, _ = build_datasets(cfg.data)
     model, criterion, _ = build(cfg, train_set.num_classes)
-    optimizer = instantiate(cfg.optim)(model.parameters())
+    optimizer = build_optimizer(cfg.optim, model)
     trainer = Trainer(model, criterion, optimizer, lambda_scheduler(optimizer, lambda it: 1.0),
                       lambda start: infinite_train_batches(train_set, 2, 0, 0, start), validator=None, output_dir=tmp_path,
                       max_iters=40, batch_size=2, device=torch.device("cpu"))
@@ -77,7 +77,7 @@ def test_gradient_diagnostics_do_not_change_the_step(compose_cfg, cache_dir, tmp
     for diagnose in (False, True):
         torch.manual_seed(0)
         model, criterion, _ = build(cfg, train_set.num_classes)
-        optimizer = instantiate(cfg.optim)(model.parameters())
+        optimizer = build_optimizer(cfg.optim, model)
         trainer = Trainer(model, criterion, optimizer, lambda_scheduler(optimizer, lambda it: 1.0), lambda start: iter([batch]),
                           validator=None, output_dir=tmp_path, max_iters=1, batch_size=2, device=torch.device("cpu"))
         model.train()
@@ -97,7 +97,7 @@ def test_bf16_autocast_on_cpu_trains_with_float32_losses(compose_cfg, cache_dir,
     train_set, _ = build_datasets(cfg.data)
     torch.manual_seed(0)
     model, criterion, _ = build(cfg, train_set.num_classes)
-    optimizer = instantiate(cfg.optim)(model.parameters())
+    optimizer = build_optimizer(cfg.optim, model)
     batch = next(infinite_train_batches(train_set, 2, 0, 0, 0))
     trainer = Trainer(model, criterion, optimizer, lambda_scheduler(optimizer, lambda it: 1.0),
                       lambda start: itertools.repeat(batch), validator=None,
