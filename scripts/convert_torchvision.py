@@ -32,7 +32,7 @@ from detector.engine.checkpoint import save_checkpoint  # noqa: E402
 OVERRIDES = ["model=retinanet_r50_torchvision", "data=coco", "data.size_divisibility=32", "data.train_min_sizes=[800]",
              "data.test_min_size=800", "data.max_size=1333", "postprocess.score_thresh=0.05",
              "postprocess.topk_candidates=1000", "postprocess.nms_thresh=0.5", "postprocess.max_detections=300",
-             "criterion.matcher.allow_low_quality_matches=true"]
+             "criterion.matcher.low_quality_matches=detectron2", "criterion.matcher.crowd=background"]
 NUM_ANCHORS = 9
 
 # torchvision prefix → ours; the heads' conv towers are mapped by `_tower_key`

@@ -228,7 +228,7 @@ def five_level_batch(seed):
 def official_ghm_per_level(out, targets, acc_c, acc_r, box_coder):
     """Σ over levels of the official GHM-C (30 bins, momentum .75) and GHM-R (μ .02, 10 bins, momentum
     .7) on the criterion's matches, on leaves whose gradients the test compares."""
-    matcher = IoUMatcher(allow_low_quality_matches=True)
+    matcher = IoUMatcher(low_quality_matches="detectron2")
     gt_boxes, gt_labels, gt_valid, _ = pad_targets(targets, "cpu")
     matches = matcher(out["anchors"], gt_boxes, gt_valid)
     logits = out["cls_logits"].double().requires_grad_(True)
@@ -263,7 +263,7 @@ def test_ghm_runs_per_level_as_the_official_code_over_iterations():
     """GHM-C and GHM-R, called per FPN level by the criterion, against the official per-level loop
     over 4 iterations on 5 levels: values, the shared EMAs, and the gradients."""
     box_coder = BoxCoder()
-    crit = RetinaNetCriterion(GHMCLoss(), GHMRLoss(), IoUMatcher(allow_low_quality_matches=True), box_coder)
+    crit = RetinaNetCriterion(GHMCLoss(), GHMRLoss(), IoUMatcher(low_quality_matches="detectron2"), box_coder)
     acc_c, acc_r = [0.0] * 30, [0.0] * 10
     for seed in range(4):
         out, targets = five_level_batch(seed)
@@ -286,7 +286,7 @@ def test_per_level_ghm_differs_from_one_call_over_all_levels():
     classification loss several times smaller (so the test above can fail)."""
     out, targets = five_level_batch(0)
     per_level, whole = (RetinaNetCriterion(GHMCLoss(momentum=0.0, per_level=flag), GHMRLoss(momentum=0.0, per_level=flag),
-                                           IoUMatcher(allow_low_quality_matches=True), BoxCoder())(out, targets)
+                                           IoUMatcher(low_quality_matches="detectron2"), BoxCoder())(out, targets)
                         for flag in (True, False))
     assert per_level["loss_cls"] > 2 * whole["loss_cls"]
     assert not torch.isclose(per_level["loss_box"], whole["loss_box"], rtol=1e-3)

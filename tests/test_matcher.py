@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torchvision.ops import box_iou
 
@@ -26,7 +27,21 @@ def test_foreground_ignore_band_background():
 def test_low_quality_matches_give_every_box_its_best_anchor():
     gt = [[25, 0, 35, 10]]  # IoU 1/3 with anchors 2 and 3 (a tie): below bg_iou
     assert match(gt) == [BACKGROUND] * 5
-    assert match(gt, IoUMatcher(allow_low_quality_matches=True)) == [BACKGROUND, BACKGROUND, 0, 0, BACKGROUND]
+    assert match(gt, IoUMatcher(low_quality_matches="detectron2")) == [BACKGROUND, BACKGROUND, 0, 0, BACKGROUND]
+
+
+def test_the_three_low_quality_modes_differ_where_the_references_do():
+    """Box 0 has its best anchor in the ignore band (IoU 6/14 = 0.43 with anchor 2), box 1 below it
+    (IoU 4/16 = 0.25 with anchor 0, whose other IoU is 0). none: ignored and background; Detectron
+    (best anchors, then reset below 0.4): a positive and background; detectron2 and torchvision:
+    two positives."""
+    gt = [[24, 0, 34, 10], [-6, 0, 4, 10]]
+    modes = {mode: match(gt, IoUMatcher(low_quality_matches=mode)) for mode in ("none", "detectron", "detectron2")}
+    assert modes["none"] == [BACKGROUND, BACKGROUND, IGNORE, BACKGROUND, BACKGROUND]
+    assert modes["detectron"] == [BACKGROUND, BACKGROUND, 0, BACKGROUND, BACKGROUND]
+    assert modes["detectron2"] == [1, BACKGROUND, 0, BACKGROUND, BACKGROUND]
+    with pytest.raises(ValueError, match=r"low_quality_matches must be one of \['none', 'detectron', 'detectron2'\], got True"):
+        IoUMatcher(low_quality_matches=True)
 
 
 def test_no_boxes_means_all_background_and_padding_is_never_matched():
@@ -48,6 +63,18 @@ def test_crowd_boxes_are_ignore_regions_not_positives():
     assert result[2] == BACKGROUND  # only 40 % of anchor 2 lies inside the crowd box
 
 
+def test_crowd_background_is_the_references_dropped_crowd_box():
+    """crowd="background": the anchors on a crowd box stay background, as if the annotation had been
+    dropped (Detectron, detectron2, torchvision); the crowd box is still never matched."""
+    crowd_as_background = IoUMatcher(crowd="background")
+    result = match([[0, 0, 25, 10], [30, 0, 40, 10]], crowd_as_background, crowd=[True, False])
+    assert result == [BACKGROUND, BACKGROUND, BACKGROUND, 1, BACKGROUND]
+    assert match([[30, 0, 40, 10]]) == [BACKGROUND, BACKGROUND, BACKGROUND, 0, BACKGROUND]  # the box alone: the same
+    assert match([[0, 0, 10, 10]], crowd_as_background, crowd=[True]) == [BACKGROUND] * 5  # IoU 1, yet not a positive
+    with pytest.raises(ValueError, match=r"crowd must be one of \['ignore', 'background'\], got 'drop'"):
+        IoUMatcher(crowd="drop")
+
+
 def test_iou_in_blocks_of_anchors_equals_one_box_iou_call(monkeypatch):
     g = torch.Generator().manual_seed(1)
     corner = torch.rand(30, 2, generator=g) * 200
@@ -57,9 +84,9 @@ def test_iou_in_blocks_of_anchors_equals_one_box_iou_call(monkeypatch):
     in_blocks = blockwise_box_iou(boxes, anchors, block_elements=30 * 64)  # 16 blocks, the last one short
     assert torch.equal(in_blocks, box_iou(boxes, anchors))
     gt, valid = boxes.view(2, 15, 4), torch.ones(2, 15, dtype=torch.bool)
-    whole = IoUMatcher(allow_low_quality_matches=True)(anchors, gt, valid)
+    whole = IoUMatcher(low_quality_matches="detectron2")(anchors, gt, valid)
     monkeypatch.setitem(blocks.BLOCK_ELEMENTS, "cpu", 3000)  # 100 anchors per call for 30 boxes
     calls = []
     monkeypatch.setattr(matcher, "box_iou", lambda *a: calls.append(1) or box_iou(*a))
-    assert torch.equal(IoUMatcher(allow_low_quality_matches=True)(anchors, gt, valid), whole)
+    assert torch.equal(IoUMatcher(low_quality_matches="detectron2")(anchors, gt, valid), whole)
     assert len(calls) == 11
