@@ -50,7 +50,8 @@ def build_datasets(data: DictConfig) -> tuple[CocoDetection, CocoDetection]:
     """Training and validation sets; both paths are checked before either is read."""
     splits: CocoSplits = instantiate(data.prepare)
     train_paths, val_paths = check_split(splits, "train"), check_split(splits, "val")
-    train_set = CocoDetection(*train_paths, train_transforms(list(data.train_min_sizes), data.max_size, data.flip_prob))
+    train_set = CocoDetection(*train_paths, train_transforms(list(data.train_min_sizes), data.max_size, data.flip_prob),
+                              filter_empty=data.filter_empty)
     val_set = CocoDetection(*val_paths, eval_transforms(data.test_min_size, data.max_size))
     if train_set.category_ids != val_set.category_ids:
         raise ValueError(f"{splits.train_ann} and {splits.val_ann} have different categories: "

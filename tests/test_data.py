@@ -114,3 +114,31 @@ def test_missing_coco_paths_name_the_path_and_the_layout(tmp_path):
         check_split(splits, "val")
     (tmp_path / "val2017").mkdir()
     assert check_split(splits, "val") == (splits.val_ann, splits.val_dir)  # no training images needed
+
+
+def test_filter_empty_leaves_out_images_without_a_non_crowd_box(tmp_path, caplog):
+    """Detectron, detectron2 and torchvision train only on images with a box that is not crowd."""
+    image_dir = tmp_path / "images"
+    image_dir.mkdir()
+    for name in ("a", "b", "c"):
+        Image.fromarray(np.full((60, 80, 3), 128, np.uint8)).save(image_dir / f"{name}.jpg")
+    box = {"bbox": [10, 5, 20, 10], "category_id": 3, "area": 200.0}
+    data = {"images": [{"id": i, "file_name": f"{n}.jpg", "height": 60, "width": 80} for i, n in ((1, "a"), (2, "b"), (3, "c"))],
+            "annotations": [{"id": 1, "image_id": 1, "iscrowd": 0, **box}, {"id": 2, "image_id": 2, "iscrowd": 1, **box}],
+            "categories": [{"id": 3, "name": "cat"}]}
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps(data))
+    assert CocoDetection(str(ann), str(image_dir), eval_transforms(60, 1000)).image_ids == [1, 2, 3]
+    with caplog.at_level("INFO"):
+        assert CocoDetection(str(ann), str(image_dir), eval_transforms(60, 1000), filter_empty=True).image_ids == [1]
+    assert "2 of 3 images have no non-crowd box" in caplog.text
+    data["annotations"] = data["annotations"][1:]
+    ann.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="no image has a non-crowd box, so data.filter_empty=true leaves nothing"):
+        CocoDetection(str(ann), str(image_dir), eval_transforms(60, 1000), filter_empty=True)
+
+
+def test_the_coco_recipes_filter_empty_images_and_the_synthetic_data_keeps_all(compose_cfg):
+    assert compose_cfg(["experiment=coco_r50_1x"]).data.filter_empty
+    assert compose_cfg(["data=coco_custom"]).data.filter_empty
+    assert not compose_cfg().data.filter_empty
