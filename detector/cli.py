@@ -26,9 +26,10 @@ from detector.engine.checkpoint import load_checkpoint, load_model_weights
 from detector.engine.evaluator import RESULT_KEYS, CocoValidator, format_metrics, resolve_backend
 from detector.engine.schedule import lambda_scheduler
 from detector.engine.machine import describe_machine, machine_line
-from detector.engine.optimizer import build_optimizer
+from detector.engine.optimizer import GROUP_KEYS, build_optimizer, check_group_settings
 from detector.engine.precision import resolve_precision
 from detector.engine.trainer import Trainer, check_settings, resolve_device
+from detector.models.backbone import frozen_without_weights
 
 log = logging.getLogger("detector")
 
@@ -110,6 +111,8 @@ def train(cfg: DictConfig) -> float:
                          f"warmup_iters={getattr(schedule, 'warmup_iters', 0)}) so that a rerun with that count is "
                          "identical; lower trainer.budget_probe_iters or raise schedule.warmup_iters")
     _check_model_values(cfg.model)
+    _refuse_frozen_random_backbone(cfg.model.backbone, trainer_cfg.resume)
+    check_group_settings(**{key: cfg.optim[key] for key in GROUP_KEYS if key in cfg.optim})
     processes = distributed.setup(device.type)
     try:
         return _train(cfg, device, precision, criterion, postprocessor, schedule, processes, run_config)
@@ -215,6 +218,17 @@ def _check_model_values(model: DictConfig) -> None:
                                 "state dict or one of this project's checkpoints there, or set it to null.")
     with torch.device("meta"):
         instantiate(OmegaConf.merge(model, {"backbone": {"weights_path": None}}), num_classes=1)
+
+
+def _refuse_frozen_random_backbone(backbone: DictConfig, resume: str | None) -> None:
+    """Training must not freeze random layers in silence; a checkpoint to resume from (a path)
+    brings its own weights."""
+    if not str(backbone.get("_target_", "")).endswith("ResNetBackbone"):
+        return
+    problem = frozen_without_weights(backbone.get("depth", 50), backbone.get("norm", "frozen_bn"),
+                                     backbone.get("frozen_stages", 2), backbone.get("weights_path"))
+    if problem and resume in (None, "auto"):
+        raise ValueError(problem)
 
 
 def _quiet_logging() -> None:

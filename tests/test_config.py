@@ -69,7 +69,7 @@ def test_paper_recipe(compose_cfg):
     assert steps == [60000, 80000]
     assert cfg.data.train_min_sizes == [800] and cfg.data.max_size == 1333
     assert cfg.criterion.matcher.fg_iou == 0.5 and cfg.criterion.matcher.bg_iou == 0.4
-    assert not cfg.criterion.matcher.allow_low_quality_matches
+    assert cfg.criterion.matcher.low_quality_matches == "detectron" and cfg.criterion.matcher.crowd == "background"
     assert cfg.model.anchor_generator.sizes == [32, 64, 128, 256, 512] and cfg.model.prior_prob == 0.01
 
 
@@ -101,6 +101,12 @@ def test_invalid_gamma_fails_before_any_data_work(tmp_path):
     ("trainer.max_consecutive_nonfinite=0", "trainer.max_consecutive_nonfinite must be >= 1, got 0"),
     ("model.backbone.weights_path=/nonexistent.pth", "model.backbone.weights_path=/nonexistent.pth: no such file"),
     ("evaluation.backend=fast", "evaluation.backend must be one of ['auto', 'pycocotools', 'faster_coco_eval']"),
+    ("criterion.matcher.low_quality_matches=true", "matcher low_quality_matches must be one of ['none', 'detectron', 'detectron2']"),
+    ("criterion.matcher.crowd=drop", "matcher crowd must be one of ['ignore', 'background'], got 'drop'"),
+    ("optim.bias_lr_factor=0", "optim.bias_lr_factor must be > 0, got 0"),
+    ("model=retinanet_r101", "model.backbone has norm=frozen_bn and frozen_stages=2 but no weights_path"),
+    ("model=retinanet_r50 model.backbone.norm=bn", "Place torchvision's ImageNet ResNet-50 state dict (resnet50-0676ba61.pth)"),
+    ("model=retinanet_r18 model.backbone.frozen_stages=0", "model.backbone has norm=frozen_bn but no weights_path"),
 ])
 def test_invalid_values_name_key_and_range_before_any_data_work(tmp_path, compose_cfg, override, message):
     """In process, through the same `detector.cli.train` as train.py (whose error output the gamma test checks)."""
@@ -109,6 +115,18 @@ def test_invalid_values_name_key_and_range_before_any_data_work(tmp_path, compos
         train(compose_cfg([*override.split(), f"data.cache_dir={cache}"]))
     assert message in str(raised.value)
     assert not cache.exists()
+
+
+def test_the_paper_recipe_without_imagenet_weights_is_refused_before_any_data_work(tmp_path, compose_cfg):
+    """experiment=coco_r50_1x freezes BatchNorm and the stem: without weights those are random."""
+    with pytest.raises(ValueError, match=r"frozen_bn and frozen_stages=2 but no weights_path.*identity BatchNorm"):
+        train(compose_cfg(["experiment=coco_r50_1x", "trainer.device=cpu", f"data.root={tmp_path / 'coco'}"]))
+    weights = tmp_path / "resnet50.pth"
+    torch.save({}, weights)
+    with pytest.raises(Exception) as raised:  # with a weights file the checks pass; in process, Hydra's run dir is next
+        train(compose_cfg(["experiment=coco_r50_1x", "trainer.device=cpu", f"data.root={tmp_path / 'coco'}",
+                           f"model.backbone.weights_path={weights}"]))
+    assert "no weights_path" not in str(raised.value)
 
 
 def test_missing_coco_root_says_where_it_looked_and_how_to_lay_it_out(tmp_path):

@@ -24,11 +24,7 @@ def parameter_groups(model: nn.Module, lr: float, weight_decay: float, norm_weig
     decayed by `weight_decay`. A decay of None is `weight_decay`: with both None and factor 1 every
     parameter is treated alike.
     """
-    if bias_lr_factor <= 0:
-        raise ValueError(f"optim.bias_lr_factor must be > 0, got {bias_lr_factor}")
-    for key, value in (("norm_weight_decay", norm_weight_decay), ("bias_weight_decay", bias_weight_decay)):
-        if value is not None and value < 0:
-            raise ValueError(f"optim.{key} must be >= 0 or null (optim.weight_decay), got {value}")
+    check_group_settings(norm_weight_decay, bias_weight_decay, bias_lr_factor)
     members: dict[str, list[nn.Parameter]] = {"weight": [], "norm": [], "bias": []}
     seen: set[int] = set()
     for module in model.modules():
@@ -41,6 +37,15 @@ def parameter_groups(model: nn.Module, lr: float, weight_decay: float, norm_weig
                 "bias": (weight_decay if bias_weight_decay is None else bias_weight_decay, bias_lr_factor)}
     return [{"name": kind, "params": members[kind], "weight_decay": decay, "lr": lr * factor}
             for kind, (decay, factor) in settings.items() if members[kind]]
+
+
+def check_group_settings(norm_weight_decay: float | None = None, bias_weight_decay: float | None = None,
+                         bias_lr_factor: float = 1.0) -> None:
+    if bias_lr_factor <= 0:
+        raise ValueError(f"optim.bias_lr_factor must be > 0, got {bias_lr_factor}")
+    for key, value in (("norm_weight_decay", norm_weight_decay), ("bias_weight_decay", bias_weight_decay)):
+        if value is not None and value < 0:
+            raise ValueError(f"optim.{key} must be >= 0 or null (optim.weight_decay), got {value}")
 
 
 def build_optimizer(optim: DictConfig, model: nn.Module):

@@ -21,6 +21,10 @@ def _norm_layer(norm: str):
     return lambda channels: nn.GroupNorm(32, channels)
 
 
+IMAGENET_FILES = {18: "resnet18-f37072fd.pth", 34: "resnet34-b627a593.pth", 50: "resnet50-0676ba61.pth",
+                  101: "resnet101-63fe2227.pth"}  # torchvision's IMAGENET1K_V1 files
+
+
 class ResNetBackbone(nn.Module):
     """torchvision ResNet-18/34/50/101 without its classifier; forward returns [C3, C4, C5].
 
@@ -61,6 +65,20 @@ class ResNetBackbone(nn.Module):
             x = stage(x)
             features.append(x)
         return features[1:]
+
+
+def frozen_without_weights(depth: int, norm: str, frozen_stages: int, weights_path: str | None) -> str | None:
+    """Why training this backbone would freeze random layers (None when it would not): frozen
+    BatchNorm without ImageNet statistics is the identity, and frozen stages keep their random
+    initialisation."""
+    if weights_path is not None or (norm != "frozen_bn" and frozen_stages == 0):
+        return None
+    frozen = [f"norm={norm}"] * (norm == "frozen_bn") + [f"frozen_stages={frozen_stages}"] * (frozen_stages > 0)
+    return (f"model.backbone has {' and '.join(frozen)} but no weights_path: training would freeze randomly "
+            f"initialised layers{' and an identity BatchNorm' if norm == 'frozen_bn' else ''}. Place torchvision's "
+            f"ImageNet ResNet-{depth} state dict ({IMAGENET_FILES.get(depth, f'resnet{depth}-*.pth')}) on disk and set "
+            "model.backbone.weights_path=/path/to/it, or train from scratch with model.backbone.norm=bn (or gn) "
+            "model.backbone.frozen_stages=0 (model=retinanet_r18_cpu does).")
 
 
 def load_torchvision_resnet_weights(body: resnet.ResNet, weights_path: str) -> None:
