@@ -117,7 +117,8 @@ def test_ghm_c_ema_by_hand():
 
 
 def ohem_reference(x, y, image_index, k, ratio):
-    """Per-image loops: hardest k by CE, positives capped at k/(1 + ratio) when a ratio is set."""
+    """Per-image loops: hardest k by CE; with a ratio, the hardest min(positives, k/(1 + ratio))
+    positives and at most ratio negatives per kept positive."""
     ce = F.binary_cross_entropy_with_logits(x, y, reduction="none").sum(1)
     total = x.new_zeros(())
     for image in image_index.unique():
@@ -127,7 +128,7 @@ def ohem_reference(x, y, image_index, k, ratio):
             chosen = rows[:k]
         else:
             pos = [r for r in rows if y[r].max() > 0][: int(k / (1 + ratio))]
-            neg = [r for r in rows if y[r].max() == 0][: k - len(pos)]
+            neg = [r for r in rows if y[r].max() == 0][: min(k - len(pos), int(ratio * len(pos)))]
             chosen = pos + neg
         total = total + ce[chosen].sum()
     return total
@@ -141,6 +142,25 @@ def test_ohem_selection_matches_per_image_reference(k, ratio):
     loss = L.OHEMLoss(batch_size_per_image=k, neg_pos_ratio=ratio, nms_thresh=None)
     torch.testing.assert_close(loss(x, y, 2.0, image_index=image_index, anchors=anchors),
                                ohem_reference(x, y, image_index, k, ratio) / 2.0)
+
+
+def test_ohem_1_to_3_keeps_at_most_three_negatives_per_positive():
+    """40 positives and 1000 negatives in one image, every positive harder than every negative: with
+    k = 128 the minibatch is 32 positives and 96 negatives (1:3), with k = 512 it is the 40 positives
+    and 120 negatives (still 1:3; filling up the batch would give 1:11.8); without positives, nothing."""
+    ce_order = torch.linspace(4.0, -4.0, 1040, dtype=torch.float64).unsqueeze(1)
+    y = torch.zeros(1040, 1, dtype=torch.float64)
+    y[:40] = 1.0
+    x = torch.where(y > 0, -ce_order, ce_order)  # CE grows with ce_order for both labels
+    image_index = torch.zeros(1040, dtype=torch.long)
+    for k, pos, neg in [(128, 32, 96), (256, 40, 120), (512, 40, 120)]:
+        kept = L.OHEMLoss(batch_size_per_image=k, neg_pos_ratio=3.0, nms_thresh=None).select(
+            ce_order.view(-1), y.view(-1) > 0, image_index, torch.zeros(1040, 4))
+        assert (int((kept < 40).sum()), int((kept >= 40).sum())) == (pos, neg), k
+        assert sorted(kept.tolist()) == list(range(pos)) + list(range(40, 40 + neg))  # the hardest of each
+    nothing = L.OHEMLoss(batch_size_per_image=128, neg_pos_ratio=3.0, nms_thresh=None).select(
+        ce_order.view(-1)[40:], torch.zeros(1000, dtype=torch.bool), image_index[40:], torch.zeros(1000, 4))
+    assert len(nothing) == 0
 
 
 def test_ohem_nms_on_loss_drops_an_overlapping_easier_anchor():

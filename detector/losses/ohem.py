@@ -12,9 +12,11 @@ class OHEMLoss(nn.Module):
     """OHEM (Shrivastava et al., CVPR 2016) as the FL paper ran it against FL (§5.1, Table 1d):
     every non-ignored anchor is scored by its cross-entropy summed over classes; optionally, NMS
     on those losses (IoU `nms_thresh` between anchors) removes anchors that overlap a harder one;
-    then each image keeps its `batch_size_per_image` hardest anchors. With `neg_pos_ratio` = r,
-    positives fill at most 1/(1 + r) of the minibatch (the paper's "1:3" is r = 3) and
-    negatives the rest. Loss = Σ CE over the kept anchors / normalizer.
+    then each image keeps its `batch_size_per_image` = k hardest anchors. With `neg_pos_ratio` = r
+    (the paper's "1:3" is r = 3), an image keeps its P = min(positives, ⌊k/(1 + r)⌋) hardest
+    positives and at most ⌊r·P⌋ hardest negatives, within k in all: at most r negatives per
+    positive, as in SSD's hard negative mining (an image without positives keeps no anchor).
+    Loss = Σ CE over the kept anchors / normalizer.
 
     Needs each row's image and anchor box: the criterion passes them because `needs_anchors`
     is set. Defaults: 128 per image, NMS 0.5, no ratio (the paper's best OHEM row, 32.8 AP).
@@ -55,7 +57,8 @@ class OHEMLoss(nn.Module):
             group = image * 2 + is_positive.long()  # (image, is positive)
             pos_available = torch.bincount(image[is_positive], minlength=num_images)
             pos_quota = pos_available.clamp(max=int(k / (1 + self.neg_pos_ratio)))
-            quota = torch.stack([k - pos_quota, pos_quota], dim=1).flatten()  # (2·images,)
+            neg_quota = torch.minimum(k - pos_quota, (pos_quota * self.neg_pos_ratio).floor().long())
+            quota = torch.stack([neg_quota, pos_quota], dim=1).flatten()  # (2·images,)
         hardest_first = torch.sort(scores[candidates], descending=True, stable=True).indices
         by_loss, groups = candidates[hardest_first], group[hardest_first]
         order = torch.sort(groups, stable=True).indices  # by group, hardest first within each
