@@ -42,7 +42,7 @@ class RetinaNetPostProcessor:
         scores, anchor_idx, labels = [], [], []
         offset = 0
         for logits in cls_logits.split(predictions["num_anchors_per_level"], dim=1):
-            level_scores = logits.sigmoid().flatten(1)  # (B, A_l·K)
+            level_scores = logits.float().sigmoid().flatten(1)  # (B, A_l·K); float32 scores
             k = min(self.topk_candidates, level_scores.shape[1])
             top_scores, top_idx = level_scores.topk(k, dim=1)  # (B, k)
             scores.append(top_scores)
@@ -58,7 +58,7 @@ class RetinaNetPostProcessor:
         boxes = torch.minimum(boxes.clamp(min=0), upper)
 
         image_idx, candidate = torch.nonzero(scores > self.score_thresh, as_tuple=True)
-        boxes, scores, labels = boxes[image_idx, candidate], scores[image_idx, candidate].float(), labels[image_idx, candidate]
+        boxes, scores, labels = boxes[image_idx, candidate], scores[image_idx, candidate], labels[image_idx, candidate]
         keep = batched_nms(boxes, scores, image_idx * num_classes + labels, self.nms_thresh)  # by score
         keep = keep[torch.sort(image_idx[keep], stable=True).indices]  # by image, then score
         counts = torch.bincount(image_idx[keep], minlength=batch)

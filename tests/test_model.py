@@ -75,3 +75,26 @@ def test_local_weights_file_is_loaded(tmp_path):
         ResNetBackbone(depth=18, weights_path=str(tmp_path / "missing.pth"))
     with pytest.raises(ValueError, match="not a torchvision ResNet"):
         ResNetBackbone(depth=50, weights_path=str(path))
+
+
+def test_scores_under_bf16_autocast_keep_float32_resolution():
+    """At inference under bf16 autocast the last classification conv runs in float32: the 100
+    detections of each image have (almost) all distinct scores. The same scores from bf16 logits
+    collapse onto a few dozen values and tie in the COCO ranking."""
+    from detector.ops import BoxCoder
+    from detector.postprocess import RetinaNetPostProcessor
+    torch.manual_seed(0)
+    model = small_model(num_classes=3, prior_prob=0.3).eval()
+    postprocess = RetinaNetPostProcessor(BoxCoder(), score_thresh=0.05, nms_thresh=1.0)
+    images = torch.randn(2, 3, 128, 128)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(images)
+    assert out["cls_logits"].dtype == torch.float32 and out["box_deltas"].dtype == torch.bfloat16
+    detections = postprocess(out, [(128, 128)] * 2)
+    assert all(len(d["scores"]) == 100 and d["scores"].dtype == torch.float32 for d in detections)
+    assert min(len(d["scores"].unique()) for d in detections) >= 95
+    in_bf16 = postprocess({**out, "cls_logits": out["cls_logits"].bfloat16()}, [(128, 128)] * 2)
+    assert max(len(d["scores"].unique()) for d in in_bf16) < 50
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(images)["cls_logits"].dtype == torch.bfloat16  # training keeps the autocast dtype

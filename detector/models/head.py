@@ -27,6 +27,10 @@ class RetinaNetHead(nn.Module):
 
     Returns per-level tensors reshaped once to (B, H·W·A, K) and (B, H·W·A, 4), concatenated
     over levels in pyramid order (so anchor index = level offset + (y·W + x)·A + a).
+
+    At inference under autocast the last classification conv runs in float32: scores from bf16
+    logits take only a few hundred distinct values in [0.05, 1] and would tie in the COCO ranking.
+    Training keeps it in the autocast dtype (the losses cast its rows to float32).
     """
 
     def __init__(self, in_channels: int, num_anchors: int, num_classes: int, num_convs: int = 4,
@@ -55,9 +59,15 @@ class RetinaNetHead(nn.Module):
     def forward(self, features: list[Tensor]) -> tuple[Tensor, Tensor]:
         cls_out, box_out = [], []
         for feature in features:
-            cls_out.append(_to_anchor_rows(self.cls_logits(self.cls_tower(feature)), self.num_classes))
+            cls_out.append(_to_anchor_rows(self._class_logits(self.cls_tower(feature)), self.num_classes))
             box_out.append(_to_anchor_rows(self.box_deltas(self.box_tower(feature)), 4))
         return torch.cat(cls_out, dim=1), torch.cat(box_out, dim=1)
+
+    def _class_logits(self, x: Tensor) -> Tensor:
+        if self.training or not torch.is_autocast_enabled(x.device.type):
+            return self.cls_logits(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return self.cls_logits(x.float())
 
 
 def _to_anchor_rows(x: Tensor, width: int) -> Tensor:
