@@ -14,7 +14,8 @@ class RetinaNetCriterion(nn.Module):
     """Turns model outputs and targets into {"loss_cls", "loss_box", "num_pos"}.
 
     Labels follow detectron2's convention: each anchor is a positive (matched ground truth),
-    a negative, or ignored (IoU in the ignore band, or inside a crowd region). The
+    a negative, or ignored (IoU in the ignore band, or inside a crowd region under the
+    matcher's crowd="ignore"). The
     classification loss sees the non-ignored anchors; the box loss sees the positives, as
     deltas or as decoded boxes, whichever the loss's `input_space` asks for. A classification
     loss that sets `needs_anchors` (OHEM) also receives each row's `image_index` and anchor box.
