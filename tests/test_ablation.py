@@ -1,6 +1,7 @@
 """Stored sweeps compose, and scripts/ablation_table.py turns multirun folders into honest tables."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -70,12 +71,13 @@ def test_ghm_rows_carry_the_official_recipe(compose_cfg, preset):
     assert weights.pop("+row/box_losses=ghm_r") == 10.0 and set(weights.values()) == {1.0} and len(weights) == 8
 
 
-def fake_job(root, index, alpha, metrics=None, log=""):
+def fake_job(root, index, alpha, metrics=None, log="", seed=None):
     job = root / str(index)
     (job / ".hydra").mkdir(parents=True)
-    overrides = ["sweep=fl_table1a", "experiment=ablation_cpu", f"loss.alpha={alpha}"]
+    overrides = ["sweep=fl_table1a", "experiment=ablation_cpu", f"loss.alpha={alpha}"] + ([f"seed={seed}"] * (seed is not None))
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"loss": {"alpha": alpha, "gamma": 0.0}}))
+    config = {"loss": {"alpha": alpha, "gamma": 0.0}, **({"seed": seed} if seed is not None else {})}
+    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": {"sweep": "fl_table1a"}}}}))
     if metrics is not None:
         (job / "metrics.json").write_text(json.dumps(metrics))
@@ -87,6 +89,15 @@ def metrics(ap):
             "train_seconds": 660.5}
 
 
+def tabulate(root):
+    result = subprocess.run([sys.executable, "scripts/ablation_table.py", str(root)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    table = (root / "table.md").read_text()
+    assert table == result.stdout.rstrip("\n") + "\n"
+    return table.splitlines()
+
+
 def test_ablation_table_on_a_fabricated_multirun(tmp_path):
     fake_job(tmp_path, 0, 0.25, metrics(5.0))
     fake_job(tmp_path, 1, 0.5, metrics(20.0))
@@ -94,25 +105,52 @@ def test_ablation_table_on_a_fabricated_multirun(tmp_path):
     fake_job(tmp_path, 3, 0.9, log="[x][detector.engine.trainer][ERROR] - non-finite loss at iteration 7: {}")
     fake_job(tmp_path, 4, 0.99)  # killed: no metrics, no error
     fake_job(tmp_path, 10, 0.999, metrics(1.0))  # job folders sort by number, not as text
-    result = subprocess.run([sys.executable, "scripts/ablation_table.py", str(tmp_path)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    table = (tmp_path / "table.md").read_text()
-    assert table == result.stdout.rstrip("\n") + "\n"
-    lines = table.splitlines()
+    lines = tabulate(tmp_path)
     assert lines[0] == f"# fl_table1a: {tmp_path}"
     assert lines[2].startswith("Paper: Lin et al.") and "Table 1a" in lines[2]
-    assert lines[4] == "| row | status | AP | AP50 | AP75 | APs | APm | APl | iterations | train_seconds | paper_AP |"
-    assert lines[6] == "| loss.alpha=0.25 | ok | 5.00 | 25.00 | 6.00 | 1.00 | 2.00 | -1.00 | 1400 | 660.50 | 10.80 |"
-    assert lines[9] == "| loss.alpha=0.9 | diverged | – | – | – | – | – | – | – | – | 30.80 |"
-    assert lines[10] == "| loss.alpha=0.99 | failed | – | – | – | – | – | – | – | – | 28.70 |"
-    assert lines[11].startswith("| loss.alpha=0.999 | ok | 1.00 |") and lines[11].endswith("| 25.10 |")
+    assert lines[6] == "| row | runs | AP | AP50 | AP75 | APs | APm | APl | iterations | train_seconds | paper_AP |"
+    assert lines[8] == "| loss.alpha=0.25 | 1 ok | 5.00 | 25.00 | 6.00 | 1.00 | 2.00 | -1.00 | 1400 | 660.50 | 10.80 |"
+    assert lines[11] == "| loss.alpha=0.9 | 0 ok, 1 diverged (seed None) | – | – | – | – | – | – | – | – | 30.80 |"
+    assert lines[12] == "| loss.alpha=0.99 | 0 ok, 1 failed (seed None) | – | – | – | – | – | – | – | – | 28.70 |"
+    assert lines[13].startswith("| loss.alpha=0.999 | 1 ok | 1.00 |") and lines[13].endswith("| 25.10 |")
     # ours 5, 20, 25, 1 against the paper's 10.8, 30.2, 31.1, 25.1: ranks 2 3 4 1 vs 1 3 4 2, Σd² = 2,
-    # ρ = 1 − 6·2 / (4·15) = 0.8
-    assert lines[-1] == "Spearman rank correlation of AP with the paper's AP over 4 finished rows: ρ = 0.800"
+    # ρ = 1 − 6·2 / (4·15) = 0.8; one seed per row, so every resample is the same table
+    assert lines[15] == ("Spearman rank correlation of the mean AP with the paper's AP over 4 rows: ρ = 0.800, "
+                         "95 % bootstrap interval over seeds [0.800, 0.800]")
+    assert lines[-1].startswith("Rows with fewer than 2 finished seeds (no test can separate them from noise): loss.alpha=0.25;")
     csv_lines = (tmp_path / "table.csv").read_text().splitlines()
-    assert csv_lines[0] == "row,status,AP,AP50,AP75,APs,APm,APl,iterations,train_seconds,paper_AP"
+    assert csv_lines[0].startswith("row,runs,n,seeds,AP,AP_std,AP50,AP50_std,") and csv_lines[0].endswith(",paper_AP")
     assert len(csv_lines) == 7 and "diverged" in csv_lines[4]
+    assert Image.open(tmp_path / "table.png").size[0] >= 600
+
+
+def test_seeds_are_one_row_with_mean_std_interval_and_noise(tmp_path):
+    """Three seeds a row. α .25: 4, 5, 6 (mean 5, std 1); α .5: 20, 22 and a diverged seed; α .75:
+    21, 23, 25 (mean 23, std 2); α .9: 30, 30, 30. The paper's order is .25 < .5 < .9 < .75 (10.8,
+    30.2, 30.8, 31.1); ours by mean is .25 < .5 < .75 < .9: ρ = 0.8. Resamples can swap α .5 and
+    α .75 (their seeds overlap): ranks 1 3 2 4 against 1 2 4 3, ρ = 1 − 6·6/60 = 0.4, the interval's
+    low end; no resample lifts α .75 above α .9, so 0.8 is its high end. Those two are within the noise."""
+    values = {0.25: [4.0, 5.0, 6.0], 0.5: [20.0, 22.0, None], 0.75: [21.0, 23.0, 25.0], 0.9: [30.0, 30.0, 30.0]}
+    index = 0
+    for alpha, aps in values.items():
+        for seed, ap in enumerate(aps):
+            log = "" if ap is not None else "[x][detector.engine.trainer][ERROR] - non-finite loss at iteration 9: {}"
+            fake_job(tmp_path, index, alpha, metrics(ap) if ap is not None else None, log=log, seed=seed)
+            index += 1
+    lines = tabulate(tmp_path)
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in lines if line.startswith("| loss.alpha")}
+    assert list(rows) == ["loss.alpha=0.25", "loss.alpha=0.5", "loss.alpha=0.75", "loss.alpha=0.9"]
+    assert rows["loss.alpha=0.25"][1:4] == ["3 ok", "5.00 ± 1.00", "25.00 ± 1.00"]
+    assert rows["loss.alpha=0.5"][1:3] == ["2 ok, 1 diverged (seed 2)", "21.00 ± 1.41"]
+    assert rows["loss.alpha=0.75"][2] == "23.00 ± 2.00" and rows["loss.alpha=0.9"][2] == "30.00 ± 0.00"
+    spearman = next(line for line in lines if line.startswith("Spearman"))
+    rho, low, high = (float(v) for v in re.findall(r"(-?\d\.\d{3})", spearman))
+    assert (rho, low, high) == (0.8, 0.4, 0.8)
+    noise = next(line for line in lines if line.startswith("Rows whose AP lies within the noise"))
+    assert "loss.alpha=0.5 ~ loss.alpha=0.75" in noise and "loss.alpha=0.25 ~" not in noise
+    assert "loss.alpha=0.75 ~ loss.alpha=0.9" not in noise  # 21/23/25 against 30/30/30: p < 0.05
+    runs = (tmp_path / "runs.csv").read_text().splitlines()
+    assert len(runs) == 13 and runs[6].split(",")[:3] == ["loss.alpha=0.5", "2", "diverged"]
 
 
 def test_two_job_smoke_multirun_completes_and_tabulates(tmp_path, cache_dir):
@@ -124,7 +162,7 @@ def test_two_job_smoke_multirun_completes_and_tabulates(tmp_path, cache_dir):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith("| loss=")]
-    assert [r.split(" | ")[:2] for r in rows] == [["| loss=focal", "ok"], ["| loss=ce", "ok"]]
+    assert [r.split(" | ")[:2] for r in rows] == [["| loss=focal", "1 ok"], ["| loss=ce", "1 ok"]]
 
     # the same runs drawn by the gradient diagnostics: logged at the last iteration, one line per run
     picture = tmp_path / "gradients.png"
