@@ -43,6 +43,10 @@ def test_every_stored_sweep_composes_at_both_scales(compose_cfg, name, preset):
         assert (cfg.data.test_min_size == 600) == (preset == "ablation_coco")
 
 
+def test_every_stored_sweep_runs_three_seeds_a_row():
+    assert all({f"seed={seed}" for seed in range(3)} <= set(sweep_rows(name)) for name in SWEEPS)
+
+
 def test_fl_table1b_rows_are_the_papers(compose_cfg):
     pairs = set()
     for row in sweep_rows("fl_table1b"):
@@ -67,7 +71,8 @@ def test_ghm_rows_carry_the_official_recipe(compose_cfg, preset):
     assert recipe["ghm_reg", "+row/ghm_reg=asl1"] == ("GHMRLoss", 10.0)
     assert recipe["ghm_reg", "+row/ghm_reg=ghm_r"] == ("GHMRLoss", 10.0)
     assert recipe["ghm_cls", "loss=ghm_c"] == ("SmoothL1Loss", 1.0)
-    weights = {row: compose_cfg(["sweep=box_losses", row]).criterion.box_weight for row in sweep_rows("box_losses")}
+    weights = {row: compose_cfg(["sweep=box_losses", row]).criterion.box_weight for row in sweep_rows("box_losses")
+               if row.startswith("+row/")}
     assert weights.pop("+row/box_losses=ghm_r") == 10.0 and set(weights.values()) == {1.0} and len(weights) == 8
 
 
