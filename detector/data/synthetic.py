@@ -43,14 +43,29 @@ def prepare_synthetic_coco(cache_dir: str, num_train: int = 3000, num_val: int =
     if not 1 <= min_object_size <= max_object_size <= image_size:
         raise ValueError("synthetic data needs 1 <= min_object_size <= max_object_size <= image_size, got "
                          f"{min_object_size}, {max_object_size}, {image_size}")
+
+    def write(staging: Path) -> None:
+        for split, count, split_seed in (("train", num_train, seed * 2), ("val", num_val, seed * 2 + 1)):
+            _write_split(staging, split, count, np.random.default_rng([split_seed, GENERATOR_VERSION]), params)
+
+    return coco_paths(write_once(cache_dir, "shapes", params, write))
+
+
+def coco_paths(root: Path) -> CocoSplits:
+    return CocoSplits(train_ann=str(root / "annotations" / "train.json"), train_dir=str(root / "train"),
+                      val_ann=str(root / "annotations" / "val.json"), val_dir=str(root / "val"))
+
+
+def write_once(cache_dir: str, prefix: str, params: dict, write) -> Path:
+    """`cache_dir/prefix-HASH` (HASH of `params`), made by `write(staging folder)` the first time:
+    written into a temporary folder and renamed into place, so concurrent writers cannot corrupt it."""
     digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
-    root = Path(cache_dir).expanduser() / f"shapes-{digest}"
+    root = Path(cache_dir).expanduser() / f"{prefix}-{digest}"
     if not (root / "done").exists():
         root.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root.parent))
         try:
-            for split, count, split_seed in (("train", num_train, seed * 2), ("val", num_val, seed * 2 + 1)):
-                _write_split(staging, split, count, np.random.default_rng([split_seed, GENERATOR_VERSION]), params)
+            write(staging)
             (staging / "params.json").write_text(json.dumps(params, indent=1))
             (staging / "done").touch()
             try:
@@ -60,8 +75,7 @@ def prepare_synthetic_coco(cache_dir: str, num_train: int = 3000, num_val: int =
                     raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    return CocoSplits(train_ann=str(root / "annotations" / "train.json"), train_dir=str(root / "train"),
-                      val_ann=str(root / "annotations" / "val.json"), val_dir=str(root / "val"))
+    return root
 
 
 def _write_split(root: Path, split: str, count: int, rng: np.random.Generator, params: dict) -> None:
@@ -85,7 +99,7 @@ def _write_split(root: Path, split: str, count: int, rng: np.random.Generator, p
 
 def render_image(rng: np.random.Generator, size: int, params: dict) -> tuple[Image.Image, list]:
     """One image and its objects as (label, xyxy box around the visible pixels)."""
-    canvas = _background(rng, size)
+    canvas = background(rng, size)
     owner = np.full((size, size), -1, dtype=np.int32)  # which object each pixel shows
     drawn: list[tuple[int, int]] = []  # (label, full pixel count)
     target = int(rng.integers(1, params["max_objects"] + 1))
@@ -104,7 +118,7 @@ def render_image(rng: np.random.Generator, size: int, params: dict) -> tuple[Ima
             continue
         owner = trial
         drawn.append((label, int(mask.sum())))
-        _paint(rng, canvas, mask)
+        paint(rng, canvas, mask)
     canvas += rng.normal(0, rng.uniform(4, 14), canvas.shape)
     image = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))
     if rng.random() < 0.3:
@@ -117,7 +131,7 @@ def render_image(rng: np.random.Generator, size: int, params: dict) -> tuple[Ima
     return image, objects
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+def background(rng: np.random.Generator, size: int) -> np.ndarray:
     """Smooth colour field + fine texture + clutter strokes that belong to no class."""
     cells = int(rng.integers(2, 9))
     field = Image.fromarray(rng.integers(0, 256, (cells, cells, 3), dtype=np.uint8)).resize((size, size), Image.BICUBIC)
@@ -178,7 +192,7 @@ def _polygon(shape: str, rng: np.random.Generator, half_w: float, half_h: float,
     return [(cx + half_w * x * cos - half_h * y * sin, cy + half_w * x * sin + half_h * y * cos) for x, y in unit]
 
 
-def _paint(rng: np.random.Generator, canvas: np.ndarray, mask: np.ndarray) -> None:
+def paint(rng: np.random.Generator, canvas: np.ndarray, mask: np.ndarray) -> None:
     """Fill `mask` with a random colour, shaded by a linear gradient and speckled."""
     ys, xs = np.nonzero(mask)
     colour = rng.integers(0, 256, 3).astype(np.float32)

@@ -1,0 +1,77 @@
+"""The COCO-like embedded dataset: its statistics on a sample, and the imbalance it gives the loss."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from detector.data import glyphs
+from detector.data.glyphs import CLASSES, class_frequencies, object_count_probabilities, prepare_glyphs_coco
+from detector.models import AnchorGenerator
+from detector.ops import IoUMatcher
+from detector.ops.matcher import IGNORE
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    """200 training images of the default generator (about 10 s)."""
+    splits = prepare_glyphs_coco(str(tmp_path_factory.mktemp("glyphs")), num_train=200, num_val=10)
+    return json.loads(open(splits.train_ann).read())
+
+
+def test_eighty_classes_each_drawn_at_its_size():
+    assert len(CLASSES) == len(set(CLASSES)) == 80
+    assert not {"d", "q"} & set(CLASSES)  # a horizontal flip would turn b and p into them
+    rng = np.random.default_rng(0)
+    for name in CLASSES:
+        mask = glyphs.object_mask(rng, name, 48.0, 128)
+        ys, xs = np.nonzero(mask)
+        side = max(ys.max() - ys.min(), xs.max() - xs.min()) + 1
+        assert 44 <= side <= 50 and mask.sum() > 100, name
+
+
+def test_class_frequency_is_long_tailed(sample):
+    frequencies = class_frequencies(80, 1.0, seed=0)
+    assert frequencies.sum() == pytest.approx(1.0)
+    assert frequencies.max() / frequencies.min() == pytest.approx(80.0)  # rank 1 against rank 80 under 1/r
+    labels = np.array([a["category_id"] - 1 for a in sample["annotations"]])
+    counts = np.bincount(labels, minlength=80)
+    order = np.argsort(-frequencies)
+    assert counts[order[:5]].sum() / len(labels) > 0.35  # expected 0.46: the head
+    assert counts[order[40:]].sum() / len(labels) < 0.25  # expected 0.14: the tail half
+    assert (counts > 0).sum() >= 60
+
+
+def test_objects_per_image_like_coco(sample):
+    probabilities = object_count_probabilities(30, 1.6)
+    assert probabilities[:3].sum() > 0.7 and probabilities[20:].sum() > 0.015
+    per_image = np.bincount([a["image_id"] for a in sample["annotations"]], minlength=201)[1:]
+    assert per_image.min() >= 1
+    assert ((per_image >= 1) & (per_image <= 3)).mean() > 0.6  # most images hold 1–3 objects
+    assert per_image.max() > 20  # and a tail past 20
+
+
+def test_small_medium_large_like_coco(sample):
+    """COCO: 41 / 34 / 24 % of the boxes small / medium / large."""
+    areas = np.array([a["area"] for a in sample["annotations"]])
+    small, large = (areas < 32 ** 2).mean(), (areas >= 96 ** 2).mean()
+    assert 0.30 < small < 0.50 and 0.25 < 1 - small - large < 0.45 and 0.15 < large < 0.33
+
+
+def test_negatives_per_positive_in_the_loss_exceed_three_times_ten_to_the_four(sample):
+    """The classification loss's imbalance on these images with the paper's anchors (32–512 px,
+    batches padded to 384 px): (kept anchors × 80 − positive anchors) / positive anchors."""
+    boxes = {}
+    for a in sample["annotations"]:
+        x, y, w, h = a["bbox"]
+        boxes.setdefault(a["image_id"], []).append([x, y, x + w, y + h])
+    generator = AnchorGenerator()
+    anchors = generator([torch.zeros(1, 1, 384 // s, 384 // s) for s in generator.strides])
+    matcher = IoUMatcher(low_quality_matches="detectron2")
+    kept = positive = 0
+    for image_boxes in boxes.values():
+        gt = torch.tensor(image_boxes, dtype=torch.float32).view(1, -1, 4)
+        matches = matcher(anchors, gt, torch.ones(gt.shape[:2], dtype=torch.bool))
+        kept, positive = kept + int((matches != IGNORE).sum()), positive + int((matches >= 0).sum())
+    assert (kept * 80 - positive) / positive >= 3e4
