@@ -145,13 +145,12 @@ def test_ohem_selection_matches_per_image_reference(k, ratio):
 
 
 def test_ohem_1_to_3_keeps_at_most_three_negatives_per_positive():
-    """40 positives and 1000 negatives in one image, every positive harder than every negative: with
+    """40 positives and 1000 negatives in one image scored by their CE, every positive harder than every negative: with
     k = 128 the minibatch is 32 positives and 96 negatives (1:3), with k = 512 it is the 40 positives
     and 120 negatives (still 1:3; filling up the batch would give 1:11.8); without positives, nothing."""
     ce_order = torch.linspace(4.0, -4.0, 1040, dtype=torch.float64).unsqueeze(1)
     y = torch.zeros(1040, 1, dtype=torch.float64)
     y[:40] = 1.0
-    x = torch.where(y > 0, -ce_order, ce_order)  # CE grows with ce_order for both labels
     image_index = torch.zeros(1040, dtype=torch.long)
     for k, pos, neg in [(128, 32, 96), (256, 40, 120), (512, 40, 120)]:
         kept = L.OHEMLoss(batch_size_per_image=k, neg_pos_ratio=3.0, nms_thresh=None).select(
