@@ -147,7 +147,8 @@ def test_ohem_selection_matches_per_image_reference(k, ratio):
 def test_ohem_1_to_3_keeps_at_most_three_negatives_per_positive():
     """40 positives and 1000 negatives in one image, scored by their CE, every positive harder than
     every negative: with k = 128 the minibatch is 32 positives and 96 negatives (1:3), with k = 512
-    it is the 40 positives and 120 negatives (still 1:3; filling up the batch would give 1:11.8); without positives, nothing."""
+    it is the 40 positives and 120 negatives (still 1:3; filling up the batch would give 1:11.8);
+    without positives, nothing."""
     ce_order = torch.linspace(4.0, -4.0, 1040, dtype=torch.float64).unsqueeze(1)
     y = torch.zeros(1040, 1, dtype=torch.float64)
     y[:40] = 1.0

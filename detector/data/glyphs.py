@@ -60,7 +60,8 @@ def prepare_glyphs_coco(cache_dir: str, num_train: int = 4000, num_val: int = 50
         raise ValueError("glyph data needs 4 <= min_object_size <= max_object_size < image_size, got "
                          f"{min_object_size}, {max_object_size}, {image_size}")
     if count_exponent < 0 or class_exponent < 0:
-        raise ValueError(f"glyph data needs count_exponent and class_exponent >= 0, got {count_exponent}, {class_exponent}")
+        raise ValueError("glyph data needs count_exponent and class_exponent >= 0, got "
+                         f"{count_exponent}, {class_exponent}")
 
     def write(staging: Path) -> None:
         frequencies = class_frequencies(len(CLASSES), class_exponent, seed)
@@ -181,7 +182,8 @@ def shape_mask(rng: np.random.Generator, shape: str, extent: float) -> np.ndarra
     ≈ `extent`."""
     aspect = rng.uniform(3.0, 5.0) if shape == "bar" else math.exp(rng.uniform(-0.3, 0.3))
     stretch = math.sqrt(aspect)
-    half_w, half_h = extent / 2 * stretch / max(stretch, 1 / stretch), extent / 2 / stretch / max(stretch, 1 / stretch)
+    longer = max(stretch, 1 / stretch)
+    half_w, half_h = extent / 2 * stretch / longer, extent / 2 / stretch / longer
     angle = rng.uniform(0, 2 * math.pi) if shape in TURNS_FREELY else rng.uniform(-SMALL_TURN, SMALL_TURN)
     side = int(math.ceil(math.sqrt(2) * extent)) + 4  # holds any turn of a polygon inside [−1, 1]²
     image = Image.new("L", (side, side))
@@ -191,8 +193,8 @@ def shape_mask(rng: np.random.Generator, shape: str, extent: float) -> np.ndarra
 
     def place(points, scale=1.0):
         cos, sin = math.cos(angle), math.sin(angle)
-        return [(centre + scale * (half_w * x * cos - half_h * y * sin), centre + scale * (half_w * x * sin + half_h * y * cos))
-                for x, y in points]
+        return [(centre + scale * (half_w * x * cos - half_h * y * sin),
+                 centre + scale * (half_w * x * sin + half_h * y * cos)) for x, y in points]
 
     if shape in ("circle", "ring", "crescent"):
         draw.ellipse(box, fill=255)
@@ -202,8 +204,8 @@ def shape_mask(rng: np.random.Generator, shape: str, extent: float) -> np.ndarra
                           centre + half_h * inner], fill=0)
         elif shape == "crescent":
             shift = half_w * rng.uniform(0.35, 0.55)
-            draw.ellipse([centre - half_w + shift, centre - half_h * 0.95, centre + half_w + shift, centre + half_h * 0.95],
-                         fill=0)
+            draw.ellipse([centre - half_w + shift, centre - half_h * 0.95, centre + half_w + shift,
+                          centre + half_h * 0.95], fill=0)
     elif shape == "semicircle":
         draw.pieslice(box, 180, 360, fill=255)
     else:
@@ -231,8 +233,7 @@ def unit_outline(shape: str) -> list[tuple[float, float]]:
     plus = [(-t, -1), (t, -1), (t, -t), (1, -t), (1, t), (t, t), (t, 1), (-t, 1), (-t, t), (-1, t), (-1, -t), (-t, -t)]
     outlines = {
         "plus": plus,
-        "x_cross": [(x * math.cos(math.pi / 4) - y * math.sin(math.pi / 4), x * math.sin(math.pi / 4) + y * math.cos(math.pi / 4))
-                    for x, y in plus],
+        "x_cross": [((x - y) / math.sqrt(2), (x + y) / math.sqrt(2)) for x, y in plus],  # the plus turned by 45°
         "arrow": [(-1, -0.3), (0.2, -0.3), (0.2, -0.8), (1, 0), (0.2, 0.8), (0.2, 0.3), (-1, 0.3)],
         "l_shape": [(-1, -1), (-0.3, -1), (-0.3, 0.4), (1, 0.4), (1, 1), (-1, 1)],
         "t_shape": [(-1, -1), (1, -1), (1, -0.4), (0.3, -0.4), (0.3, 1), (-0.3, 1), (-0.3, -0.4), (-1, -0.4)],
