@@ -290,3 +290,11 @@ def test_per_level_ghm_differs_from_one_call_over_all_levels():
                         for flag in (True, False))
     assert per_level["loss_cls"] > 2 * whole["loss_cls"]
     assert not torch.isclose(per_level["loss_box"], whole["loss_box"], rtol=1e-3)
+
+
+def test_negative_elements_are_kept_anchors_times_classes_minus_positives():
+    """Image 0: 5 anchors, one ignored, one positive → 4·3 − 1 = 11 negative elements; image 1 (no
+    boxes): 15. The trainer logs their ratio to the positives (neg/pos)."""
+    out = outputs(2)
+    losses = criterion()(out, [target([[0, 0, 10, 10], [24, 0, 34, 10]], [2, 1]), target([], [])])
+    assert losses["num_pos"].item() == 1 and losses["num_neg"].item() == 11 + 15

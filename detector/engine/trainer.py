@@ -314,7 +314,7 @@ class Trainer:
             stacked = sum_over_processes(stacked)
         world = self.distributed.world_size
         host = stacked.tolist()  # a wait for the device (the criterion's row counts are the other): the verdict needs them
-        return {name: v if name == "num_pos" else v / world for name, v in zip(values, host)}
+        return {name: v if name in ("num_pos", "num_neg") else v / world for name, v in zip(values, host)}
 
     def evaluate(self, writer: SummaryWriter | None = None) -> dict | None:
         """Every process predicts its share; rank 0 scores them and returns the stats (others None)."""
@@ -342,11 +342,13 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         seconds_per_iter = self.train_seconds / max(self.iteration, 1)
         eta = seconds_per_iter * (self.max_iters - self.iteration)
-        log.info("iter %d/%d  loss %.4f  cls %.4f  box %.4f  pos %.1f  lr %.5f  %.3fs/it  eta %s",
+        neg_per_pos = losses["num_neg"] / max(losses["num_pos"], 1.0)
+        log.info("iter %d/%d  loss %.4f  cls %.4f  box %.4f  pos %.1f  neg/pos %.0f  lr %.5f  %.3fs/it  eta %s",
                  self.iteration, self.max_iters, losses["loss"], losses["loss_cls"], losses["loss_box"],
-                 losses["num_pos"], lr, seconds_per_iter, time.strftime("%H:%M:%S", time.gmtime(eta)))
+                 losses["num_pos"], neg_per_pos, lr, seconds_per_iter, time.strftime("%H:%M:%S", time.gmtime(eta)))
         for key, value in losses.items():
             writer.add_scalar(f"train/{key}", value, self.iteration)
+        writer.add_scalar("train/negatives_per_positive", neg_per_pos, self.iteration)
         writer.add_scalar("train/lr", lr, self.iteration)
 
     def _log_gradients(self, writer: SummaryWriter, gradients: GradientStatistics) -> None:

@@ -11,7 +11,9 @@ from detector.ops.matcher import IGNORE, IoUMatcher
 
 
 class RetinaNetCriterion(nn.Module):
-    """Turns model outputs and targets into {"loss_cls", "loss_box", "num_pos"}.
+    """Turns model outputs and targets into {"loss_cls", "loss_box", "num_pos", "num_neg"}: the losses,
+    the positive anchors and the negative (anchor, class) elements the classification loss sees
+    (kept anchors × K − positives; their ratio is the imbalance the FL paper is about).
 
     Labels follow detectron2's convention: each anchor is a positive (matched ground truth),
     a negative, or ignored (IoU in the ignore band, or inside a crowd region under the
@@ -98,7 +100,9 @@ class RetinaNetCriterion(nn.Module):
         else:
             box_inputs = (self.box_coder.decode(pos_anchors, pos_deltas), matched_boxes)
         loss_box = self._call(self.box_loss, box_split, *box_inputs, normalizer)
-        result = {"loss_cls": self.cls_weight * loss_cls, "loss_box": self.box_weight * loss_box, "num_pos": num_pos}
+        num_neg = torch.tensor(float(num_kept * cls_logits.shape[-1] - num_positive), device=num_pos.device)
+        result = {"loss_cls": self.cls_weight * loss_cls, "loss_box": self.box_weight * loss_box, "num_pos": num_pos,
+                  "num_neg": num_neg}
         if keep_cls_inputs:
             result.update(cls_logits=kept_logits, cls_targets=kept_targets)
         return result
