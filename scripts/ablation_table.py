@@ -24,6 +24,7 @@ import argparse
 import csv
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -251,7 +252,11 @@ def main(argv: list[str] | None = None) -> str:
     _write_csv(args.multirun_dir / "table.csv", [{k: v for k, v in r.items() if k != "AP_values"} for r in rows])
     _write_csv(args.multirun_dir / "runs.csv", runs)
     if not args.no_picture:
-        draw(rows, markdown.splitlines()[0].lstrip("# "), args.multirun_dir / "table.png")
+        try:
+            draw(rows, markdown.splitlines()[0].lstrip("# "), args.multirun_dir / "table.png")
+        except ImportError:
+            print("table.png not drawn: matplotlib is not installed (pip install matplotlib, or --no-picture)",
+                  file=sys.stderr)
     print(markdown)
     return markdown
 

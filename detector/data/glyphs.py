@@ -143,6 +143,20 @@ def render_image(rng: np.random.Generator, size: int, params: dict, frequencies:
     return image, objects
 
 
+def classification_crop(rng: np.random.Generator, size: int) -> tuple[np.ndarray, int]:
+    """The pretraining task's example: one object of a uniformly drawn class (balanced, like
+    ImageNet), its longer side 45–90 % of `size`, at a random place on this dataset's background;
+    (uint8 [size, size, 3] pixels, label)."""
+    label = int(rng.integers(len(CLASSES)))
+    canvas = background(rng, size)
+    mask = None
+    while mask is None:
+        mask = object_mask(rng, CLASSES[label], size * rng.uniform(0.45, 0.9), size)
+    paint(rng, canvas, mask)
+    canvas += rng.normal(0, rng.uniform(4, 14), canvas.shape)
+    return np.clip(canvas, 0, 255).astype(np.uint8), label
+
+
 def object_mask(rng: np.random.Generator, name: str, extent: float, size: int) -> np.ndarray | None:
     """Boolean [size, size] mask of one object whose longer side is about `extent` pixels, placed at
     random; None if it has too few pixels."""

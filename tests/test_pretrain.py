@@ -1,0 +1,60 @@
+"""Pretraining the backbone on glyph crops: written once, loaded by the detector's backbone, and better
+than a random init on held-out crops."""
+
+import json
+from runpy import run_path
+
+import pytest
+import torch
+import torchvision
+
+from detector.engine import pretrain
+from detector.engine.pretrain import GlyphCrops, evaluate_crops, pretrain_backbone
+from detector.models import ResNetBackbone
+from tests.conftest import ROOT
+
+
+def test_crops_follow_from_seed_and_index():
+    crops = GlyphCrops(4, 32, seed=3)
+    image, label = crops[2]
+    again, same_label = GlyphCrops(4, 32, seed=3)[2]
+    assert image.shape == (3, 32, 32) and torch.equal(image, again) and label == same_label
+    assert not torch.equal(image, GlyphCrops(4, 32, seed=4)[2][0])
+    assert 0 <= label < 80
+
+
+def test_pretraining_writes_a_backbone_that_the_detector_loads_and_caches_it(tmp_path, monkeypatch):
+    out = tmp_path / "resnet18-glyphs.pth"
+    settings = dict(depth=18, steps=3, batch_size=8, crop_size=32, warmup_steps=1, eval_crops=16, num_workers=0,
+                    progress=False)
+    record = pretrain_backbone(out, **settings)
+    assert out.is_file() and json.loads(out.with_suffix(".json").read_text()) == record
+    assert record["settings"]["steps"] == 3 and 0.0 <= record["accuracy"] <= 1.0 and record["train_seconds"] > 0
+    saved = torch.load(out, weights_only=True)
+    loaded = ResNetBackbone(depth=18, norm="frozen_bn", frozen_stages=2, weights_path=str(out))
+    fresh = ResNetBackbone(depth=18, norm="frozen_bn", frozen_stages=2)
+    assert torch.equal(loaded.stem[0].weight, saved["conv1.weight"])
+    assert torch.equal(loaded.stages[3][1].conv2.weight, saved["layer4.1.conv2.weight"])
+    assert torch.equal(loaded.stem[1].running_var, saved["bn1.running_var"])  # BatchNorm statistics come along
+    assert not torch.equal(fresh.stem[0].weight, saved["conv1.weight"])
+    monkeypatch.setattr(pretrain, "DataLoader", None)  # a second call with the same settings must not train
+    assert pretrain_backbone(out, **settings) == record
+
+
+@pytest.mark.slow
+def test_pretrained_backbone_beats_a_random_init_on_held_out_crops(tmp_path):
+    record = pretrain_backbone(tmp_path / "r18.pth", steps=300, batch_size=64, crop_size=48, warmup_steps=20,
+                               eval_crops=512, num_workers=1, progress=False)
+    torch.manual_seed(1)
+    random_accuracy, random_loss = evaluate_crops(torchvision.models.resnet18(num_classes=80), 48, 1, 512, 64)
+    assert record["accuracy"] > max(0.1, 3 * random_accuracy) and record["held_out_loss"] < random_loss
+
+
+def test_the_command_names_its_output_and_accuracy(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DETECTOR_CACHE", str(tmp_path))
+    main = run_path(str(ROOT / "scripts" / "pretrain_backbone.py"))["main"]
+    record = main(["--steps", "2", "--batch-size", "4", "--crop-size", "32", "--warmup-steps", "1", "--eval-crops", "8",
+                   "--workers", "0", "--amp", "off"])
+    out = tmp_path / "pretrained" / "resnet18-glyphs.pth"
+    assert out.is_file() and record["settings"]["crop_size"] == 32
+    assert f"{out}: held-out accuracy" in capsys.readouterr().out
