@@ -28,7 +28,7 @@ def outputs(batch, seed=0):
 def target(boxes, labels, crowd=None):
     boxes = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
     crowd = torch.zeros(len(boxes), dtype=torch.bool) if crowd is None else torch.tensor(crowd)
-    return {"boxes": boxes, "labels": torch.tensor(labels, dtype=torch.long), "iscrowd": crowd}
+    return {"boxes": boxes, "labels": torch.tensor(labels, dtype=torch.long), "iscrowd": crowd, "size": (120, 160)}
 
 
 def criterion(**kwargs):
@@ -298,3 +298,24 @@ def test_negative_elements_are_kept_anchors_times_classes_minus_positives():
     out = outputs(2)
     losses = criterion()(out, [target([[0, 0, 10, 10], [24, 0, 34, 10]], [2, 1]), target([], [])])
     assert losses["num_pos"].item() == 1 and losses["num_neg"].item() == 11 + 15
+
+
+class RecordingImageSize(torch.nn.Module):
+    input_space = "xyxy"
+    needs_image_size = True
+
+    def forward(self, pred, target, normalizer, *, image_size):
+        self.seen = image_size
+        return pred.sum() * 0
+
+
+def test_a_box_loss_that_needs_the_image_size_gets_each_positives():
+    loss = RecordingImageSize()
+    crit = RetinaNetCriterion(FocalLoss(), loss, IoUMatcher(), BoxCoder())
+    first, second = target([[0, 0, 10, 10]], [1]), target([[10, 0, 20, 10], [30, 0, 40, 10]], [0, 2])
+    second["size"] = (100, 90)
+    crit(outputs(2), [first, second])
+    assert loss.seen.tolist() == [[120.0, 160.0], [100.0, 90.0], [100.0, 90.0]]
+    del first["size"]
+    with pytest.raises(KeyError, match="needs each target's 'size'"):
+        crit(outputs(2), [first, second])

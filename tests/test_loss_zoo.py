@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import torchvision.ops as tvops
 
 from detector import losses as L
+from detector.losses import iou as iou_module
 
 
 def cls_inputs(m=40, k=4, seed=0):
@@ -380,25 +381,150 @@ def test_iou_family_matches_torchvision(kind, library):
     torch.testing.assert_close(IOU_LOSSES[kind](pred, target, 1.0), library(pred, target, reduction="sum"), rtol=1e-6, atol=1e-5)
 
 
+def newer_iou_reference(b, t, kind, alpha=3.0, theta=4.0, image=(200.0, 300.0)):
+    """Alpha-IoU, SIoU (the paper's arcsin form, the smaller angle), Wise-IoU v1 and MPDIoU per box,
+    from the papers, in Python floats."""
+    x1, y1, x2, y2 = b
+    u1, v1, u2, v2 = t
+    w, h, wg, hg = x2 - x1, y2 - y1, u2 - u1, v2 - v1
+    inter = max(0.0, min(x2, u2) - max(x1, u1)) * max(0.0, min(y2, v2) - max(y1, v1))
+    union = w * h + wg * hg - inter
+    iou = inter / (union + 1e-7)
+    cw, ch = max(x2, u2) - min(x1, u1), max(y2, v2) - min(y1, v1)
+    dx, dy = (x1 + x2 - u1 - u2) / 2, (y1 + y2 - v1 - v2) / 2
+    rho2, c2 = dx * dx + dy * dy, cw * cw + ch * ch
+    power = lambda x: max(x, 1e-7) ** alpha
+    if kind.startswith("alpha_"):
+        loss = 1 - power(iou)
+        if kind == "alpha_giou":
+            loss += power((cw * ch - union) / (cw * ch))
+        if kind in ("alpha_diou", "alpha_ciou"):
+            loss += power(rho2 / c2)
+        if kind == "alpha_ciou":
+            v = 4 / math.pi ** 2 * (math.atan(wg / (hg + 1e-7)) - math.atan(w / (h + 1e-7))) ** 2
+            loss += power(v / (1 - iou + v) * v)
+        return loss
+    if kind == "siou":
+        sigma = math.sqrt(rho2)
+        sine = abs(dy) / sigma if sigma > 0 else 0.0
+        if sine > math.sqrt(2) / 2:  # minimise the angle to the other axis
+            sine = abs(dx) / sigma
+        angle = 1 - 2 * math.sin(math.asin(sine) - math.pi / 4) ** 2
+        gamma = 2 - angle
+        distance = sum(1 - math.exp(-gamma * r) for r in ((dx / cw) ** 2, (dy / ch) ** 2))
+        shape = sum((1 - math.exp(-abs(a - g) / max(a, g))) ** theta for a, g in ((w, wg), (h, hg)))
+        return 1 - iou + (distance + shape) / 2
+    if kind == "wiou1":
+        return math.exp(rho2 / c2) * (1 - iou)
+    d1, d2 = (x1 - u1) ** 2 + (y1 - v1) ** 2, (x2 - u2) ** 2 + (y2 - v2) ** 2
+    return 1 - (iou - d1 / (image[0] ** 2 + image[1] ** 2) - d2 / (image[0] ** 2 + image[1] ** 2))
+
+
+NEWER_IOU_LOSSES = {"alpha_iou": L.AlphaIoULoss(), "alpha_giou": L.AlphaIoULoss(base="giou"),
+                    "alpha_diou": L.AlphaIoULoss(base="diou"), "alpha_ciou": L.AlphaIoULoss(base="ciou"),
+                    "siou": L.SIoULoss(), "wiou1": L.WiseIoULoss(version=1), "mpdiou": L.MPDIoULoss()}
+
+
+def call_box_loss(loss, pred, target, normalizer, image=(200.0, 300.0)):
+    if getattr(loss, "needs_image_size", False):
+        return loss(pred, target, normalizer, image_size=torch.tensor([image], dtype=pred.dtype).expand(len(pred), 2))
+    return loss(pred, target, normalizer)
+
+
+@pytest.mark.parametrize("kind", list(NEWER_IOU_LOSSES))
+def test_newer_iou_losses_match_their_papers(kind):
+    """Non-overlapping, degenerate (zero-width ground truth) and perfect pairs included (box_inputs)."""
+    pred, target = box_inputs()
+    expected = sum(newer_iou_reference(b.tolist(), t.tolist(), kind) for b, t in zip(pred, target)) / 4.0
+    value = call_box_loss(NEWER_IOU_LOSSES[kind], pred, target, 4.0)
+    torch.testing.assert_close(value, torch.tensor(expected, dtype=torch.float64), rtol=1e-9, atol=1e-6)
+
+
+def test_alpha_one_is_the_plain_loss():
+    pred, target = box_inputs()
+    pred, target = pred[3:], target[3:]
+    for base, plain in (("iou", L.IoULoss("linear")), ("giou", L.GIoULoss()), ("diou", L.DIoULoss()), ("ciou", L.CIoULoss())):
+        torch.testing.assert_close(L.AlphaIoULoss(1.0, base)(pred, target, 1.0), plain(pred, target, 1.0), rtol=1e-6, atol=1e-6)
+
+
+def test_wise_iou_v3_follows_its_running_mean_over_batches_and_resumes_bit_identically():
+    """m starts at 1 and moves by μ = 0.5 towards each batch's mean 1 − IoU before β is taken:
+    loss = Σ β/(δ a^(β − δ)) · exp(ρ²/c²) · (1 − IoU), β = (1 − IoU)/m; evaluation leaves m alone."""
+    loss = L.WiseIoULoss(version=3, a=1.9, delta=3.0, momentum=0.5).double()
+    mean = 1.0
+    values = []
+    for seed in range(3):
+        pred, target = box_inputs(p=12, seed=seed)
+        iou_loss = torch.tensor([iou_family_reference(b.tolist(), t.tolist(), "iou_linear") for b, t in zip(pred, target)],
+                                dtype=torch.float64)  # 1 − IoU
+        v1 = torch.tensor([newer_iou_reference(b.tolist(), t.tolist(), "wiou1") for b, t in zip(pred, target)],
+                          dtype=torch.float64)
+        mean = 0.5 * mean + 0.5 * float(iou_loss.mean())
+        beta = iou_loss / mean
+        expected = (beta / (3.0 * 1.9 ** (beta - 3.0)) * v1).sum() / 2.0
+        values.append(loss(pred, target, 2.0))
+        torch.testing.assert_close(values[-1], expected, rtol=1e-9, atol=1e-9)
+        assert loss.iou_loss_mean.item() == pytest.approx(mean, rel=1e-12)
+        if seed == 0:
+            resumed = L.WiseIoULoss(version=3, momentum=0.5).double()
+            resumed.load_state_dict(loss.state_dict())
+    pred, target = box_inputs(p=12, seed=1)
+    assert torch.equal(resumed(pred, target, 2.0), values[1])  # the checkpointed state continues exactly
+    loss.eval()
+    state = loss.iou_loss_mean.clone()
+    loss(pred, target, 2.0)
+    assert torch.equal(loss.iou_loss_mean, state)
+
+
+def test_newer_iou_weights_without_gradient():
+    """Wise-IoU's denominators (c², and v3's factor r) and α-CIoU's β carry no gradient: the
+    gradients equal those of the formulas with these parts held constant."""
+    pred, target = box_inputs(p=8, seed=4)
+    pred, target = pred[3:], target[3:]
+
+    def grad(fn):
+        p = pred.clone().requires_grad_(True)
+        fn(p).sum().backward()
+        return p.grad
+
+    geo = lambda p: iou_module.box_geometry(p, target)
+    c2 = geo(pred).enclosing_w ** 2 + geo(pred).enclosing_h ** 2 + iou_module.EPS
+    v1 = lambda p: torch.exp(geo(p).center_dist2 / c2) * (1 - geo(p).iou)
+    torch.testing.assert_close(grad(lambda p: L.WiseIoULoss(version=1)(p, target, 1.0)), grad(v1))
+    v3 = L.WiseIoULoss(version=3).double()
+    v3.eval()
+    beta = (1 - geo(pred).iou) / v3.iou_loss_mean
+    r = beta / (v3.delta * v3.a ** (beta - v3.delta))
+    torch.testing.assert_close(grad(lambda p: v3(p, target, 1.0)), grad(lambda p: r * v1(p)))
+
+    def v_of(p):
+        g = geo(p)
+        return 4 / math.pi ** 2 * (torch.atan(g.w_gt / (g.h_gt + 1e-7)) - torch.atan(g.w / (g.h + 1e-7))) ** 2
+
+    b = (v_of(pred) / (1 - geo(pred).iou + v_of(pred) + 1e-7))
+    expected = grad(lambda p: L.AlphaIoULoss(3.0, "diou")(p, target, 1.0) + ((b * v_of(p)).clamp(min=1e-7) ** 3).sum())
+    torch.testing.assert_close(grad(lambda p: L.AlphaIoULoss(3.0, "ciou")(p, target, 1.0)), expected)
+
+
 BOX_LOSSES = [L.SmoothL1Loss(), L.L1Loss(), L.L2Loss(), L.HuberLoss(), L.BalancedL1Loss(), L.GHMRLoss(momentum=0.0),
-              *IOU_LOSSES.values()]
+              *IOU_LOSSES.values(), *NEWER_IOU_LOSSES.values(), L.WiseIoULoss(version=3)]
 
 
 @pytest.mark.parametrize("loss", BOX_LOSSES, ids=lambda l: type(l).__name__ + getattr(l, "mode", ""))
 def test_box_gradcheck_and_empty_input(loss):
     empty = torch.zeros(0, 4, requires_grad=True)
-    value = loss(empty, torch.zeros(0, 4), 1.0)
+    value = call_box_loss(loss, empty, torch.zeros(0, 4), 1.0)
     value.backward()
     assert value.item() == 0.0 and torch.isfinite(empty.grad).all()
-    if isinstance(loss, (L.CIoULoss, L.FocalEIoULoss)):
-        return  # a weight without gradient by design: see test_weights_without_gradient
+    if isinstance(loss, (L.CIoULoss, L.FocalEIoULoss, L.WiseIoULoss)) or getattr(loss, "base", None) == "ciou":
+        return  # a weight without gradient by design: see test_weights_without_gradient and its newer twin
     if loss.input_space == "xyxy":
         pred, target = box_inputs(p=6, seed=2)
         pred, target = pred[3:], target[3:]  # overlapping, non-degenerate pairs: the losses are smooth there
     else:
         pred, target = delta_inputs(p=6, seed=2)
     pred.requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda p: loss(p, target, 2.0), (pred,))
+    assert torch.autograd.gradcheck(lambda p: call_box_loss(loss, p, target, 2.0), (pred,))
 
 
 def test_weights_without_gradient():
@@ -431,9 +557,9 @@ def test_weights_without_gradient():
 
 def test_degenerate_boxes_give_finite_gradients():
     pred, target = box_inputs()
-    for name, loss in IOU_LOSSES.items():
+    for name, loss in {**IOU_LOSSES, **NEWER_IOU_LOSSES, "wiou3": L.WiseIoULoss(version=3)}.items():
         p = pred.float().clone().requires_grad_(True)
-        value = loss(p, target.float(), 1.0)
+        value = call_box_loss(loss, p, target.float(), 1.0)
         value.backward()
         assert torch.isfinite(value) and torch.isfinite(p.grad).all(), name
 
@@ -452,6 +578,10 @@ def test_degenerate_boxes_give_finite_gradients():
     (lambda: L.BalancedL1Loss(alpha=0.0), "must be > 0"),
     (lambda: L.IoULoss(mode="sqrt"), "mode must be"),
     (lambda: L.FocalEIoULoss(gamma=-1.0), "gamma must be >= 0"),
+    (lambda: L.AlphaIoULoss(alpha=0.0), "alpha must be > 0"),
+    (lambda: L.AlphaIoULoss(base="eiou"), r"base must be one of \['iou', 'giou', 'diou', 'ciou'\]"),
+    (lambda: L.SIoULoss(theta=0.0), "theta must be > 0"),
+    (lambda: L.WiseIoULoss(version=2), "version must be 1 or 3"),
     (lambda: L.TverskyLoss(alpha=-1.0), "alpha >= 0"),
 ])
 def test_invalid_hyperparameters_raise(build, message):

@@ -2,7 +2,8 @@ from detector.losses.classification import FocalLoss, FocalStarLoss, SigmoidCros
 from detector.losses.criterion import RetinaNetCriterion
 from detector.losses.dice import DiceLoss, TverskyLoss
 from detector.losses.ghm import GHMCLoss, GHMRLoss
-from detector.losses.iou import CDIoULoss, CIoULoss, DIoULoss, EIoULoss, FocalEIoULoss, GIoULoss, IoULoss
+from detector.losses.iou import (AlphaIoULoss, CDIoULoss, CIoULoss, DIoULoss, EIoULoss, FocalEIoULoss, GIoULoss,
+                                 IoULoss, MPDIoULoss, SIoULoss, WiseIoULoss)
 from detector.losses.ohem import OHEMLoss
 from detector.losses.regression import BalancedL1Loss, HuberLoss, L1Loss, L2Loss, SmoothL1Loss
 
@@ -11,4 +12,5 @@ __all__ = [
     "SigmoidCrossEntropyLoss", "FocalLoss", "FocalStarLoss", "GHMCLoss", "OHEMLoss", "DiceLoss", "TverskyLoss",
     "SmoothL1Loss", "L1Loss", "L2Loss", "HuberLoss", "BalancedL1Loss", "GHMRLoss",
     "IoULoss", "GIoULoss", "DIoULoss", "CIoULoss", "EIoULoss", "FocalEIoULoss", "CDIoULoss",
+    "AlphaIoULoss", "SIoULoss", "WiseIoULoss", "MPDIoULoss",
 ]

@@ -20,7 +20,8 @@ class RetinaNetCriterion(nn.Module):
     matcher's crowd="ignore"). The
     classification loss sees the non-ignored anchors; the box loss sees the positives, as
     deltas or as decoded boxes, whichever the loss's `input_space` asks for. A classification
-    loss that sets `needs_anchors` (OHEM) also receives each row's `image_index` and anchor box.
+    loss that sets `needs_anchors` (OHEM) also receives each row's `image_index` and anchor box; a
+    box loss that sets `needs_image_size` (MPDIoU) receives each positive's input image (h, w).
 
     A loss whose `per_level` attribute is true (GHM-C and GHM-R by default) is called once per FPN
     level, on that level's rows of the whole batch (`outputs["num_anchors_per_level"]`), and the
@@ -99,7 +100,10 @@ class RetinaNetCriterion(nn.Module):
             box_inputs = (pos_deltas, self.box_coder.encode(pos_anchors, matched_boxes))
         else:
             box_inputs = (self.box_coder.decode(pos_anchors, pos_deltas), matched_boxes)
-        loss_box = self._call(self.box_loss, box_split, *box_inputs, normalizer)
+        box_context = {}
+        if getattr(self.box_loss, "needs_image_size", False):  # e.g. MPDIoU: corner distances over the image's diagonal
+            box_context = {"image_size": image_sizes(targets, anchors.device)[positive_rows // num_anchors]}
+        loss_box = self._call(self.box_loss, box_split, *box_inputs, normalizer, **box_context)
         num_neg = torch.tensor(float(num_kept * cls_logits.shape[-1] - num_positive), device=num_pos.device)
         result = {"loss_cls": self.cls_weight * loss_cls, "loss_box": self.box_weight * loss_box, "num_pos": num_pos,
                   "num_neg": num_neg}
@@ -160,6 +164,14 @@ def pad_targets(targets: list[dict], device: torch.device) -> tuple[Tensor, Tens
     crowd = _pad([t.get("iscrowd", torch.zeros(n)).bool() for t, n in zip(targets, counts)], num_gt)
     crowd = crowd if crowd.any() else None  # a host tensor: no device round trip
     return tuple(None if x is None else _to_device(x, torch.device(device)) for x in (boxes, labels, valid, crowd))
+
+
+def image_sizes(targets: list[dict], device: torch.device) -> Tensor:
+    """[B, 2] (h, w) of each input image, from the targets' "size" (the loader sets it)."""
+    if any("size" not in t for t in targets):
+        raise KeyError("a box loss that needs the image size (MPDIoU) needs each target's 'size' (h, w), which "
+                       "detector.data.coco.CocoDetection sets; add it to hand-made targets")
+    return _to_device(torch.tensor([tuple(t["size"]) for t in targets], dtype=torch.float32), torch.device(device))
 
 
 def _to_device(host: Tensor, device: torch.device) -> Tensor:

@@ -145,3 +145,109 @@ class CDIoULoss(_IoUFamilyLoss):
         corners = [(x1 - u1, y1 - v1), (x2 - u2, y1 - v1), (x2 - u2, y2 - v2), (x1 - u1, y2 - v2)]
         distance = sum(torch.sqrt(dx ** 2 + dy ** 2 + 1e-12) for dx, dy in corners)  # finite gradient at 0
         return 1 - geo.iou + self.lam * distance / (4 * torch.sqrt(_diagonal2(geo)))
+
+
+class AlphaIoULoss(_IoUFamilyLoss):
+    """Alpha-IoU (He et al., NeurIPS 2021): every term of an IoU loss raised to the power α
+    (default 3, the paper's), with `base` one of
+        iou   1 − IoU^α
+        giou  1 − IoU^α + (|C ∖ (A ∪ B)| / |C|)^α
+        diou  1 − IoU^α + (ρ²/c²)^α
+        ciou  1 − IoU^α + (ρ²/c²)^α + (β·v)^α, β = v/((1 − IoU) + v) without gradient (the official code).
+    α = 1 gives the plain losses (IoU in its linear form)."""
+
+    def __init__(self, alpha: float = 3.0, base: str = "iou"):
+        super().__init__()
+        if alpha <= 0:
+            raise ValueError(f"alpha must be > 0, got {alpha}")
+        if base not in ("iou", "giou", "diou", "ciou"):
+            raise ValueError(f"base must be one of ['iou', 'giou', 'diou', 'ciou'], got {base!r}")
+        self.alpha, self.base = alpha, base
+
+    def _power(self, x: Tensor) -> Tensor:
+        return x.clamp(min=EPS) ** self.alpha  # finite gradient at 0 for α < 1
+
+    def per_box(self, pred, target, geo):
+        loss = 1 - self._power(geo.iou)
+        if self.base == "giou":
+            area_c = geo.enclosing_w * geo.enclosing_h + EPS
+            loss = loss + self._power((area_c - geo.union) / area_c)
+        elif self.base in ("diou", "ciou"):
+            loss = loss + self._power(geo.center_dist2 / _diagonal2(geo))
+        if self.base == "ciou":
+            v = (4 / math.pi ** 2) * (torch.atan(geo.w_gt / (geo.h_gt + EPS)) - torch.atan(geo.w / (geo.h + EPS))) ** 2
+            with torch.no_grad():
+                beta = v / (1 - geo.iou + v + EPS)
+            loss = loss + self._power(beta * v)
+        return loss
+
+
+class SIoULoss(_IoUFamilyLoss):
+    """SIoU (Gevorgyan, arXiv 2205.12740): 1 − IoU + (Δ + Ω)/2 with
+        angle cost    Λ = 1 − 2 sin²(arcsin(sin α) − π/4) = sin 2α = 2 |dx·dy| / (dx² + dy²),
+                      (dx, dy) the offset between the centres, α its angle to either axis;
+        distance cost Δ = Σ_{t∈x,y} (1 − exp(−(2 − Λ) ρ_t)), ρ_x = (dx / C_w)², ρ_y = (dy / C_h)²;
+        shape cost    Ω = Σ_{t∈w,h} (1 − exp(−ω_t))^θ, ω_w = |w − w_gt| / max(w, w_gt), θ = 4 (default)."""
+
+    def __init__(self, theta: float = 4.0):
+        super().__init__()
+        if theta <= 0:
+            raise ValueError(f"theta must be > 0, got {theta}")
+        self.theta = theta
+
+    def per_box(self, pred, target, geo):
+        dx = (pred[:, 0] + pred[:, 2] - target[:, 0] - target[:, 2]) / 2
+        dy = (pred[:, 1] + pred[:, 3] - target[:, 1] - target[:, 3]) / 2
+        angle = 2 * (dx * dy).abs() / (dx * dx + dy * dy + EPS)
+        gamma = 2 - angle
+        distance = (2 - torch.exp(-gamma * (dx / (geo.enclosing_w + EPS)) ** 2)
+                    - torch.exp(-gamma * (dy / (geo.enclosing_h + EPS)) ** 2))
+        omega_w = (geo.w - geo.w_gt).abs() / (torch.maximum(geo.w, geo.w_gt) + EPS)
+        omega_h = (geo.h - geo.h_gt).abs() / (torch.maximum(geo.h, geo.h_gt) + EPS)
+        shape = (1 - torch.exp(-omega_w)) ** self.theta + (1 - torch.exp(-omega_h)) ** self.theta
+        return 1 - geo.iou + (distance + shape) / 2
+
+
+class WiseIoULoss(_IoUFamilyLoss):
+    """Wise-IoU (Tong et al., arXiv 2301.10051).
+        v1  R · (1 − IoU), R = exp(ρ² / (W_g² + H_g²)*), W_g, H_g the enclosing box, * without gradient;
+        v3  r · v1, r = β / (δ · a^(β − δ)), β = (1 − IoU)* / m, m the running mean of (1 − IoU)
+            over batches: m ← (1 − μ) m + μ · mean(1 − IoU), advanced (in training) before β is taken.
+    Defaults a = 1.9, δ = 3, μ = 1 − 0.5^(1/7000) (a half-life of 7,000 batches), m starts at 1: the
+    official code's. m is a buffer, saved in checkpoints; under DDP each process keeps its own, like GHM."""
+
+    def __init__(self, version: int = 3, a: float = 1.9, delta: float = 3.0, momentum: float = 1 - 0.5 ** (1 / 7000)):
+        super().__init__()
+        if version not in (1, 3):
+            raise ValueError(f"version must be 1 or 3, got {version}")
+        if a <= 0 or delta <= 0 or not 0 < momentum <= 1:
+            raise ValueError(f"Wise-IoU needs a > 0, delta > 0 and momentum in (0, 1], got {a}, {delta}, {momentum}")
+        self.version, self.a, self.delta, self.momentum = version, a, delta, momentum
+        self.register_buffer("iou_loss_mean", torch.tensor(1.0, dtype=torch.float64))
+
+    def per_box(self, pred, target, geo):
+        iou_loss = 1 - geo.iou
+        focus = torch.exp(geo.center_dist2 / (geo.enclosing_w ** 2 + geo.enclosing_h ** 2 + EPS).detach())
+        loss = focus * iou_loss
+        if self.version == 1:
+            return loss
+        if self.training and len(iou_loss):
+            batch_mean = iou_loss.detach().mean().to(self.iou_loss_mean.dtype)
+            self.iou_loss_mean.copy_((1 - self.momentum) * self.iou_loss_mean + self.momentum * batch_mean)
+        beta = iou_loss.detach() / self.iou_loss_mean.to(iou_loss.dtype)
+        return beta / (self.delta * self.a ** (beta - self.delta)) * loss
+
+
+class MPDIoULoss(_IoUFamilyLoss):
+    """MPDIoU (Ma and Xu, arXiv 2307.07662): 1 − (IoU − d₁²/(w² + h²) − d₂²/(w² + h²)), d₁ and d₂ the
+    distances between the top-left and between the bottom-right corners, (h, w) the size of the
+    positive's input image, which the criterion passes because `needs_image_size` is set."""
+
+    needs_image_size = True
+
+    def forward(self, pred: Tensor, target: Tensor, normalizer: Tensor | float, *, image_size: Tensor) -> Tensor:
+        geo = box_geometry(pred, target)
+        d1 = (pred[:, 0] - target[:, 0]) ** 2 + (pred[:, 1] - target[:, 1]) ** 2
+        d2 = (pred[:, 2] - target[:, 2]) ** 2 + (pred[:, 3] - target[:, 3]) ** 2
+        diagonal2 = (image_size.to(pred.dtype) ** 2).sum(dim=1)  # h² + w²
+        return (1 - (geo.iou - d1 / diagonal2 - d2 / diagonal2)).sum() / normalizer
