@@ -12,6 +12,10 @@ enclosing box:
   EIoU  1 − IoU + ρ²/c² + (w − w_gt)²/C_w² + (h − h_gt)²/C_h²  (Zhang et al., arXiv 2101.08158)
   Focal-EIoU  IoU^γ · EIoU, IoU without gradient in the weight, γ = 0.5
   CDIoU 1 − IoU + λ · (mean distance of the four corner pairs) / c  (Chen et al., arXiv 2103.11696)
+  Alpha-IoU  each term of IoU, GIoU, DIoU or CIoU to the power α = 3  (He et al., NeurIPS 2021)
+  SIoU  1 − IoU + (distance cost under the angle cost + shape cost) / 2  (Gevorgyan, arXiv 2205.12740)
+  Wise-IoU  exp(ρ²/c²*) · (1 − IoU), v3 × a focusing factor of (1 − IoU) over its running mean  (Tong et al. 2023)
+  MPDIoU  1 − (IoU − d₁²/(w² + h²) − d₂²/(w² + h²)), (h, w) the input image  (Ma and Xu, arXiv 2307.07662)
 
 EIoU here is "Efficient IoU", not the unrelated "Extended IoU" of some codebases.
 """
