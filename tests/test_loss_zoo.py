@@ -52,6 +52,25 @@ def test_focal_star_formula_and_appendix_b_gradient(gamma, beta, alpha):
     torch.testing.assert_close(x.grad, alpha_t(y, alpha) * sign * (p_star_t - 1) / 3.0, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("alpha,gamma,epsilon", [(0.25, 2.0, 1.0), (None, 0.0, 1.0), (0.25, 2.0, -1.0), (0.5, 1.0, 2.5)])
+def test_poly1_is_focal_loss_plus_epsilon_times_the_next_taylor_term(alpha, gamma, epsilon):
+    """Poly-1 = −α_t (1 − p_t)^γ log p_t + ε (1 − p_t)^(γ+1) (γ = 0, α = None: CE + ε (1 − p_t)),
+    written with p_t = σ(x) or 1 − σ(x), saturated logits included; its gradient by autograd of that."""
+    x, y = cls_inputs()
+    x.requires_grad_(True)
+    p_t = torch.where(y == 1, torch.sigmoid(x), 1 - torch.sigmoid(x))
+    expected = (-alpha_t(y, alpha) * (1 - p_t) ** gamma * log_p_t(x, y) + epsilon * (1 - p_t) ** (gamma + 1)).sum() / 3.0
+    (expected_gradient,) = torch.autograd.grad(expected, x)
+    value = L.Poly1Loss(alpha, gamma, epsilon)(x, y, 3.0)
+    torch.testing.assert_close(value, expected.detach(), rtol=1e-12, atol=1e-12)
+    (gradient,) = torch.autograd.grad(value, x)
+    torch.testing.assert_close(gradient, expected_gradient, rtol=1e-10, atol=1e-12)
+    if epsilon == 1.0 and gamma == 0.0:  # CE + (1 − p_t) by hand at x = 0, y = 1: log 2 + 1/2
+        torch.testing.assert_close(L.Poly1Loss(None, 0.0, 1.0)(torch.zeros(1, 1, dtype=torch.float64),
+                                                              torch.ones(1, 1, dtype=torch.float64), 1.0),
+                                   torch.tensor(math.log(2) + 0.5, dtype=torch.float64))
+
+
 def test_focal_star_with_beta_zero_matches_fvcore_formula():
     """fvcore's sigmoid_focal_loss_star (no β): −log σ(γ·x_t)/γ, α-balanced."""
     x, y = cls_inputs()
@@ -191,7 +210,7 @@ def test_tversky_and_dice_per_class(alpha, beta):
 
 
 CLS_LOSSES = [L.SigmoidCrossEntropyLoss(), L.SigmoidCrossEntropyLoss(0.75), L.FocalLoss(), L.FocalStarLoss(),
-              L.GHMCLoss(momentum=0.0), L.DiceLoss(), L.TverskyLoss(),
+              L.Poly1Loss(), L.Poly1Loss(None, 0.0, 1.0), L.GHMCLoss(momentum=0.0), L.DiceLoss(), L.TverskyLoss(),
               L.OHEMLoss(batch_size_per_image=6, neg_pos_ratio=3.0, nms_thresh=None)]
 
 
@@ -209,7 +228,8 @@ def test_classification_gradcheck(loss):
 
 
 FUSED_LOSSES = [L.SigmoidCrossEntropyLoss(), L.SigmoidCrossEntropyLoss(0.75), L.FocalLoss(), L.FocalLoss(None, 0.5),
-                L.FocalLoss(0.25, 5.0), L.FocalStarLoss(), L.FocalStarLoss(4.0, 0.0), L.GHMCLoss(), L.GHMCLoss(10, 0.0)]
+                L.FocalLoss(0.25, 5.0), L.FocalStarLoss(), L.FocalStarLoss(4.0, 0.0), L.GHMCLoss(), L.GHMCLoss(10, 0.0),
+                L.Poly1Loss(), L.Poly1Loss(None, 0.0, -1.0)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

@@ -1,4 +1,4 @@
-from detector.losses.classification import FocalLoss, FocalStarLoss, SigmoidCrossEntropyLoss
+from detector.losses.classification import FocalLoss, FocalStarLoss, Poly1Loss, SigmoidCrossEntropyLoss
 from detector.losses.criterion import RetinaNetCriterion
 from detector.losses.dice import DiceLoss, TverskyLoss
 from detector.losses.ghm import GHMCLoss, GHMRLoss
@@ -9,7 +9,7 @@ from detector.losses.regression import BalancedL1Loss, HuberLoss, L1Loss, L2Loss
 
 __all__ = [
     "RetinaNetCriterion",
-    "SigmoidCrossEntropyLoss", "FocalLoss", "FocalStarLoss", "GHMCLoss", "OHEMLoss", "DiceLoss", "TverskyLoss",
+    "SigmoidCrossEntropyLoss", "FocalLoss", "FocalStarLoss", "Poly1Loss", "GHMCLoss", "OHEMLoss", "DiceLoss", "TverskyLoss",
     "SmoothL1Loss", "L1Loss", "L2Loss", "HuberLoss", "BalancedL1Loss", "GHMRLoss",
     "IoULoss", "GIoULoss", "DIoULoss", "CIoULoss", "EIoULoss", "FocalEIoULoss", "CDIoULoss",
     "AlphaIoULoss", "SIoULoss", "WiseIoULoss", "MPDIoULoss",

@@ -142,3 +142,37 @@ class FocalStarLoss(nn.Module):
             alpha_t = alpha_weight(targets, self.alpha)
             loss, gradient = loss.mul_(alpha_t), gradient.mul_(alpha_t)
         return loss.sum(), gradient
+
+
+class Poly1Loss(nn.Module):
+    """Poly-1 (Leng et al., PolyLoss, ICLR 2022): the focal loss plus ε times the next term of its
+    Taylor expansion in (1 − p_t), Poly-1 = FL + ε (1 − p_t)^(γ+1), the poly term not α-weighted
+    (the paper's code). γ = 0 with α = None is Poly-1 cross-entropy, CE + ε (1 − p_t).
+
+    Defaults α = 0.25, γ = 2, ε = 1. ε < 0 is allowed (the paper tunes ε in [−1, 1] and beyond);
+    ε ≥ −1 keeps the Poly-1 CE bounded below. Returns Σ Poly-1 / normalizer.
+    """
+
+    def __init__(self, alpha: float | None = 0.25, gamma: float = 2.0, epsilon: float = 1.0):
+        super().__init__()
+        check_alpha(alpha)
+        check_gamma(gamma)
+        self.alpha, self.gamma, self.epsilon = alpha, gamma, epsilon
+
+    def elementwise(self, logits: Tensor, targets: Tensor) -> Tensor:
+        one_minus_p_t = (torch.sigmoid(logits) - targets).abs()
+        poly = one_minus_p_t.pow(self.gamma + 1)
+        return sigmoid_focal_loss(logits, targets, self.alpha, self.gamma) + self.epsilon * poly
+
+    def forward(self, logits: Tensor, targets: Tensor, normalizer: Tensor | float) -> Tensor:
+        return summed_with_gradient(logits, targets, self._value_and_gradient) / normalizer
+
+    def _value_and_gradient(self, logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """FL's value and gradient, plus ε (1 − p_t)^(γ+1) and its gradient −ε (γ+1) y± p_t (1 − p_t)^(γ+1),
+        y± = 2y − 1 (from dp_t/dx = y± p_t (1 − p_t)), for y ∈ {0, 1}."""
+        value, gradient = focal_value_and_gradient(logits, targets, self.alpha, self.gamma)
+        one_minus_p_t = torch.sigmoid(logits).sub_(targets).abs_()
+        poly = one_minus_p_t.pow(self.gamma + 1)
+        sign = targets * 2.0 - 1.0
+        poly_gradient = poly * one_minus_p_t.neg().add_(1).mul_(sign).mul_(-self.epsilon * (self.gamma + 1))
+        return value + self.epsilon * poly.sum(), gradient.add_(poly_gradient)
