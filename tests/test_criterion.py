@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from detector.losses import FocalLoss, GHMCLoss, GHMRLoss, RetinaNetCriterion, SmoothL1Loss
+from detector.losses import FocalLoss, GHMCLoss, GHMRLoss, QualityFocalLoss, RetinaNetCriterion, SmoothL1Loss
 from detector.losses import criterion as criterion_module
 from detector.losses.criterion import pad_targets
 from detector.losses.criterion import row_counts as real_row_counts
@@ -319,3 +319,22 @@ def test_a_box_loss_that_needs_the_image_size_gets_each_positives():
     del first["size"]
     with pytest.raises(KeyError, match="needs each target's 'size'"):
         crit(outputs(2), [first, second])
+
+
+def test_iou_targets_give_each_positive_the_iou_of_its_predicted_box():
+    """Zero deltas decode to the anchor: anchor 0 [0, 0, 10, 10] against its box [1, 0, 11, 10] has
+    IoU 90/110, the target of its class; every other element stays 0. "auto" takes IoU targets for a
+    loss that accepts them (QFL) and one-hot targets for the others."""
+    out = outputs(1)
+    out["box_deltas"] = torch.zeros_like(out["box_deltas"])
+    targets = [target([[1, 0, 11, 10]], [2])]
+    soft = RetinaNetCriterion(QualityFocalLoss(), SmoothL1Loss(beta=0.11), IoUMatcher(), BoxCoder())
+    assert soft.cls_target == "iou"
+    cls_targets = soft(out, targets, keep_cls_inputs=True)["cls_targets"]
+    expected = torch.zeros(5, K)
+    expected[0, 2] = 90 / 110
+    torch.testing.assert_close(cls_targets, expected)
+    hard = criterion()(out, targets, keep_cls_inputs=True)["cls_targets"]
+    assert criterion().cls_target == "onehot" and hard[0, 2] == 1.0 and hard.sum() == 1.0
+    with pytest.raises(ValueError, match=r"FocalLoss's formula assumes targets in \{0, 1\}; use a loss that takes soft"):
+        criterion(cls_target="iou")

@@ -71,6 +71,46 @@ def test_poly1_is_focal_loss_plus_epsilon_times_the_next_taylor_term(alpha, gamm
                                    torch.tensor(math.log(2) + 0.5, dtype=torch.float64))
 
 
+def soft_inputs(m=40, k=4, seed=0):
+    """Logits (saturated ones included) and targets with IoU values in (0, 1] on some positives, 0 elsewhere."""
+    x, y = cls_inputs(m, k, seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    return x, y * (0.05 + 0.95 * torch.rand(y.shape, generator=g, dtype=torch.float64))
+
+
+def test_quality_focal_loss_is_its_formula():
+    """QFL = −|y − σ|^β ((1 − y) log(1 − σ) + y log σ), element by element with math.log."""
+    x, y = soft_inputs()
+    total = 0.0
+    for xi, yi in zip(x.flatten().tolist(), y.flatten().tolist()):
+        sigma = 1 / (1 + math.exp(-xi))
+        log_sigma = -math.log1p(math.exp(-xi)) if xi > 0 else xi - math.log1p(math.exp(xi))  # stable at ±35
+        log_one_minus = log_sigma - xi
+        total += -abs(yi - sigma) ** 2 * ((1 - yi) * log_one_minus + yi * log_sigma)
+    torch.testing.assert_close(L.QualityFocalLoss()(x, y, 4.0), torch.tensor(total / 4.0, dtype=torch.float64),
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_varifocal_loss_is_its_formula():
+    """VFL = −q (q log p + (1 − q) log(1 − p)) for q > 0, −α p^γ log(1 − p) for q = 0."""
+    x, y = soft_inputs(seed=1)
+    total = 0.0
+    for xi, q in zip(x.flatten().tolist(), y.flatten().tolist()):
+        log_p = -math.log1p(math.exp(-xi)) if xi > 0 else xi - math.log1p(math.exp(xi))
+        log_one_minus_p = log_p - xi
+        p = math.exp(log_p)
+        total += -q * (q * log_p + (1 - q) * log_one_minus_p) if q > 0 else -0.75 * p ** 2 * log_one_minus_p
+    torch.testing.assert_close(L.VarifocalLoss()(x, y, 2.0), torch.tensor(total / 2.0, dtype=torch.float64),
+                               rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("loss", [L.QualityFocalLoss(), L.VarifocalLoss()], ids=lambda l: type(l).__name__)
+def test_soft_target_losses_gradcheck_on_soft_targets(loss):
+    x, y = soft_inputs(m=8, k=3, seed=5)
+    x = x.clamp(-5, 5).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda z: loss(z, y, 2.0), (x,))
+
+
 def test_focal_star_with_beta_zero_matches_fvcore_formula():
     """fvcore's sigmoid_focal_loss_star (no β): −log σ(γ·x_t)/γ, α-balanced."""
     x, y = cls_inputs()
@@ -210,7 +250,7 @@ def test_tversky_and_dice_per_class(alpha, beta):
 
 
 CLS_LOSSES = [L.SigmoidCrossEntropyLoss(), L.SigmoidCrossEntropyLoss(0.75), L.FocalLoss(), L.FocalStarLoss(),
-              L.Poly1Loss(), L.Poly1Loss(None, 0.0, 1.0), L.GHMCLoss(momentum=0.0), L.DiceLoss(), L.TverskyLoss(),
+              L.Poly1Loss(), L.Poly1Loss(None, 0.0, 1.0), L.QualityFocalLoss(), L.VarifocalLoss(), L.GHMCLoss(momentum=0.0), L.DiceLoss(), L.TverskyLoss(),
               L.OHEMLoss(batch_size_per_image=6, neg_pos_ratio=3.0, nms_thresh=None)]
 
 

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
+from detector.losses.iou import box_geometry
 from detector.ops.box_coder import BoxCoder
 from detector.ops.matcher import IGNORE, IoUMatcher
 
@@ -28,6 +29,11 @@ class RetinaNetCriterion(nn.Module):
     level losses are summed: the official GHM code does this (`multi_apply` over levels), so each
     call has its own element count N and advances the loss's EMA once per level.
 
+    With `cls_target="iou"` a positive's target on its class is the IoU of its decoded predicted box
+    with its ground truth, without gradient, instead of 1 (the soft targets of QFL and VFL); a loss
+    must set `soft_targets` to accept them. "auto" (the default) takes "iou" for such a loss and
+    "onehot" for the others, so the loss decides, not a flag kept in step by hand.
+
     Both are divided by the number of positive anchors (at least 1). With
     `normalizer_momentum` > 0 that count is smoothed across iterations by an EMA started at
     `normalizer_init` (detectron2 uses 0.9 and 100): with one or two images per GPU the raw
@@ -42,8 +48,16 @@ class RetinaNetCriterion(nn.Module):
 
     def __init__(self, cls_loss: nn.Module, box_loss: nn.Module, matcher: IoUMatcher, box_coder: BoxCoder,
                  cls_weight: float = 1.0, box_weight: float = 1.0, normalizer_momentum: float = 0.0,
-                 normalizer_init: float = 100.0):
+                 normalizer_init: float = 100.0, cls_target: str = "auto"):
         super().__init__()
+        if cls_target not in ("auto", "onehot", "iou"):
+            raise ValueError(f"criterion cls_target must be 'auto', 'onehot' or 'iou', got {cls_target!r}")
+        if cls_target == "auto":
+            cls_target = "iou" if getattr(cls_loss, "soft_targets", False) else "onehot"
+        if cls_target == "iou" and not getattr(cls_loss, "soft_targets", False):
+            raise ValueError(f"criterion.cls_target=iou gives each positive its IoU as a soft target, but "
+                             f"{type(cls_loss).__name__}'s formula assumes targets in {{0, 1}}; use a loss that takes "
+                             "soft targets (loss=qfl, loss=vfl) or criterion.cls_target=onehot")
         input_space = getattr(box_loss, "input_space", None)
         if input_space not in ("deltas", "xyxy"):
             raise ValueError(f"{type(box_loss).__name__} must declare input_space 'deltas' or 'xyxy', "
@@ -60,6 +74,7 @@ class RetinaNetCriterion(nn.Module):
         self.cls_weight = cls_weight
         self.box_weight = box_weight
         self.normalizer_momentum = normalizer_momentum
+        self.cls_target = cls_target
         self.register_buffer("normalizer_ema", torch.tensor(float(normalizer_init)))
         self.reduce_num_pos = None
 
@@ -85,16 +100,23 @@ class RetinaNetCriterion(nn.Module):
         context = {}
         if getattr(self.cls_loss, "needs_anchors", False):  # e.g. OHEM: per-image selection, NMS on loss
             context = {"image_index": kept_rows // num_anchors, "anchors": anchors[kept_rows % num_anchors]}
-        kept_logits = cls_logits.flatten(0, 1)[kept_rows].float()  # losses always in float32
-        kept_labels = labels[kept_rows]
-        kept_targets = torch.zeros_like(kept_logits).scatter_(  # one-hot rows, written in place
-            1, kept_labels.clamp(min=0).unsqueeze(1), (kept_labels >= 0).unsqueeze(1).to(kept_logits.dtype))
-        cls_split = (kept_rows % num_anchors, levels, rows_per_level[:len(levels)])
-        loss_cls = self._call(self.cls_loss, cls_split, kept_logits, kept_targets, normalizer, **context)
-
         matched_boxes = gt_boxes[positive_rows // num_anchors, matches.flatten()[positive_rows]]  # (P, 4)
         pos_anchors = anchors[positive_rows % num_anchors]  # (P, 4)
         pos_deltas = box_deltas.flatten(0, 1)[positive_rows].float()  # (P, 4)
+
+        kept_logits = cls_logits.flatten(0, 1)[kept_rows].float()  # losses always in float32
+        kept_labels = labels[kept_rows]
+        target_value = (kept_labels >= 0).to(kept_logits.dtype)  # 1 on each positive's class
+        if self.cls_target == "iou":  # instead, the IoU of the positive's predicted box with its ground truth
+            quality = kept_logits.new_zeros(labels.shape)
+            quality[positive_rows] = box_geometry(self.box_coder.decode(pos_anchors, pos_deltas.detach()),
+                                                  matched_boxes).iou.clamp(0.0, 1.0)
+            target_value = quality[kept_rows]
+        kept_targets = torch.zeros_like(kept_logits).scatter_(  # one-hot (or IoU-valued) rows, written in place
+            1, kept_labels.clamp(min=0).unsqueeze(1), target_value.unsqueeze(1))
+        cls_split = (kept_rows % num_anchors, levels, rows_per_level[:len(levels)])
+        loss_cls = self._call(self.cls_loss, cls_split, kept_logits, kept_targets, normalizer, **context)
+
         box_split = (positive_rows % num_anchors, levels, rows_per_level[len(levels):])
         if self.box_loss.input_space == "deltas":
             box_inputs = (pos_deltas, self.box_coder.encode(pos_anchors, matched_boxes))
