@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 import detector.losses.classification as classification
 import detector.losses.dice as dice
+import detector.losses.equalized as equalized
 import detector.losses.ghm as ghm
 import detector.losses.iou as iou
 import detector.losses.ohem as ohem
@@ -46,7 +47,7 @@ def test_every_loss_optimizer_and_schedule_option_instantiates(compose_cfg, grou
 
 def test_every_loss_class_has_a_config_file():
     targets = {OmegaConf.load(p)["_target_"] for g in ("loss", "box_loss") for p in (CONFIGS / g).glob("*.yaml")}
-    for module in (classification, regression, iou, ghm, ohem, dice, quality):
+    for module in (classification, regression, iou, ghm, ohem, dice, quality, equalized):
         for name, cls in inspect.getmembers(module, inspect.isclass):
             if issubclass(cls, torch.nn.Module) and cls.__module__ == module.__name__ and not name.startswith("_"):
                 assert any(t.endswith(f".{name}") for t in targets), f"{name} has no config in configs/loss or box_loss"

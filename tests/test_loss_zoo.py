@@ -111,6 +111,70 @@ def test_soft_target_losses_gradcheck_on_soft_targets(loss):
     assert torch.autograd.gradcheck(lambda z: loss(z, y, 2.0), (x,))
 
 
+def efl_reference(x, y, g, alpha=0.25, gamma_b=2.0, scale=8.0):
+    """−α_t (γ_j/γ_b) (1 − p_t)^γ_j log p_t, γ_j = γ_b + s (1 − g_j), in float64 with autograd."""
+    gamma_j = gamma_b + scale * (1 - g)
+    p_t = torch.where(y == 1, torch.sigmoid(x), 1 - torch.sigmoid(x))
+    return -alpha_t(y, alpha) * gamma_j / gamma_b * (1 - p_t) ** gamma_j * log_p_t(x, y)
+
+
+def test_equalized_focal_loss_over_iterations_against_its_accumulated_gradient_ratio():
+    """g_j starts at 1 (EFL = FL); after each step it is clamp(Σ|∂L/∂x| on class j's positives /
+    Σ|∂L/∂x| on its negatives, 0, 1) over all steps so far, the gradients those of the loss the step
+    used (divided by its normalizer); the next step's loss uses it. Resumed from a state dict, a
+    fresh loss continues bit-identically; evaluation leaves the state alone."""
+    loss = L.EqualizedFocalLoss().double()
+    pos = torch.zeros(4, dtype=torch.float64)
+    neg = torch.zeros(4, dtype=torch.float64)
+    g = torch.ones(4, dtype=torch.float64)
+    values = []
+    for step in range(3):
+        x, y = cls_inputs(m=60, seed=10 + step)
+        x.requires_grad_(True)
+        normalizer = 2.0 + step
+        expected = efl_reference(x, y, g).sum() / normalizer
+        (gradient,) = torch.autograd.grad(expected, x)
+        value = loss(x, y, normalizer)
+        values.append(value.detach())
+        torch.testing.assert_close(value, expected.detach(), rtol=1e-12, atol=1e-12)
+        (fused_gradient,) = torch.autograd.grad(value, x)
+        torch.testing.assert_close(fused_gradient, gradient, rtol=1e-10, atol=1e-12)
+        if step == 0:
+            torch.testing.assert_close(value, L.FocalLoss()(x, y, normalizer))
+        pos += (gradient.abs() * y).sum(0)
+        neg += (gradient.abs() * (1 - y)).sum(0)
+        g = (pos / (neg + 1e-10)).clamp(0, 1)
+        torch.testing.assert_close(loss.pos_neg, g, rtol=1e-10, atol=1e-12)
+        if step == 1:
+            resumed = L.EqualizedFocalLoss().double()
+            resumed.load_state_dict(loss.state_dict())
+    x, y = cls_inputs(m=60, seed=12)
+    assert torch.equal(resumed(x, y, 4.0), values[2])  # step 2 again, from the state saved after step 1
+    state = loss.eval().pos_neg.clone()
+    loss(x, y, 4.0)
+    assert torch.equal(loss.pos_neg, state)
+    for m in (0, 5):  # every anchor ignored, and no positives: finite, and nothing to learn from
+        empty = L.EqualizedFocalLoss().double()
+        z = torch.randn(m, 4, dtype=torch.float64, requires_grad=True)
+        value = empty(z, torch.zeros(m, 4, dtype=torch.float64), 1.0)
+        value.backward()
+        assert torch.isfinite(value) and torch.isfinite(z.grad).all()
+        if m == 0:
+            assert value.item() == 0.0
+        else:  # only negative gradient so far: g = 0, the strongest focusing
+            assert torch.equal(empty.pos_neg, torch.zeros(4, dtype=torch.float64))
+    assert g.min() < 0.5  # the classes' ratios moved: the sequence above is not FL's
+
+
+def test_equalized_focal_loss_gradcheck_with_its_state_fixed():
+    loss = L.EqualizedFocalLoss().double()
+    x, y = cls_inputs(m=8, k=3, seed=5)
+    loss(x, y, 1.0)  # a step, so that the classes' γ differ
+    loss.eval()
+    x = x.clamp(-5, 5).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda z: loss(z, y, 2.0), (x,))
+
+
 def test_focal_star_with_beta_zero_matches_fvcore_formula():
     """fvcore's sigmoid_focal_loss_star (no β): −log σ(γ·x_t)/γ, α-balanced."""
     x, y = cls_inputs()
@@ -250,7 +314,8 @@ def test_tversky_and_dice_per_class(alpha, beta):
 
 
 CLS_LOSSES = [L.SigmoidCrossEntropyLoss(), L.SigmoidCrossEntropyLoss(0.75), L.FocalLoss(), L.FocalStarLoss(),
-              L.Poly1Loss(), L.Poly1Loss(None, 0.0, 1.0), L.QualityFocalLoss(), L.VarifocalLoss(), L.GHMCLoss(momentum=0.0), L.DiceLoss(), L.TverskyLoss(),
+              L.Poly1Loss(), L.Poly1Loss(None, 0.0, 1.0), L.QualityFocalLoss(), L.VarifocalLoss(),
+              L.GHMCLoss(momentum=0.0), L.DiceLoss(), L.TverskyLoss(),
               L.OHEMLoss(batch_size_per_image=6, neg_pos_ratio=3.0, nms_thresh=None)]
 
 
@@ -638,6 +703,8 @@ def test_degenerate_boxes_give_finite_gradients():
     (lambda: L.BalancedL1Loss(alpha=0.0), "must be > 0"),
     (lambda: L.IoULoss(mode="sqrt"), "mode must be"),
     (lambda: L.FocalEIoULoss(gamma=-1.0), "gamma must be >= 0"),
+    (lambda: L.EqualizedFocalLoss(gamma=0.0), "gamma must be > 0 for EFL"),
+    (lambda: L.EqualizedFocalLoss(scale=-1.0), "scale must be >= 0"),
     (lambda: L.AlphaIoULoss(alpha=0.0), "alpha must be > 0"),
     (lambda: L.AlphaIoULoss(base="eiou"), r"base must be one of \['iou', 'giou', 'diou', 'ciou'\]"),
     (lambda: L.SIoULoss(theta=0.0), "theta must be > 0"),

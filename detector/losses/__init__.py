@@ -1,6 +1,7 @@
 from detector.losses.classification import FocalLoss, FocalStarLoss, Poly1Loss, SigmoidCrossEntropyLoss
 from detector.losses.criterion import RetinaNetCriterion
 from detector.losses.dice import DiceLoss, TverskyLoss
+from detector.losses.equalized import EqualizedFocalLoss
 from detector.losses.ghm import GHMCLoss, GHMRLoss
 from detector.losses.iou import (AlphaIoULoss, CDIoULoss, CIoULoss, DIoULoss, EIoULoss, FocalEIoULoss, GIoULoss,
                                  IoULoss, MPDIoULoss, SIoULoss, WiseIoULoss)
@@ -10,7 +11,7 @@ from detector.losses.regression import BalancedL1Loss, HuberLoss, L1Loss, L2Loss
 
 __all__ = [
     "RetinaNetCriterion",
-    "SigmoidCrossEntropyLoss", "FocalLoss", "FocalStarLoss", "Poly1Loss", "QualityFocalLoss", "VarifocalLoss", "GHMCLoss", "OHEMLoss", "DiceLoss", "TverskyLoss",
+    "SigmoidCrossEntropyLoss", "FocalLoss", "FocalStarLoss", "Poly1Loss", "QualityFocalLoss", "VarifocalLoss", "EqualizedFocalLoss", "GHMCLoss", "OHEMLoss", "DiceLoss", "TverskyLoss",
     "SmoothL1Loss", "L1Loss", "L2Loss", "HuberLoss", "BalancedL1Loss", "GHMRLoss",
     "IoULoss", "GIoULoss", "DIoULoss", "CIoULoss", "EIoULoss", "FocalEIoULoss", "CDIoULoss",
     "AlphaIoULoss", "SIoULoss", "WiseIoULoss", "MPDIoULoss",
