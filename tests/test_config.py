@@ -33,14 +33,17 @@ def test_every_model_builds_and_predicts(compose_cfg, option):
     assert out["cls_logits"].shape[-1] == 3 and out["box_deltas"].shape[1] == out["anchors"].shape[0]
 
 
-@pytest.mark.parametrize("group", ["loss", "box_loss", "optim", "schedule"])
-def test_every_loss_optimizer_and_schedule_option_instantiates(compose_cfg, group):
+@pytest.mark.parametrize("group", ["loss", "box_loss", "optim", "schedule", "matcher"])
+def test_every_loss_optimizer_schedule_and_matcher_option_instantiates(compose_cfg, group):
     for option in options(group):
         cfg = compose_cfg([f"{group}={option}"])
         if group == "optim":
             build_optimizer(cfg.optim, torch.nn.Conv2d(1, 1, 1))
         elif group == "schedule":
             assert instantiate(cfg.schedule, max_iters=100)(0) > 0
+        elif group == "matcher":
+            matcher = instantiate(cfg.criterion.matcher)
+            assert type(matcher).__name__ == {"iou": "IoUMatcher", "atss": "ATSSMatcher"}[option]
         else:
             assert isinstance(instantiate(cfg[group]), torch.nn.Module)
 

@@ -11,7 +11,7 @@ from detector.losses import criterion as criterion_module
 from detector.losses.criterion import pad_targets
 from detector.losses.criterion import row_counts as real_row_counts
 from detector.models import AnchorGenerator
-from detector.ops import BoxCoder, IoUMatcher
+from detector.ops import ATSSMatcher, BoxCoder, IoUMatcher
 from detector.ops.matcher import IGNORE
 
 ANCHORS = torch.tensor([[0, 0, 10, 10], [10, 0, 20, 10], [20, 0, 30, 10], [30, 0, 40, 10], [100, 100, 110, 110]],
@@ -338,3 +338,12 @@ def test_iou_targets_give_each_positive_the_iou_of_its_predicted_box():
     assert criterion().cls_target == "onehot" and hard[0, 2] == 1.0 and hard.sum() == 1.0
     with pytest.raises(ValueError, match=r"FocalLoss's formula assumes targets in \{0, 1\}; use a loss that takes soft"):
         criterion(cls_target="iou")
+
+
+def test_atss_matching_gets_the_levels_and_waits_for_the_device_only_for_the_row_counts(monkeypatch):
+    crit = RetinaNetCriterion(FocalLoss(), SmoothL1Loss(beta=0.11), ATSSMatcher(topk=2), BoxCoder())
+    result = on_meta(crit, monkeypatch)
+    assert result["losses"]["loss_cls"].device.type == "meta" and result["cls_grad"].shape == (2, 5, K)
+    crit = RetinaNetCriterion(FocalLoss(), SmoothL1Loss(beta=0.11), ATSSMatcher(topk=2), BoxCoder())
+    losses = crit(outputs(1), [target([[0, 0, 10, 10]], [1])])
+    assert losses["num_pos"].item() >= 1 and torch.isfinite(losses["loss_box"])

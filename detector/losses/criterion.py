@@ -8,6 +8,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from detector.losses.iou import box_geometry
 from detector.ops.box_coder import BoxCoder
+from detector.ops.atss import ATSSMatcher
 from detector.ops.matcher import IGNORE, IoUMatcher
 
 
@@ -46,7 +47,7 @@ class RetinaNetCriterion(nn.Module):
     "cls_logits" (still in the graph) and "cls_targets", for the gradient diagnostics.
     """
 
-    def __init__(self, cls_loss: nn.Module, box_loss: nn.Module, matcher: IoUMatcher, box_coder: BoxCoder,
+    def __init__(self, cls_loss: nn.Module, box_loss: nn.Module, matcher: IoUMatcher | ATSSMatcher, box_coder: BoxCoder,
                  cls_weight: float = 1.0, box_weight: float = 1.0, normalizer_momentum: float = 0.0,
                  normalizer_init: float = 100.0, cls_target: str = "auto"):
         super().__init__()
@@ -84,7 +85,9 @@ class RetinaNetCriterion(nn.Module):
         anchors = outputs["anchors"]  # (A, 4)
         num_anchors = anchors.shape[0]
         gt_boxes, gt_labels, gt_valid, gt_crowd = pad_targets(targets, anchors.device)
-        matches = self.matcher(anchors, gt_boxes, gt_valid, gt_crowd)  # (B, A)
+        levels_kw = {"num_anchors_per_level": list(outputs["num_anchors_per_level"])} if getattr(
+            self.matcher, "needs_levels", False) else {}  # ATSS picks its candidates per level
+        matches = self.matcher(anchors, gt_boxes, gt_valid, gt_crowd, **levels_kw)  # (B, A)
         positive = matches >= 0
         kept = matches != IGNORE
         per_level = getattr(self.cls_loss, "per_level", False) or getattr(self.box_loss, "per_level", False)

@@ -79,10 +79,16 @@ class IoUMatcher:
                 is_best &= best_iou >= self.bg_iou
             matches = torch.where(is_best, best_gt, matches)
         if gt_crowd is not None and self.crowd == "ignore":
-            inside_crowd = _intersection_over_anchor(gt_boxes, anchors).masked_fill(~crowd.unsqueeze(-1), 0.0)
-            in_crowd = inside_crowd.max(dim=1).values >= self.crowd_ioa
-            matches = torch.where(in_crowd & (matches == BACKGROUND), IGNORE, matches)
+            matches = ignore_crowd_regions(matches, gt_boxes, crowd, anchors, self.crowd_ioa)
         return matches
+
+
+def ignore_crowd_regions(matches: Tensor, gt_boxes: Tensor, crowd: Tensor, anchors: Tensor, crowd_ioa: float) -> Tensor:
+    """`matches` with each background anchor that lies at least `crowd_ioa` inside a crowd box
+    (intersection / anchor area) set to IGNORE."""
+    inside_crowd = _intersection_over_anchor(gt_boxes, anchors).masked_fill(~crowd.unsqueeze(-1), 0.0)
+    in_crowd = inside_crowd.max(dim=1).values >= crowd_ioa
+    return torch.where(in_crowd & (matches == BACKGROUND), IGNORE, matches)
 
 
 def blockwise_box_iou(boxes: Tensor, anchors: Tensor, block_elements: int | None = None) -> Tensor:
