@@ -1,7 +1,8 @@
 # GPU training image.
 #   docker build -t detector .
 #   docker run --gpus all --shm-size 8g --user "$(id -u):$(id -g)" \
-#       -v /datasets/coco:/data/coco:ro -v "$PWD/runs":/runs detector experiment=coco_r50_1x
+#       -v /datasets/coco:/data/coco:ro -v "$PWD/runs":/runs -v "$HOME/.cache/torch":/weights detector \
+#       experiment=coco_r50_1x model.backbone.weights_path=/weights/hub/checkpoints/resnet50-0676ba61.pth
 # Arguments are train.py overrides; any other command runs as given (torchrun, evaluate.py, scripts).
 ARG BASE_IMAGE=pytorch/pytorch:2.14.1-cuda12.8-cudnn9-runtime
 FROM ${BASE_IMAGE}

@@ -1,7 +1,8 @@
 # make train  — create .venv if missing, install, train the default (synthetic data, CPU) within
 #               TRAIN_BUDGET seconds of training steps (null: the recipe's full 1400 iterations)
 # make test   — same set-up, then the fast test suite (what CI runs)
-# make test-slow — the heavier tests (longer training runs)
+# make test-slow — the heavier tests (longer training runs); make test-all — both
+# make gpu-wheels — the pinned dependencies a GPU machine's Python may lack, as wheels in .whl/ (scripts/gpu_check.sh)
 # make benchmark — ours against torchvision's RetinaNet (scripts/benchmark.py; ARGS="--sizes 800x1333 ...")
 PYTHON ?= python3
 VENV := .venv
@@ -16,7 +17,7 @@ ifneq ($(JEMALLOC),)
 RUN_ENV := LD_PRELOAD=$(JEMALLOC) MALLOC_CONF=oversize_threshold:1,background_thread:true,dirty_decay_ms:-1,muzzy_decay_ms:-1
 endif
 
-.PHONY: install train test test-slow benchmark clean
+.PHONY: install train test test-slow test-all benchmark gpu-wheels clean
 
 install: $(STAMP)
 
@@ -34,6 +35,20 @@ test: install
 
 test-slow: install
 	$(RUN_ENV) $(BIN)/python -m pytest -m slow $(ARGS)
+
+test-all: install
+	$(RUN_ENV) $(BIN)/python -m pytest $(ARGS)
+
+# For Python 3.12 on x86-64 Linux (the GPU machines' image has torch, torchvision, numpy, scipy, opencv, pillow,
+# PyYAML, tensorboard, tqdm, pytest); antlr4's runtime is published as source only, so it is built here.
+GPU_WHEELS := hydra-core==1.3.8 omegaconf==2.3.1 pycocotools==2.0.11 faster-coco-eval==1.8.0 albumentations==2.0.8 \
+	albucore==0.0.24 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
+	stringzilla==5.3.2 simsimd==6.5.16 hydra-joblib-launcher==1.2.0 hydra-submitit-launcher==1.2.0 submitit==1.5.4
+gpu-wheels: install
+	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		--platform manylinux1_x86_64 -d .whl $(GPU_WHEELS)
+	$(BIN)/python -m pip wheel --quiet --no-deps -w .whl antlr4-python3-runtime==4.9.3
 
 benchmark: install
 	$(BIN)/python scripts/benchmark.py $(ARGS)

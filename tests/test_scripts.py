@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+import torch
 from PIL import Image
 
 from tests.conftest import ROOT
@@ -61,3 +63,11 @@ def test_matcher_benchmark_times_blocks_against_one_call(tmp_path):
     report = json.loads(out.read_text())
     assert report["anchors"] == 9 * sum((256 // s) ** 2 for s in (8, 16, 32, 64, 128))
     assert {"iou, one call", "IoUMatcher (default blocks)"} <= set(report["milliseconds"])
+
+
+def test_gpu_check_says_so_without_a_gpu(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: scripts/gpu_check.sh runs the real check")
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), str(tmp_path / "out")], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "no CUDA GPU visible" in result.stderr
