@@ -1,11 +1,15 @@
-"""Anchor matching at the paper's image size: IoU in blocks of anchors against one `box_iou` call.
+"""Anchor matching at the paper's image size: IoU in blocks of anchors against one `box_iou` call,
+IoU matching against ATSS, and what IoU-valued classification targets cost in the criterion.
 
     python scripts/benchmark_matcher.py [--size 800x1333 --boxes 200 --batch 2 --repeats 5 --json FILE]
 
 Times `blockwise_box_iou` (the matcher's IoU) over the batch's ground truths × the RetinaNet
 anchors (P3–P7, 9 per location) for several block sizes, the largest being one call, and the
-whole `IoUMatcher` with the default blocks; medians in milliseconds. Run it under both allocators
-(`LD_PRELOAD=…libjemalloc.so.2`) to see the difference the blocks make.
+whole `IoUMatcher` with the default blocks and the whole `ATSSMatcher`; then the criterion's
+forward and backward on random predictions (80 classes) with the same loss, QFL, once with one-hot
+targets and once with IoU targets (`criterion.cls_target=iou`: each positive's box decoded and its
+IoU taken). Medians in milliseconds. Run it under both allocators (`LD_PRELOAD=…libjemalloc.so.2`)
+to see the difference the blocks make.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from detector.losses import QualityFocalLoss, RetinaNetCriterion, SmoothL1Loss  # noqa: E402
 from detector.models import AnchorGenerator  # noqa: E402
+from detector.ops import ATSSMatcher, BoxCoder  # noqa: E402
 from detector.ops.matcher import IoUMatcher, blockwise_box_iou  # noqa: E402
 
 
@@ -33,6 +39,13 @@ def median_ms(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1000
+
+
+def criterion_step(criterion: RetinaNetCriterion, outputs: dict, targets: list[dict]) -> None:
+    """One forward and backward of the criterion (what a training step spends in it)."""
+    leaves = {k: v.detach().requires_grad_(True) if k in ("cls_logits", "box_deltas") else v for k, v in outputs.items()}
+    losses = criterion(leaves, targets)
+    (losses["loss_cls"] + losses["loss_box"]).backward()
 
 
 def main(argv=None) -> dict:
@@ -56,10 +69,22 @@ def main(argv=None) -> dict:
                for b in (16, 18, 20)}
     results["iou, one call"] = median_ms(lambda: blockwise_box_iou(flat, anchors, whole), args.repeats)
     results["IoUMatcher (default blocks)"] = median_ms(lambda: IoUMatcher()(anchors, boxes, valid), args.repeats)
+    levels = [(height // s) * (width // s) * generator.num_anchors_per_location for s in generator.strides]
+    results["ATSSMatcher"] = median_ms(lambda: ATSSMatcher()(anchors, boxes, valid, num_anchors_per_level=levels),
+                                       args.repeats)
+    outputs = {"cls_logits": torch.randn(args.batch, len(anchors), 80, generator=g) - 4,
+               "box_deltas": torch.randn(args.batch, len(anchors), 4, generator=g) * 0.1, "anchors": anchors,
+               "num_anchors_per_level": levels}
+    targets = [{"boxes": b, "labels": torch.randint(0, 80, (args.boxes,), generator=g)} for b in boxes]
+    for target in ("onehot", "iou"):
+        criterion = RetinaNetCriterion(QualityFocalLoss(), SmoothL1Loss(0.11), IoUMatcher(), BoxCoder(),
+                                       cls_target=target)
+        results[f"criterion, QFL, {target} targets"] = median_ms(lambda c=criterion: criterion_step(c, outputs, targets),
+                                                                 args.repeats)
     print(f"{args.batch} × {args.boxes} boxes × {anchors.shape[0]:,} anchors ({height}×{width} padded), "
           f"{torch.get_num_threads()} threads, median of {args.repeats}:")
     for name, ms in results.items():
-        print(f"  {name:<28} {ms:8.1f} ms")
+        print(f"  {name:<32} {ms:8.1f} ms")
     report = {"settings": vars(args) | {"json": str(args.json), "threads": torch.get_num_threads(),
                                         "ld_preload": os.environ.get("LD_PRELOAD", "")},
               "anchors": anchors.shape[0], "milliseconds": results}

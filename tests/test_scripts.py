@@ -62,7 +62,9 @@ def test_matcher_benchmark_times_blocks_against_one_call(tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     assert report["anchors"] == 9 * sum((256 // s) ** 2 for s in (8, 16, 32, 64, 128))
-    assert {"iou, one call", "IoUMatcher (default blocks)"} <= set(report["milliseconds"])
+    assert {"iou, one call", "IoUMatcher (default blocks)", "ATSSMatcher", "criterion, QFL, onehot targets",
+            "criterion, QFL, iou targets"} <= set(report["milliseconds"])
+    assert all(ms > 0 for ms in report["milliseconds"].values())
 
 
 def test_gpu_check_says_so_without_a_gpu(tmp_path):
