@@ -43,7 +43,8 @@ def median_ms(fn, repeats: int) -> float:
 
 def criterion_step(criterion: RetinaNetCriterion, outputs: dict, targets: list[dict]) -> None:
     """One forward and backward of the criterion (what a training step spends in it)."""
-    leaves = {k: v.detach().requires_grad_(True) if k in ("cls_logits", "box_deltas") else v for k, v in outputs.items()}
+    leaves = {k: v.detach().requires_grad_(True) if k in ("cls_logits", "box_deltas") else v
+              for k, v in outputs.items()}
     losses = criterion(leaves, targets)
     (losses["loss_cls"] + losses["loss_box"]).backward()
 
@@ -79,8 +80,8 @@ def main(argv=None) -> dict:
     for target in ("onehot", "iou"):
         criterion = RetinaNetCriterion(QualityFocalLoss(), SmoothL1Loss(0.11), IoUMatcher(), BoxCoder(),
                                        cls_target=target)
-        results[f"criterion, QFL, {target} targets"] = median_ms(lambda c=criterion: criterion_step(c, outputs, targets),
-                                                                 args.repeats)
+        results[f"criterion, QFL, {target} targets"] = median_ms(
+            lambda c=criterion: criterion_step(c, outputs, targets), args.repeats)
     print(f"{args.batch} × {args.boxes} boxes × {anchors.shape[0]:,} anchors ({height}×{width} padded), "
           f"{torch.get_num_threads()} threads, median of {args.repeats}:")
     for name, ms in results.items():
