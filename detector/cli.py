@@ -23,7 +23,7 @@ from detector.data.loader import eval_loader, infinite_train_batches
 from detector.data.transforms import eval_transforms, train_transforms
 from detector.engine import distributed
 from detector.engine.checkpoint import load_checkpoint, load_model_weights
-from detector.engine.evaluator import RESULT_KEYS, CocoValidator, format_metrics, resolve_backend
+from detector.engine.evaluator import RESULT_KEYS, CocoValidator, format_metrics, format_per_class, resolve_backend
 from detector.engine.schedule import lambda_scheduler
 from detector.engine.machine import describe_machine, machine_line
 from detector.engine.optimizer import GROUP_KEYS, build_optimizer, check_group_settings
@@ -202,10 +202,12 @@ def evaluate(cfg: DictConfig) -> dict:
     (out / "detections.json").write_text(json.dumps([{key: d[key] for key in RESULT_KEYS} for d in detections]))
     metrics = {name: stats[name] for name in ("AP", "AP50", "AP75", "APs", "APm", "APl")}
     metrics.update(iteration=state["iteration"], precision=precision.as_dict(), machine=describe_machine(),
-                   checkpoint=str(Path(cfg.checkpoint).resolve()))
+                   checkpoint=str(Path(cfg.checkpoint).resolve()), per_class=stats["per_class"])
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     log.info("evaluation of %s:\n%s", cfg.checkpoint, table.rstrip())
-    print(f"\n{format_metrics(metrics)}\nmetrics: {out / 'metrics.json'}")
+    log.info("per-class AP:\n%s", format_per_class(stats["per_class"]))
+    per_class = f"\n{format_per_class(stats['per_class'])}\n" if cfg.per_class else ""
+    print(f"\n{format_metrics(metrics)}\n{per_class}metrics: {out / 'metrics.json'}")
     return metrics
 
 

@@ -1,3 +1,6 @@
+import contextlib
+import io
+
 import pytest
 import torch
 
@@ -74,3 +77,54 @@ def test_detections_of_an_image_outside_the_ground_truth_are_refused(cache_dir):
     evaluator.update([{"image_id": max(coco.getImgIds()) + 1, "orig_size": (256, 256), "size": (256, 256)}], [det])
     with pytest.raises(ValueError, match="1 image ids of the detections are not in the ground truth"):
         evaluator.summarize()
+
+
+def tiny_ground_truth():
+    """Two 100×100 images; class a: one box in each, class b: one box in image 2, class c: none."""
+    from pycocotools.coco import COCO
+    coco = COCO()
+    coco.dataset = {"images": [{"id": i, "width": 100, "height": 100, "file_name": f"{i}.jpg"} for i in (1, 2)],
+                    "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}, {"id": 3, "name": "c"}],
+                    "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 40]},
+                                    {"id": 2, "image_id": 2, "category_id": 2, "bbox": [10, 10, 40, 40]},
+                                    {"id": 3, "image_id": 2, "category_id": 1, "bbox": [60, 60, 30, 30]}]}
+    for ann in coco.dataset["annotations"]:
+        ann.update(area=ann["bbox"][2] * ann["bbox"][3], iscrowd=0)
+    coco.createIndex()
+    return coco
+
+
+def xyxy(*boxes):
+    return torch.tensor([[x, y, x + w, y + h] for x, y, w, h in boxes], dtype=torch.float32)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_per_class_ap_of_constructed_detections(backend):
+    """Class a: scores .9 (hit), .8 (a false positive), .3 (hit): precision 1 up to recall .5, then
+    2/3, so AP = (51 + 50·2/3)/101 at every IoU. Class b: IoU 1280/1920 = .667 passes 4 of the 10
+    thresholds: AP 40, AP50 100, AP75 0. Class c has no ground truth: −1. The values are those of
+    COCOeval's precision array sliced by hand."""
+    from pycocotools.cocoeval import COCOeval
+    coco = tiny_ground_truth()
+    evaluator = CocoEvaluator(coco, [1, 2, 3], backend)
+    size = {"orig_size": (100, 100), "size": (100, 100)}
+    evaluator.update([{"image_id": 1, **size}], [{"boxes": xyxy([10, 10, 40, 40], [70, 0, 20, 20]),
+                                                   "scores": torch.tensor([0.9, 0.8]), "labels": torch.tensor([0, 0])}])
+    evaluator.update([{"image_id": 2, **size}], [{"boxes": xyxy([60, 60, 30, 30], [18, 10, 40, 40]),
+                                                   "scores": torch.tensor([0.3, 0.7]), "labels": torch.tensor([0, 1])}])
+    evaluator.summarize()
+    rows = {row["class"]: row for row in evaluator.per_class}
+    a = round((51 + 50 * 2 / 3) / 101 * 100, 3)
+    assert (rows["a"]["AP"], rows["a"]["AP50"], rows["a"]["AP75"], rows["a"]["gt_boxes"]) == (a, a, a, 2)
+    assert (rows["b"]["AP"], rows["b"]["AP50"], rows["b"]["AP75"], rows["b"]["gt_boxes"]) == (40.0, 100.0, 0.0, 1)
+    assert (rows["c"]["AP"], rows["c"]["gt_boxes"]) == (-1.0, 0)
+    with contextlib.redirect_stdout(io.StringIO()):
+        reference = COCOeval(coco, coco.loadRes([{k: r[k] for k in ("image_id", "category_id", "bbox", "score")}
+                                                 for r in evaluator.results]), "bbox")
+        reference.evaluate()
+        reference.accumulate()
+    precision = reference.eval["precision"]
+    for k, name in enumerate("ab"):
+        curve = precision[:, :, k, 0, 2]
+        assert rows[name]["AP"] == pytest.approx(curve.mean() * 100, abs=1e-3)
+        assert rows[name]["AP75"] == pytest.approx(curve[5].mean() * 100, abs=1e-3)

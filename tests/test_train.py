@@ -19,8 +19,11 @@ def test_smoke_training_writes_metrics_checkpoints_and_events_then_evaluates(tmp
     result = run_script("train.py", "debug=smoke", f"data.cache_dir={cache_dir}", f"hydra.run.dir={run}")
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl", "iteration", "precision", "machine",
+    assert set(metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class", "iteration", "precision", "machine",
                             "skipped_steps", "replaced_images", "train_seconds", "images_per_second"}
+    assert [row["class"] for row in metrics["per_class"]] == ["circle", "square", "triangle", "star", "cross", "ring"]
+    assert sum(row["gt_boxes"] for row in metrics["per_class"]) > 8
+    assert "per-class AP" in (run / "train.log").read_text()
     assert metrics["precision"] == {"used": "fp32", "requested": "off", "reason": "as requested"}  # debug=smoke
     assert metrics["iteration"] == 4 and metrics["images_per_second"] > 0
     assert all(0.0 <= metrics[k] <= 100.0 or metrics[k] == -1.0 for k in ("AP", "AP50", "APl"))
@@ -36,9 +39,11 @@ def test_smoke_training_writes_metrics_checkpoints_and_events_then_evaluates(tmp
 
     evaluation = tmp_path / "eval"
     result = run_script("evaluate.py", f"checkpoint={run / 'checkpoints' / 'last.pt'}", f"hydra.run.dir={evaluation}",
-                        "postprocess.score_thresh=0.01")
+                        "postprocess.score_thresh=0.01", "per_class=true")
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "class" in result.stdout and "triangle" in result.stdout  # the per-class table, printed
     scored = json.loads((evaluation / "metrics.json").read_text())
+    assert len(scored["per_class"]) == 6
     assert scored["iteration"] == 4 and set(scored) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
     detections = json.loads((evaluation / "detections.json").read_text())
     assert isinstance(detections, list)

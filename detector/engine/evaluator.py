@@ -8,8 +8,10 @@ import functools
 import importlib.util
 import io
 import time
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -73,7 +75,8 @@ class CocoEvaluator:
 
     def summarize(self) -> tuple[dict[str, float], str]:
         """(stats in percent keyed by STAT_NAMES, pycocotools' printed table); `self.seconds` then
-        holds the time spent loading the results and in evaluate + accumulate + summarize."""
+        holds the time spent loading the results and in evaluate + accumulate + summarize, and
+        `self.per_class` the per-category AP (`per_class_ap`) of the same precision array."""
         start = time.perf_counter()
         coco_class, eval_class = _backend_classes(self.backend)
         coco_gt = self.coco_gt if coco_class is COCO else _as(coco_class, self.coco_gt.dataset)
@@ -88,6 +91,11 @@ class CocoEvaluator:
             evaluator.summarize()
         self.seconds = {"load": loaded - start, "evaluate": time.perf_counter() - loaded}
         stats = {name: _percent(v) for name, v in zip(STAT_NAMES, evaluator.stats)}
+        names = {c["id"]: c["name"] for c in self.coco_gt.dataset["categories"]}
+        counts = Counter(a["category_id"] for i in evaluator.params.imgIds for a in self.coco_gt.imgToAnns.get(i, [])
+                         if not a.get("iscrowd", 0))
+        self.per_class = per_class_ap(np.asarray(evaluator.eval["precision"]), list(evaluator.params.catIds),
+                                      np.asarray(evaluator.params.iouThrs), names, counts)
         return stats, table.getvalue()
 
     def _load_results(self, coco_gt, coco_class):
@@ -106,6 +114,37 @@ class CocoEvaluator:
             result["id"] = index
         return _as(coco_class, {"images": list(coco_gt.dataset["images"]), "annotations": self.results,
                                 "categories": copy.deepcopy(coco_gt.dataset["categories"])})
+
+
+def per_class_ap(precision: np.ndarray, category_ids: list[int], iou_thresholds: np.ndarray, names: dict[int, str],
+                 gt_counts: dict[int, int]) -> list[dict]:
+    """Per category: AP (mean over the IoU thresholds .5:.95 and the 101 recall points), AP50, AP75,
+    in percent (−1 without ground truth), and its number of non-crowd ground-truth boxes. `precision`
+    is COCOeval's accumulated [T, R, K, A, M] array (T thresholds, R recall points, K categories in
+    `category_ids` order, A areas with "all" first, M detection caps with 100 last), the same that
+    gives the summary's AP."""
+    at = {threshold: int(np.argmin(np.abs(iou_thresholds - threshold))) for threshold in (0.5, 0.75)}
+
+    def mean(values: np.ndarray) -> float:
+        values = values[values > -1]
+        return round(float(values.mean()) * 100, 3) if values.size else -1.0
+
+    rows = []
+    for k, category in enumerate(category_ids):
+        curve = precision[:, :, k, 0, -1]  # (T, R): all areas, 100 detections
+        rows.append({"class": names.get(category, str(category)), "category_id": int(category), "AP": mean(curve),
+                     "AP50": mean(curve[at[0.5]]), "AP75": mean(curve[at[0.75]]),
+                     "gt_boxes": int(gt_counts.get(category, 0))})
+    return rows
+
+
+def format_per_class(rows: list[dict]) -> str:
+    """A table of `per_class_ap`'s rows, the most frequent class first."""
+    lines = [f"{'class':<20} {'boxes':>7} {'AP':>7} {'AP50':>7} {'AP75':>7}"]
+    for row in sorted(rows, key=lambda r: -r["gt_boxes"]):
+        lines.append(f"{row['class'][:20]:<20} {row['gt_boxes']:>7} "
+                     + " ".join(f"{row[key]:>7.2f}" for key in ("AP", "AP50", "AP75")))
+    return "\n".join(lines)
 
 
 def _backend_classes(backend: str):
@@ -181,7 +220,7 @@ class CocoValidator:
         evaluator.image_ids = [image_id for ids, _ in shares for image_id in ids]
         evaluator.results = [result for _, results in shares for result in results]
         stats, table = evaluator.summarize()
-        return stats, table, evaluator.results
+        return {**stats, "per_class": evaluator.per_class}, table, evaluator.results
 
 
     def pictures(self, detections: list[dict], count: int = 4, score_thresh: float = 0.3) -> list[torch.Tensor]:

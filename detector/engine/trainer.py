@@ -21,7 +21,7 @@ from detector.engine.checkpoint import (capture_rng_state, load_checkpoint, load
                                         save_checkpoint)
 from detector.engine.diagnostics import GradientStatistics, gradient_statistics
 from detector.engine.distributed import Distributed, broadcast_from_main, gather_to_main, sum_over_processes
-from detector.engine.evaluator import STAT_NAMES, format_metrics
+from detector.engine.evaluator import STAT_NAMES, format_metrics, format_per_class
 from detector.engine.machine import describe_machine
 from detector.engine.precision import Precision, resolve_precision
 
@@ -323,9 +323,13 @@ class Trainer:
             return None
         stats, table, detections = result
         log.info("evaluation at iteration %d:\n%s", self.iteration, table.rstrip())
+        if stats.get("per_class"):
+            log.info("per-class AP at iteration %d:\n%s", self.iteration, format_per_class(stats["per_class"]))
         if writer is not None:
             for name in STAT_NAMES[:6]:
                 writer.add_scalar(f"eval/{name}", stats[name], self.iteration)
+            for row in stats.get("per_class", []):
+                writer.add_scalar(f"eval_per_class/{row['class']}", row["AP"], self.iteration)
             for index, picture in enumerate(getattr(self.validator, "pictures", lambda _: [])(detections)):
                 writer.add_image(f"eval/detections_{index}", picture, self.iteration)  # red: predicted, green: truth
         if stats["AP"] > self.best_ap:
@@ -362,6 +366,8 @@ class Trainer:
 
     def _write_metrics(self, stats: dict) -> dict:
         metrics = {name: stats[name] for name in STAT_NAMES[:6] if name in stats}
+        if "per_class" in stats:
+            metrics["per_class"] = stats["per_class"]
         replaced = sorted({i for ids in gather_to_main([sorted(self.replaced_images)]) or [] for i in ids})
         if self.time_budget is not None:
             metrics["time_budget"] = {"seconds": self.time_budget, "max_iters": self.max_iters,
