@@ -24,10 +24,11 @@ from detector.data.transforms import eval_transforms, train_transforms
 from detector.engine import distributed
 from detector.engine.checkpoint import load_checkpoint, load_model_weights
 from detector.engine.evaluator import RESULT_KEYS, CocoValidator, format_metrics, format_per_class, resolve_backend
-from detector.engine.schedule import lambda_scheduler
+from detector.engine.hparams import run_hparams
 from detector.engine.machine import describe_machine, machine_line
 from detector.engine.optimizer import GROUP_KEYS, build_optimizer, check_group_settings
 from detector.engine.precision import resolve_precision
+from detector.engine.schedule import lambda_scheduler
 from detector.engine.trainer import Trainer, check_settings, resolve_device
 from detector.models.backbone import frozen_without_weights
 
@@ -162,7 +163,8 @@ def _train(cfg, device, precision, criterion, postprocessor, schedule, processes
         channels_last=trainer_cfg.channels_last, diagnostics_period=trainer_cfg.diagnostics_period,
         max_consecutive_nonfinite=trainer_cfg.max_consecutive_nonfinite, distributed=processes,
         sync_bn=trainer_cfg.sync_bn, compile_model=trainer_cfg.compile, run_config=run_config,
-        time_budget=trainer_cfg.time_budget, budget_probe_iters=trainer_cfg.budget_probe_iters)
+        time_budget=trainer_cfg.time_budget, budget_probe_iters=trainer_cfg.budget_probe_iters,
+        hparams=run_hparams(run_config, _sweep_overrides()))
     resume_from = _resume_path(trainer_cfg.resume, out)
     if resume_from is not None:
         trainer.resume(resume_from)
@@ -255,6 +257,12 @@ def _resume_path(resume: str | None, out: Path) -> Path | None:
             return None
         return last
     return Path(resume)
+
+
+def _sweep_overrides() -> list[str]:
+    """The command line's overrides of this run, except paths and Hydra's own (what names a sweep row)."""
+    ignored = ("hydra", "data.cache_dir", "data.root", "trainer.resume")
+    return [o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith(ignored)]
 
 
 def _overridden_keys() -> list[str]:

@@ -3,8 +3,10 @@
 import itertools
 import json
 
+import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
 
 from detector.cli import build, build_datasets
 from detector.data.loader import infinite_train_batches
@@ -32,6 +34,11 @@ def test_smoke_training_writes_metrics_checkpoints_and_events_then_evaluates(tmp
     events.Reload()
     assert {f"eval/detections_{i}" for i in range(4)} <= set(events.Tags()["images"])  # predicted and true boxes
     assert events.Images("eval/detections_0")[-1].width == 128
+    session = plugin_data_pb2.HParamsPluginData.FromString(
+        events.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info.hparams
+    assert session["loss"].string_value == "FocalLoss" and session["loss.gamma"].number_value == 2.0
+    assert session["overrides"].string_value == "debug=smoke" and session["model.backbone.depth"].number_value == 18
+    assert events.Scalars("hparam/AP")[-1].value == pytest.approx(metrics["AP"])  # the final metrics beside them
     assert "iter 4/4" in (run / "train.log").read_text()
     assert "AP50" in result.stdout
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)

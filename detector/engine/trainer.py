@@ -22,6 +22,7 @@ from detector.engine.checkpoint import (capture_rng_state, load_checkpoint, load
 from detector.engine.diagnostics import GradientStatistics, gradient_statistics
 from detector.engine.distributed import Distributed, broadcast_from_main, gather_to_main, sum_over_processes
 from detector.engine.evaluator import STAT_NAMES, format_metrics, format_per_class
+from detector.engine.hparams import log_hparams
 from detector.engine.machine import describe_machine
 from detector.engine.precision import Precision, resolve_precision
 
@@ -83,9 +84,11 @@ class Trainer:
     `checkpoint_period` and at the end it writes `checkpoints/last.pt`; every `diagnostics_period`
     it logs where the classification gradient goes (`detector.engine.diagnostics`) to
     TensorBoard. A step whose loss is not finite updates nothing and is logged with the loss
-    terms at fault; `max_consecutive_nonfinite` of them in a row stop training with a clear error. `train()` returns the final
-    metrics, also written to metrics.json with the precision used and the machine. Checkpoints hold everything a resumed run needs to
-    continue exactly: model, optimizer, scheduler, scaler, loss state, iteration and RNG states.
+    terms at fault; `max_consecutive_nonfinite` of them in a row stop training with a clear error.
+    `train()` returns the final metrics, also written to metrics.json with the precision used and
+    the machine, and, given `hparams` (`detector.engine.hparams.run_hparams`), to TensorBoard's
+    HParams dashboard with them. Checkpoints hold everything a resumed run needs to continue
+    exactly: model, optimizer, scheduler, scaler, loss state, iteration and RNG states.
     """
 
     def __init__(self, model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
@@ -95,7 +98,8 @@ class Trainer:
                  clip_grad_norm: float | None = None, channels_last: bool = False, diagnostics_period: int = 0,
                  max_consecutive_nonfinite: int = 5, distributed: Distributed | None = None, sync_bn: bool = False,
                  compile_model: bool = False, run_config: dict | None = None, time_budget: float | None = None,
-                 budget_probe_iters: int = 20, clock: Callable[[], float] = time.perf_counter):
+                 budget_probe_iters: int = 20, clock: Callable[[], float] = time.perf_counter,
+                 hparams: dict | None = None):
         check_settings(max_iters, eval_period, log_period, checkpoint_period, clip_grad_norm, diagnostics_period,
                        max_consecutive_nonfinite, time_budget, budget_probe_iters)
         self.distributed = distributed or Distributed()
@@ -123,6 +127,7 @@ class Trainer:
         self.clip_grad_norm = clip_grad_norm
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.run_config = run_config or {}
+        self.hparams = hparams
         self.iteration = 0
         self.best_ap = -math.inf
         self.train_seconds = 0.0
@@ -185,6 +190,8 @@ class Trainer:
         try:
             with logging_redirect_tqdm():  # log lines print above the progress bar
                 metrics = self._loop(writer, bar)
+            if writer is not None and self.hparams:
+                log_hparams(writer, self.hparams, metrics or {})
         finally:
             bar.close()
             if writer is not None:
