@@ -7,7 +7,7 @@
 ARG BASE_IMAGE=pytorch/pytorch:2.14.1-cuda12.8-cudnn9-runtime
 FROM ${BASE_IMAGE}
 
-# jemalloc: glibc malloc page-faults on every large activation tensor (see README, "Speed").
+# jemalloc: glibc malloc page-faults on every large activation tensor (see docs/speed.md).
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libjemalloc2 \
