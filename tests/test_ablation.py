@@ -31,7 +31,7 @@ def sweep_rows(name):
 @pytest.mark.parametrize("name", SWEEPS)
 @pytest.mark.parametrize("preset", ["ablation_cpu", "ablation_coco"])
 def test_every_stored_sweep_composes_at_both_scales(compose_cfg, name, preset):
-    rows = sweep_rows(name)
+    rows = [row for row in sweep_rows(name) if not row.startswith("seed=")]  # seeds compose alike everywhere
     assert len(rows) >= 3
     for row in rows:
         cfg = compose_cfg([f"sweep={name}", f"experiment={preset}", row])
@@ -49,7 +49,7 @@ def test_every_stored_sweep_runs_three_seeds_a_row():
 
 def test_fl_table1b_rows_are_the_papers(compose_cfg):
     pairs = set()
-    for row in sweep_rows("fl_table1b"):
+    for row in (row for row in sweep_rows("fl_table1b") if not row.startswith("seed=")):
         cfg = compose_cfg(["sweep=fl_table1b", "experiment=ablation_cpu", row])
         pairs.add((cfg.loss.gamma, cfg.loss.alpha))
     assert pairs == {(0.0, 0.75), (0.1, 0.75), (0.2, 0.75), (0.5, 0.5), (1.0, 0.25), (2.0, 0.25), (5.0, 0.25)}
@@ -61,7 +61,7 @@ def test_ghm_rows_carry_the_official_recipe(compose_cfg, preset):
     case) weighted by 10, every row clipped at gradient norm 35."""
     recipe = {}
     for name in ("ghm_reg", "ghm_cls", "ghm_bins"):
-        for row in sweep_rows(name):
+        for row in (row for row in sweep_rows(name) if not row.startswith("seed=")):
             cfg = compose_cfg([f"sweep={name}", f"experiment={preset}", row])
             assert cfg.trainer.clip_grad_norm == 35.0, (name, row)
             recipe[name, row] = (cfg.box_loss._target_.rsplit(".", 1)[1], cfg.criterion.box_weight)
