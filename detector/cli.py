@@ -193,7 +193,8 @@ def evaluate(cfg: DictConfig) -> dict:
     if classes is not None and list(classes) != val_set.class_names:
         raise ValueError(f"checkpoint {cfg.checkpoint} was trained on classes {classes}, but "
                          f"{val_set.ann_file} has {val_set.class_names}")
-    model, _, postprocessor = build(saved, num_classes=val_set.num_classes)
+    model = instantiate(saved.model, num_classes=val_set.num_classes)  # no criterion: evaluation needs no losses
+    postprocessor = instantiate(saved.postprocess)
     current = OmegaConf.to_container(saved, resolve=True)
     load_model_weights(model, state, cfg.checkpoint, {**current, "classes": val_set.class_names})
     model.to(device)

@@ -189,8 +189,10 @@ def _markdown(multirun_dir: Path, sweep: str | None, table: dict | None, rows: l
             lines += ["", f"Spearman rank correlation: needs at least 3 finished rows with a paper value, has {finished}"]
         else:
             rho, low, high, count = result
+            interval = (f"95 % bootstrap interval over seeds [{low:.3f}, {high:.3f}]"
+                        if any(r["n"] > 1 for r in rows) else "no interval: one seed a row")
             lines += ["", f"Spearman rank correlation of the mean AP with the paper's AP over {count} rows: ρ = {rho:.3f}, "
-                          f"95 % bootstrap interval over seeds [{low:.3f}, {high:.3f}]"]
+                          + interval]
     close, single = pairs_within_noise(rows)
     if close:
         lines += ["", "Rows whose AP lies within the noise of each other (Welch's t-test, p ≥ 0.05): "

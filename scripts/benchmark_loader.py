@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from detector.cli import build_criterion, build_datasets, seed_everything  # noqa: E402
 from detector.data.loader import infinite_train_batches  # noqa: E402
-from detector.engine.optimizer import build_optimizer
+from detector.engine.optimizer import build_optimizer  # noqa: E402
 from detector.engine.precision import resolve_precision  # noqa: E402
 from detector.engine.trainer import resolve_device  # noqa: E402
 

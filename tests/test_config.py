@@ -43,7 +43,8 @@ def test_every_loss_optimizer_schedule_and_matcher_option_instantiates(compose_c
             assert instantiate(cfg.schedule, max_iters=100)(0) > 0
         elif group == "matcher":
             matcher = instantiate(cfg.criterion.matcher)
-            assert type(matcher).__name__ == {"iou": "IoUMatcher", "atss": "ATSSMatcher"}[option]
+            expected = {"iou": "IoUMatcher", "detectron": "IoUMatcher", "atss": "ATSSMatcher"}[option]
+            assert type(matcher).__name__ == expected
         else:
             assert isinstance(instantiate(cfg[group]), torch.nn.Module)
 

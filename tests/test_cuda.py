@@ -5,6 +5,7 @@ scripts/gpu_check.sh runs them on a GPU)."""
 
 import pytest
 import torch
+from hydra.utils import instantiate
 
 from detector.cli import build, build_datasets
 from detector.data.loader import infinite_train_batches
@@ -27,6 +28,12 @@ def smoke(compose_cfg, cache_dir):
     return cfg, train_set
 
 
+# the default, and the configurations whose criterion paths differ: per-level GHM, ATSS, IoU targets,
+# EFL's state, and a box loss that takes the image size
+CRITERION_PATHS = [[], ["loss=ghm_c", "box_loss=ghm_r"], ["matcher=atss"], ["loss=qfl"], ["loss=efl"],
+                   ["box_loss=mpdiou"]]
+
+
 def make_trainer(cfg, train_set, tmp_path, amp):
     torch.manual_seed(0)
     model, criterion, _ = build(cfg, train_set.num_classes)
@@ -40,7 +47,7 @@ def make_trainer(cfg, train_set, tmp_path, amp):
 
 
 @pytest.mark.parametrize("amp", ["off", "bf16", "fp16"])
-def test_cuda_training_steps_are_finite_and_learn(smoke, tmp_path, amp):
+def test_cuda_training_steps_are_finite(smoke, tmp_path, amp):
     cfg, train_set = smoke
     trainer = make_trainer(cfg, train_set, tmp_path, amp)
     trainer.model.train()
@@ -49,11 +56,14 @@ def test_cuda_training_steps_are_finite_and_learn(smoke, tmp_path, amp):
     assert trainer.scaler.is_enabled() == (amp == "fp16")
 
 
-def test_a_training_step_waits_for_the_gpu_only_where_the_code_says(smoke, tmp_path, monkeypatch):
+@pytest.mark.parametrize("overrides", CRITERION_PATHS, ids=lambda o: " ".join(o) or "default")
+def test_a_training_step_waits_for_the_gpu_only_where_the_code_says(compose_cfg, cache_dir, tmp_path, monkeypatch,
+                                                                     overrides):
     """Under torch.cuda.set_sync_debug_mode("error") every host synchronisation raises, except in
     the two places that wait by design: the criterion's row counts and the trainer's reading of
     the losses (its non-finite verdict)."""
-    cfg, train_set = smoke
+    cfg = compose_cfg(["debug=smoke", f"data.cache_dir={cache_dir}", *overrides])
+    train_set, _ = build_datasets(cfg.data)
     trainer = make_trainer(cfg, train_set, tmp_path, "bf16")
     trainer.model.train()
     trainer.step()  # warm-up: first-call allocations and lazy initialisations may wait
@@ -81,7 +91,8 @@ def test_gpu_losses_and_detections_equal_the_cpus(smoke, monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # fp32 convolutions, as on the CPU
     cfg, train_set = smoke
     torch.manual_seed(0)
-    model, criterion, postprocess = build(cfg, train_set.num_classes)
+    model, criterion, _ = build(cfg, train_set.num_classes)
+    postprocess = instantiate(cfg.postprocess, score_thresh=0.0)  # an untrained model scores about π = 0.01
     images, targets = next(infinite_train_batches(train_set, 2, 0, 0))
     model.eval()
     with torch.no_grad():
@@ -93,6 +104,6 @@ def test_gpu_losses_and_detections_equal_the_cpus(smoke, monkeypatch):
         torch.testing.assert_close(losses_gpu[key].cpu(), losses_cpu[key], rtol=2e-3, atol=1e-4)
     sizes = [t["size"] for t in targets]
     for cpu, gpu in zip(postprocess(on_cpu, sizes), postprocess(on_gpu, sizes)):
-        assert len(cpu["scores"]) == len(gpu["scores"])
+        assert len(cpu["scores"]) == len(gpu["scores"]) == 100
         torch.testing.assert_close(gpu["boxes"].cpu(), cpu["boxes"], rtol=1e-3, atol=0.05)
         assert torch.equal(gpu["labels"].cpu(), cpu["labels"])

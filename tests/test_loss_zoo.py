@@ -166,6 +166,18 @@ def test_equalized_focal_loss_over_iterations_against_its_accumulated_gradient_r
     assert g.min() < 0.5  # the classes' ratios moved: the sequence above is not FL's
 
 
+def test_equalized_focal_loss_keeps_its_state_through_a_non_finite_step():
+    """A NaN logit (a step the trainer skips) leaves the gradient sums of its class as they were."""
+    loss = L.EqualizedFocalLoss().double()
+    x, y = cls_inputs(m=20, seed=6)
+    loss(x, y, 2.0)
+    before = {k: v.clone() for k, v in loss.state_dict().items()}
+    x[3, 1] = float("nan")
+    loss(x, y, 2.0)
+    assert torch.equal(loss.pos_grad[1], before["pos_grad"][1]) and torch.equal(loss.pos_neg[1], before["pos_neg"][1])
+    assert not torch.equal(loss.pos_grad[0], before["pos_grad"][0])  # the other classes move on
+
+
 def test_equalized_focal_loss_gradcheck_with_its_state_fixed():
     loss = L.EqualizedFocalLoss().double()
     x, y = cls_inputs(m=8, k=3, seed=5)

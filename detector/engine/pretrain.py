@@ -61,7 +61,8 @@ def pretrain_backbone(out: str | Path, depth: int = 18, steps: int = 2000, batch
     out = Path(out).expanduser()
     settings = dict(depth=depth, steps=steps, batch_size=batch_size, crop_size=crop_size, lr=lr,
                     weight_decay=weight_decay, warmup_steps=warmup_steps, seed=seed, eval_crops=eval_crops,
-                    classes=len(CLASSES), generator_version=GENERATOR_VERSION, version=PRETRAIN_VERSION)
+                    amp=amp, device=torch.device(device).type, classes=len(CLASSES),
+                    generator_version=GENERATOR_VERSION, version=PRETRAIN_VERSION)
     record_file = out.with_suffix(".json")
     if out.is_file() and record_file.is_file():
         record = json.loads(record_file.read_text())

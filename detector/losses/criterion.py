@@ -14,8 +14,8 @@ from detector.ops.matcher import IGNORE, IoUMatcher
 
 class RetinaNetCriterion(nn.Module):
     """Turns model outputs and targets into {"loss_cls", "loss_box", "num_pos", "num_neg"}: the losses,
-    the positive anchors and the negative (anchor, class) elements the classification loss sees
-    (kept anchors × K − positives; their ratio is the imbalance the FL paper is about).
+    the positive anchors and the negative (anchor, class) elements of the kept anchors (kept anchors
+    × K − positives; their ratio is the imbalance the FL paper is about; OHEM then keeps a few).
 
     Labels follow detectron2's convention: each anchor is a positive (matched ground truth),
     a negative, or ignored (IoU in the ignore band, or inside a crowd region under the
@@ -129,7 +129,7 @@ class RetinaNetCriterion(nn.Module):
         if getattr(self.box_loss, "needs_image_size", False):  # e.g. MPDIoU: corner distances over the image's diagonal
             box_context = {"image_size": image_sizes(targets, anchors.device)[positive_rows // num_anchors]}
         loss_box = self._call(self.box_loss, box_split, *box_inputs, normalizer, **box_context)
-        num_neg = torch.tensor(float(num_kept * cls_logits.shape[-1] - num_positive), device=num_pos.device)
+        num_neg = (counts[0] * cls_logits.shape[-1] - counts[1]).float()  # on the device: no second wait
         result = {"loss_cls": self.cls_weight * loss_cls, "loss_box": self.box_weight * loss_box, "num_pos": num_pos,
                   "num_neg": num_neg}
         if keep_cls_inputs:
@@ -144,8 +144,12 @@ class RetinaNetCriterion(nn.Module):
         if not getattr(loss, "per_level", False):
             return loss(inputs, targets, normalizer, **context)
         anchor_index, anchors_per_level, rows_per_level = split
-        ends = torch.tensor(anchors_per_level, device=anchor_index.device).cumsum(0)
-        by_level = torch.sort(torch.bucketize(anchor_index, ends, right=True), stable=True).indices
+        level = torch.zeros_like(anchor_index)
+        end = 0
+        for count in anchors_per_level[:-1]:  # host integers: no copy to the device, no wait
+            end += count
+            level += anchor_index >= end
+        by_level = torch.sort(level, stable=True).indices
         total = inputs.new_zeros(())
         for rows in by_level.split(rows_per_level):
             total = total + loss(inputs[rows], targets[rows], normalizer, **{k: v[rows] for k, v in context.items()})

@@ -8,9 +8,10 @@ with g_j = clamp(Σ|∂L/∂x| over class j's positive elements / Σ|∂L/∂x| 
 the gradients accumulated over all past training steps (both γ_j and the weight without gradient).
 Defaults γ_b = 2, s = 8, α = 0.25 (the paper's). g starts at 1 (EFL is then FL) and is advanced after
 each training step's loss, with that step's gradients divided by its normalizer, as the official
-code (ModelTC/EOD) collects them from the logits' gradient. The accumulators are buffers, sized to
-the number of classes on the first call and saved in checkpoints; under DDP each process keeps its
-own (the official code sums them over processes).
+code (ModelTC/EOD) collects them from the logits' gradient; a class whose sums turn non-finite (a
+step the trainer skips) keeps its state. The accumulators are buffers, sized to the number of
+classes on the first call and saved in checkpoints; under DDP each process keeps its own (the
+official code sums them over processes).
 """
 
 from __future__ import annotations
@@ -59,8 +60,11 @@ class EqualizedFocalLoss(nn.Module):
         value = summed_with_gradient(logits, targets, value_and_gradient)
         if self.training and sums:
             scale = 1.0 / torch.as_tensor(normalizer, dtype=torch.float64, device=logits.device)
-            self.pos_grad += torch.stack([s[0] for s in sums]).sum(0).double() * scale
-            self.neg_grad += torch.stack([s[1] for s in sums]).sum(0).double() * scale
+            pos = self.pos_grad + torch.stack([s[0] for s in sums]).sum(0).double() * scale
+            neg = self.neg_grad + torch.stack([s[1] for s in sums]).sum(0).double() * scale
+            finite = torch.isfinite(pos) & torch.isfinite(neg)  # a non-finite step leaves the state alone
+            self.pos_grad.copy_(torch.where(finite, pos, self.pos_grad))
+            self.neg_grad.copy_(torch.where(finite, neg, self.neg_grad))
             self.pos_neg.copy_((self.pos_grad / (self.neg_grad + 1e-10)).clamp(0.0, 1.0))
         return value / normalizer
 

@@ -48,7 +48,8 @@ class ATSSMatcher:
         iou = blockwise_box_iou(gt_boxes.reshape(-1, 4), anchors).view(batch, num_gt, num_anchors)
         anchor_centres = (anchors[:, :2] + anchors[:, 2:]) / 2  # (A, 2)
         gt_centres = (gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2  # (B, G, 2)
-        distance = torch.cdist(gt_centres.reshape(-1, 2), anchor_centres).view(batch, num_gt, num_anchors)
+        distance = torch.cdist(gt_centres.reshape(-1, 2), anchor_centres,  # differences, not |a|² + |b|² − 2ab
+                               compute_mode="donot_use_mm_for_euclid_dist").view(batch, num_gt, num_anchors)
         candidates = []
         starts = [sum(num_anchors_per_level[:level]) for level in range(len(num_anchors_per_level))]
         for start, count in zip(starts, num_anchors_per_level):
