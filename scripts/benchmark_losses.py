@@ -86,19 +86,24 @@ def main(argv=None) -> dict:
     def box_step(loss):
         pred, target = (pred_boxes, gt_boxes) if loss.input_space == "xyxy" else (deltas, gt_deltas)
 
+        extra = {"image_size": torch.full((len(pred), 2), 600.0)} if getattr(loss, "needs_image_size", False) else {}
+
         def run():
             p = pred.clone().requires_grad_(True)
-            loss(p, target, float(args.boxes)).backward()
+            loss(p, target, float(args.boxes), **extra).backward()
         return run
 
     cls_losses = {"ce": L.SigmoidCrossEntropyLoss(), "balanced_ce": L.SigmoidCrossEntropyLoss(0.75),
                   "focal": L.FocalLoss(), "focal_star": L.FocalStarLoss(), "ghm_c": L.GHMCLoss(),
                   "ohem": L.OHEMLoss(), "ohem nms_thresh=null": L.OHEMLoss(nms_thresh=None),
-                  "dice": L.DiceLoss(), "tversky": L.TverskyLoss()}
+                  "dice": L.DiceLoss(), "tversky": L.TverskyLoss(), "poly1_focal": L.Poly1Loss(),
+                  "poly1_ce": L.Poly1Loss(None, 0.0, 1.0), "qfl": L.QualityFocalLoss(), "vfl": L.VarifocalLoss(),
+                  "efl": L.EqualizedFocalLoss()}
     box_losses = {"smooth_l1": L.SmoothL1Loss(), "l1": L.L1Loss(), "l2": L.L2Loss(), "huber": L.HuberLoss(),
                   "balanced_l1": L.BalancedL1Loss(), "ghm_r": L.GHMRLoss(), "iou": L.IoULoss(), "giou": L.GIoULoss(),
                   "diou": L.DIoULoss(), "ciou": L.CIoULoss(), "eiou": L.EIoULoss(), "focal_eiou": L.FocalEIoULoss(),
-                  "cdiou": L.CDIoULoss()}
+                  "cdiou": L.CDIoULoss(), "alpha_iou": L.AlphaIoULoss(), "siou": L.SIoULoss(), "wiou": L.WiseIoULoss(),
+                  "mpdiou": L.MPDIoULoss()}
     acc = [0.0] * 30
 
     def loop_step():

@@ -33,6 +33,8 @@ def sweep_rows(name):
 def test_every_stored_sweep_composes_at_both_scales(compose_cfg, name, preset):
     rows = [row for row in sweep_rows(name) if not row.startswith("seed=")]  # seeds compose alike everywhere
     assert len(rows) >= 3
+    if preset == "ablation_coco":  # the rows are the same overrides at both scales: one row shows the preset applies
+        rows = rows[:1]
     for row in rows:
         cfg = compose_cfg([f"sweep={name}", f"experiment={preset}", row])
         key, value = row.lstrip("+").split("=", 1)
@@ -55,7 +57,7 @@ def test_fl_table1b_rows_are_the_papers(compose_cfg):
     assert pairs == {(0.0, 0.75), (0.1, 0.75), (0.2, 0.75), (0.5, 0.5), (1.0, 0.25), (2.0, 0.25), (5.0, 0.25)}
 
 
-@pytest.mark.parametrize("preset", ["ablation_cpu", "ablation_coco"])
+@pytest.mark.parametrize("preset", ["ablation_cpu"])
 def test_ghm_rows_carry_the_official_recipe(compose_cfg, preset):
     """GHM_Detection's config: GHM-C and GHM-R called per level, GHM-R (and ASL1, its one-bin
     case) weighted by 10, every row clipped at gradient norm 35."""
@@ -158,6 +160,7 @@ def test_seeds_are_one_row_with_mean_std_interval_and_noise(tmp_path):
     assert len(runs) == 13 and runs[6].split(",")[:3] == ["loss.alpha=0.5", "2", "diverged"]
 
 
+@pytest.mark.slow  # 27 s; the fast tier keeps a real multirun (test_scale's parallel launcher) and the table's parsing
 def test_two_job_smoke_multirun_completes_and_tabulates(tmp_path, cache_dir):
     sweep_dir = tmp_path / "sweep"
     result = run_script("train.py", "-m", "debug=smoke", "loss=focal,ce", f"data.cache_dir={cache_dir}",

@@ -29,6 +29,7 @@ def test_benchmark_models_have_the_same_size_anchors_and_head_outputs():
         assert counts[0] == counts[1]
 
 
+@pytest.mark.slow  # 42 s: two R50 models in fresh processes, profiled; a measuring tool, not a training path
 @pytest.mark.parametrize("allocator", ["system", "both"])
 def test_benchmark_runs_and_reports_both_systems(tmp_path, allocator):
     if allocator == "both" and jemalloc_library() is None:
