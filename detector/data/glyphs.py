@@ -28,10 +28,10 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from PIL import Image, ImageDraw, ImageFont
 
 from detector.data.coco import CocoSplits
-from detector.data.synthetic import background, coco_paths, paint, write_once
+from detector.data.synthetic import background, coco_paths, finish_image, occlude, paint, write_once
 
 GLYPHS = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ") + tuple("123456789") + tuple("abefghijkmnprty")
 SHAPES = ("triangle", "square", "pentagon", "hexagon", "heptagon", "octagon", "star4", "star5", "star6", "star8",
@@ -122,26 +122,12 @@ def render_image(rng: np.random.Generator, size: int, params: dict, frequencies:
         for _ in range(6):  # placements tried for this size before it is given up
             label = int(rng.choice(len(CLASSES), p=frequencies))
             mask = object_mask(rng, CLASSES[label], float(extent), size)
-            if mask is None:
-                continue
-            trial = owner.copy()
-            trial[mask] = len(drawn)
-            visible = np.bincount(trial[trial >= 0], minlength=len(drawn) + 1)[:len(drawn)]
-            if any(v < params["min_visible"] * full for v, (_, full) in zip(visible, drawn)):
-                continue
-            owner = trial
-            drawn.append((label, int(mask.sum())))
-            paint(rng, canvas, mask)
-            break
-    canvas += rng.normal(0, rng.uniform(4, 14), canvas.shape)
-    image = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))
-    if rng.random() < 0.3:
-        image = image.filter(ImageFilter.GaussianBlur(radius=rng.uniform(0.3, 1.0)))
-    objects = []
-    for index, (label, _) in enumerate(drawn):
-        ys, xs = np.nonzero(owner == index)
-        objects.append((label, (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)))
-    return image, objects
+            placed = None if mask is None else occlude(owner, drawn, mask, label, params["min_visible"])
+            if placed is not None:
+                owner = placed
+                paint(rng, canvas, mask)
+                break
+    return finish_image(rng, canvas, owner, drawn)
 
 
 def classification_crop(rng: np.random.Generator, size: int) -> tuple[np.ndarray, int]:
