@@ -1,6 +1,7 @@
 """Every loss against an independent float64 reference written from its paper, plus library
 comparisons, known identities, gradchecks and degenerate inputs."""
 
+import functools
 import math
 
 import pytest
@@ -613,16 +614,19 @@ def test_wise_iou_v3_follows_its_running_mean_over_batches_and_resumes_bit_ident
     assert torch.equal(loss.iou_loss_mean, state)
 
 
+def gradient_at(pred, fn):
+    """∂ Σ fn(p) / ∂p at p = pred."""
+    p = pred.clone().requires_grad_(True)
+    fn(p).sum().backward()
+    return p.grad
+
+
 def test_newer_iou_weights_without_gradient():
     """Wise-IoU's denominators (c², and v3's factor r) and α-CIoU's β carry no gradient: the
     gradients equal those of the formulas with these parts held constant."""
     pred, target = box_inputs(p=8, seed=4)
     pred, target = pred[3:], target[3:]
-
-    def grad(fn):
-        p = pred.clone().requires_grad_(True)
-        fn(p).sum().backward()
-        return p.grad
+    grad = functools.partial(gradient_at, pred)
 
     geo = lambda p: iou_module.box_geometry(p, target)
     c2 = geo(pred).enclosing_w ** 2 + geo(pred).enclosing_h ** 2 + iou_module.EPS
@@ -669,11 +673,7 @@ def test_weights_without_gradient():
     d(CIoU) = d(DIoU) + α·dv, with v written out here."""
     pred, target = box_inputs(p=8, seed=4)
     pred, target = pred[3:], target[3:]
-
-    def grad(fn):
-        p = pred.clone().requires_grad_(True)
-        fn(p).sum().backward()
-        return p.grad
+    grad = functools.partial(gradient_at, pred)
 
     iou = torch.tensor([1 - iou_family_reference(b.tolist(), t.tolist(), "iou_linear") for b, t in zip(pred, target)],
                        dtype=torch.float64)
