@@ -22,9 +22,9 @@ from detector.data.coco import CocoDetection, CocoSplits, check_split
 from detector.data.loader import eval_loader, infinite_train_batches
 from detector.data.transforms import eval_transforms, train_transforms
 from detector.engine import distributed
-from detector.engine.checkpoint import load_checkpoint, load_model_weights
 from detector.engine.evaluator import RESULT_KEYS, CocoValidator, format_metrics, format_per_class, resolve_backend
 from detector.engine.hparams import run_hparams
+from detector.engine.inference import load_for_inference
 from detector.engine.machine import describe_machine, machine_line
 from detector.engine.optimizer import GROUP_KEYS, build_optimizer, check_group_settings
 from detector.engine.precision import resolve_precision
@@ -111,6 +111,8 @@ def train(cfg: DictConfig) -> float:
                          f"{trainer_cfg.budget_probe_iters} iterations, which must lie inside the warmup (schedule."
                          f"warmup_iters={getattr(schedule, 'warmup_iters', 0)}) so that a rerun with that count is "
                          "identical; lower trainer.budget_probe_iters or raise schedule.warmup_iters")
+    if cfg.get("pretrain") is not None:  # e.g. experiment=paper_cpu: its backbone, built once into the cache
+        instantiate(cfg.pretrain)
     _check_model_values(cfg.model)
     _refuse_frozen_random_backbone(cfg.model.backbone, trainer_cfg.resume)
     check_group_settings(**{key: cfg.optim[key] for key in GROUP_KEYS if key in cfg.optim})
@@ -182,21 +184,15 @@ def _train(cfg, device, precision, criterion, postprocessor, schedule, processes
 
 def evaluate(cfg: DictConfig) -> dict:
     """Evaluate `cfg.checkpoint` with the config saved inside it; command-line overrides win."""
-    state = load_checkpoint(cfg.checkpoint)
-    saved = OmegaConf.create(state["config"])
-    for key in _overridden_keys():
-        OmegaConf.update(saved, key, OmegaConf.select(cfg, key), merge=False)
+    loaded = load_for_inference(cfg.checkpoint, {key: OmegaConf.select(cfg, key) for key in _overridden_keys()})
+    saved = loaded.config
     device = resolve_device(saved.trainer.device)
     precision = resolve_precision(saved.trainer.amp, device)
     val_set = build_val_dataset(saved.data)
-    classes = state["config"].get("classes")
-    if classes is not None and list(classes) != val_set.class_names:
-        raise ValueError(f"checkpoint {cfg.checkpoint} was trained on classes {classes}, but "
+    if loaded.classes != val_set.class_names:
+        raise ValueError(f"checkpoint {cfg.checkpoint} was trained on classes {loaded.classes}, but "
                          f"{val_set.ann_file} has {val_set.class_names}")
-    model = instantiate(saved.model, num_classes=val_set.num_classes)  # no criterion: evaluation needs no losses
-    postprocessor = instantiate(saved.postprocess)
-    current = OmegaConf.to_container(saved, resolve=True)
-    load_model_weights(model, state, cfg.checkpoint, {**current, "classes": val_set.class_names})
+    model, postprocessor = loaded.model, loaded.postprocessor  # no criterion: evaluation needs no losses
     model.to(device)
     backend = OmegaConf.select(saved, "evaluation.backend", default="auto")
     stats, table, detections = validator_for(val_set, saved.data, postprocessor, device, precision.dtype,
@@ -204,7 +200,7 @@ def evaluate(cfg: DictConfig) -> dict:
     out = output_dir()
     (out / "detections.json").write_text(json.dumps([{key: d[key] for key in RESULT_KEYS} for d in detections]))
     metrics = {name: stats[name] for name in ("AP", "AP50", "AP75", "APs", "APm", "APl")}
-    metrics.update(iteration=state["iteration"], precision=precision.as_dict(), machine=describe_machine(),
+    metrics.update(iteration=loaded.iteration, precision=precision.as_dict(), machine=describe_machine(),
                    checkpoint=str(Path(cfg.checkpoint).resolve()), per_class=stats["per_class"])
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     log.info("evaluation of %s:\n%s", cfg.checkpoint, table.rstrip())

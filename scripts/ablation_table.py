@@ -36,11 +36,20 @@ DEFAULT_PAPER = Path(__file__).resolve().parents[1] / "docs" / "paper_tables.yam
 
 
 def read_job(job_dir: Path) -> dict:
+    """A job folder's overrides, config, sweep, metrics and status. A job killed before Hydra wrote
+    all of `.hydra/` is kept as failed, under the overrides it has (or its folder name)."""
     hydra_dir = job_dir / ".hydra"
-    overrides = list(OmegaConf.load(hydra_dir / "overrides.yaml"))
-    choices = OmegaConf.load(hydra_dir / "hydra.yaml").hydra.runtime.choices
-    job = {"dir": job_dir, "overrides": overrides, "config": OmegaConf.load(hydra_dir / "config.yaml"),
-           "sweep": choices.get("sweep"), "metrics": None, "status": "failed"}
+
+    def load(name: str):
+        return OmegaConf.load(hydra_dir / name) if (hydra_dir / name).is_file() else None
+
+    saved = load("overrides.yaml")
+    overrides = None if saved is None else list(saved)
+    hydra = load("hydra.yaml")
+    config = load("config.yaml") or OmegaConf.from_dotlist([o.lstrip("+") for o in overrides or []])
+    job = {"dir": job_dir, "overrides": overrides, "config": config,
+           "sweep": hydra.hydra.runtime.choices.get("sweep") if hydra is not None else None, "metrics": None,
+           "status": "failed"}
     metrics_file = job_dir / "metrics.json"
     if metrics_file.is_file():
         job["metrics"] = json.loads(metrics_file.read_text())
@@ -51,17 +60,22 @@ def read_job(job_dir: Path) -> dict:
 
 
 def find_jobs(multirun_dir: Path) -> list[dict]:
-    folders = [p.parent.parent for p in multirun_dir.glob("*/.hydra/overrides.yaml")]
+    """Every job folder: one with a `.hydra/` folder, or named by its job number."""
+    folders = [p for p in multirun_dir.iterdir() if p.is_dir() and ((p / ".hydra").is_dir() or p.name.isdigit())]
     folders.sort(key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
     return [read_job(folder) for folder in folders]
 
 
 def row_labels(jobs: list[dict], ignore: tuple[str, ...] = ()) -> list[str]:
     """The overrides that differ between jobs (the swept ones), or all of them for a single job;
-    overrides of the keys in `ignore` (e.g. the seed) are left out."""
-    kept = [[o for o in job["overrides"] if o.split("=", 1)[0].lstrip("+") not in ignore] for job in jobs]
-    shared = set.intersection(*(set(k) for k in kept)) if len(jobs) > 1 else set()
-    return [" ".join(o for o in k if o not in shared) or "(defaults)" for k in kept]
+    overrides of the keys in `ignore` (e.g. the seed) are left out. A job without overrides.yaml
+    is named by its folder."""
+    kept = [None if job["overrides"] is None else
+            [o for o in job["overrides"] if o.split("=", 1)[0].lstrip("+") not in ignore] for job in jobs]
+    known = [set(k) for k in kept if k is not None]
+    shared = set.intersection(*known) if len(known) > 1 else set()
+    return [f"job {job['dir'].name} (no .hydra/overrides.yaml)" if k is None else
+            " ".join(o for o in k if o not in shared) or "(defaults)" for job, k in zip(jobs, kept)]
 
 
 def _same(value, expected) -> bool:
@@ -87,7 +101,7 @@ def build_table(multirun_dir: Path, paper_file: Path = DEFAULT_PAPER) -> tuple[s
     """(markdown, one dict per row, one dict per job)."""
     jobs = find_jobs(multirun_dir)
     if not jobs:
-        raise SystemExit(f"{multirun_dir}: no job folders with .hydra/overrides.yaml; is this a multirun directory?")
+        raise SystemExit(f"{multirun_dir}: no job folders (numbered, or with .hydra/); is this a multirun directory?")
     sweep = next((job["sweep"] for job in jobs if job["sweep"]), None)
     tables = OmegaConf.to_container(OmegaConf.load(paper_file)) if paper_file.is_file() else {}
     table = tables.get(sweep) if sweep else None

@@ -20,12 +20,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from detector.engine.checkpoint import load_checkpoint, load_model_weights  # noqa: E402
+from detector.engine.inference import load_for_inference  # noqa: E402
 
 
 class Network(nn.Module):
@@ -40,11 +38,8 @@ class Network(nn.Module):
 
 
 def load(checkpoint: Path):
-    state = load_checkpoint(checkpoint)
-    config = OmegaConf.create(state["config"])
-    model = instantiate(config.model, num_classes=len(state["config"]["classes"]))
-    load_model_weights(model, state, checkpoint, state["config"])
-    return model.eval(), instantiate(config.postprocess), int(config.data.get("size_divisibility", 128))
+    loaded = load_for_inference(checkpoint)
+    return loaded.model, loaded.postprocessor, int(loaded.config.data.get("size_divisibility", 128))
 
 
 def export(model: nn.Module, out: Path, divisibility: int) -> None:

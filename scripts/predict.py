@@ -19,15 +19,13 @@ import sys
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torchvision.io import write_png
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from detector.data.images import read_rgb  # noqa: E402
 from detector.data.loader import PadCollate  # noqa: E402
 from detector.data.transforms import eval_transforms  # noqa: E402
-from detector.engine.checkpoint import load_checkpoint, load_model_weights  # noqa: E402
+from detector.engine.inference import load_for_inference  # noqa: E402
 from detector.engine.precision import resolve_precision  # noqa: E402
 from detector.engine.pictures import draw_detections  # noqa: E402
 
@@ -52,13 +50,8 @@ def image_files(paths: list[Path]) -> list[Path]:
 def predict(checkpoint: Path, files: list[Path], out: Path, score: float, amp: str = "auto") -> list[dict]:
     device = torch.device("cpu")
     precision = resolve_precision(amp, device)
-    state = load_checkpoint(checkpoint)
-    config = OmegaConf.create(state["config"])
-    classes = list(state["config"]["classes"])
-    model = instantiate(config.model, num_classes=len(classes))
-    load_model_weights(model, state, checkpoint, state["config"])
-    model.eval()
-    postprocess = instantiate(config.postprocess)
+    loaded = load_for_inference(checkpoint)
+    model, postprocess, config, classes = loaded.model, loaded.postprocessor, loaded.config, loaded.classes
     transform = eval_transforms(config.data.test_min_size, config.data.max_size)
     collate = PadCollate(int(config.data.get("size_divisibility", 128)))
     out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Pretrain a ResNet body on the glyph generator's classification task: the CPU protocol's ImageNet.
 
-    python scripts/pretrain_backbone.py [--depth 18] [--steps 2000] [--batch-size 128] [--crop-size 64]
-        [--warmup-steps 100] [--seed 0] [--out .cache/pretrained/resnet18-glyphs.pth]
+    python scripts/pretrain_backbone.py [--depth 18] [--steps 700] [--batch-size 128] [--crop-size 48]
+        [--lr 0.1] [--warmup-steps 50] [--seed 0] [--out .cache/pretrained/resnet18-glyphs.pth]
 
 Writes a torchvision ResNet state dict (train with model.backbone.weights_path=OUT) and OUT.json
 with the settings, the held-out accuracy and the training time. Deterministic from --seed; a
@@ -23,11 +23,11 @@ from detector.engine.pretrain import pretrain_backbone  # noqa: E402
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--depth", type=int, default=18, choices=[18, 34, 50, 101])
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=700)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--crop-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=0.2)
-    parser.add_argument("--warmup-steps", type=int, default=100)
+    parser.add_argument("--crop-size", type=int, default=48)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--warmup-steps", type=int, default=50)
     parser.add_argument("--eval-crops", type=int, default=2000, help="held-out crops for the accuracy")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1, help="crop-rendering processes")

@@ -29,8 +29,8 @@ def sweep_rows(name):
 
 
 @pytest.mark.parametrize("name", SWEEPS)
-@pytest.mark.parametrize("preset", ["ablation_cpu", "ablation_coco"])
-def test_every_stored_sweep_composes_at_both_scales(compose_cfg, name, preset):
+@pytest.mark.parametrize("preset", ["paper_cpu", "ablation_cpu", "ablation_coco"])
+def test_every_stored_sweep_composes_at_every_scale(compose_cfg, name, preset):
     rows = [row for row in sweep_rows(name) if not row.startswith("seed=")]  # seeds compose alike everywhere
     assert len(rows) >= 3
     if preset == "ablation_coco":  # the rows are the same overrides at both scales: one row shows the preset applies
@@ -43,6 +43,9 @@ def test_every_stored_sweep_composes_at_both_scales(compose_cfg, name, preset):
         elif "/" not in key:  # a value: composed as given
             assert str(OmegaConf.select(cfg, key)) == value
         assert (cfg.data.test_min_size == 600) == (preset == "ablation_coco")
+        if preset == "paper_cpu":  # the paper's recipe on the COCO-like data, from the pretrained backbone
+            assert cfg.optim._target_ == "torch.optim.SGD" and cfg.data.prepare._target_.endswith("prepare_glyphs_coco")
+            assert cfg.model.backbone.norm == "frozen_bn" and cfg.model.backbone.weights_path == cfg.pretrain.out
 
 
 def test_every_stored_sweep_runs_three_seeds_a_row():
@@ -57,7 +60,7 @@ def test_fl_table1b_rows_are_the_papers(compose_cfg):
     assert pairs == {(0.0, 0.75), (0.1, 0.75), (0.2, 0.75), (0.5, 0.5), (1.0, 0.25), (2.0, 0.25), (5.0, 0.25)}
 
 
-@pytest.mark.parametrize("preset", ["ablation_cpu"])
+@pytest.mark.parametrize("preset", ["paper_cpu", "ablation_cpu"])
 def test_ghm_rows_carry_the_official_recipe(compose_cfg, preset):
     """GHM_Detection's config: GHM-C and GHM-R called per level, GHM-R (and ASL1, its one-bin
     case) weighted by 10, every row clipped at gradient norm 35."""
@@ -158,6 +161,22 @@ def test_seeds_are_one_row_with_mean_std_interval_and_noise(tmp_path):
     assert "loss.alpha=0.75 ~ loss.alpha=0.9" not in noise  # 21/23/25 against 30/30/30: p < 0.05
     runs = (tmp_path / "runs.csv").read_text().splitlines()
     assert len(runs) == 13 and runs[6].split(",")[:3] == ["loss.alpha=0.5", "2", "diverged"]
+
+
+def test_jobs_killed_before_hydra_wrote_their_folder_stay_visible_as_failed(tmp_path):
+    """Jobs 0 and 3 finished; job 1 was killed after Hydra wrote its overrides (no hydra.yaml, no
+    config.yaml), job 2 before it wrote anything."""
+    fake_job(tmp_path, 0, 0.25, metrics(5.0), seed=0)
+    fake_job(tmp_path, 1, 0.25, seed=1)
+    fake_job(tmp_path, 3, 0.5, metrics(20.0), seed=0)
+    for name in ("hydra.yaml", "config.yaml"):
+        (tmp_path / "1" / ".hydra" / name).unlink()
+    (tmp_path / "2").mkdir()
+    lines = tabulate(tmp_path)
+    assert lines[0] == f"# fl_table1a: {tmp_path}"  # the sweep, read from the jobs that have it
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in lines if line.startswith("| ")}
+    assert rows["loss.alpha=0.25"][1] == "1 ok, 1 failed (seed 1)" and rows["loss.alpha=0.25"][2] == "5.00"
+    assert rows["job 2 (no .hydra/overrides.yaml)"][1] == "0 ok, 1 failed (seed None)"
 
 
 @pytest.mark.slow  # 27 s; the fast tier keeps a real multirun (test_scale's parallel launcher) and the table's parsing

@@ -2,8 +2,11 @@ import os
 
 import pytest
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from detector.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from detector.engine.inference import load_for_inference
 from detector.models import ResNetBackbone
 from tests.conftest import run_script
 
@@ -15,6 +18,22 @@ def test_round_trip_and_atomic_overwrite(tmp_path):
     state = load_checkpoint(path)
     assert state["iteration"] == 8 and state["model"]["w"].tolist() == [0, 1, 2, 3]
     assert os.listdir(path.parent) == ["last.pt"]  # no temporary files left behind
+
+
+def test_load_for_inference_round_trips_a_checkpoint_without_its_pretrained_backbone_file(compose_cfg, tmp_path):
+    """The experiment=paper_cpu config names a pretrained backbone file; the checkpoint holds every
+    weight, so the model loads after that file has gone, with the overrides applied."""
+    cfg = compose_cfg(["experiment=paper_cpu", f"pretrain.out={tmp_path / 'gone.pth'}"])
+    torch.manual_seed(0)
+    model = instantiate(OmegaConf.merge(cfg.model, {"backbone": {"weights_path": None}}), num_classes=80)
+    config = {**OmegaConf.to_container(cfg, resolve=True), "classes": [f"c{i}" for i in range(80)]}
+    save_checkpoint({"model": model.state_dict(), "config": config, "iteration": 42}, tmp_path / "last.pt")
+    loaded = load_for_inference(tmp_path / "last.pt", {"postprocess.score_thresh": 0.3})
+    assert loaded.config.model.backbone.weights_path == str(tmp_path / "gone.pth") and not (tmp_path / "gone.pth").exists()
+    assert not loaded.model.training and loaded.iteration == 42 and loaded.classes == config["classes"]
+    assert loaded.postprocessor.score_thresh == 0.3 and loaded.config.postprocess.score_thresh == 0.3
+    for name, value in model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], value), name
 
 
 def test_truncated_checkpoint_is_refused(tmp_path):
@@ -39,11 +58,19 @@ def test_pickle_that_runs_code_is_refused_and_not_run(tmp_path, monkeypatch):
     assert not (tmp_path / "PWNED").exists()
 
 
-def test_a_checkpoint_of_another_model_is_refused_with_what_differs_and_how_to_fine_tune(tmp_path, cache_dir):
-    run = tmp_path / "run"
-    result = run_script("train.py", "debug=smoke", f"data.cache_dir={cache_dir}", f"hydra.run.dir={run}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    checkpoint = run / "checkpoints" / "last.pt"
+def test_a_checkpoint_of_another_model_is_refused_with_what_differs_and_how_to_fine_tune(tmp_path, cache_dir,
+                                                                                          compose_cfg):
+    """A checkpoint as training writes it (model, config with its classes, iteration, the optimizer's
+    and scheduler's states for a resume) of the smoke model."""
+    cfg = compose_cfg(["debug=smoke", f"data.cache_dir={cache_dir}"])
+    torch.manual_seed(0)
+    model = instantiate(cfg.model, num_classes=6)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    config = {**OmegaConf.to_container(cfg, resolve=True),
+              "classes": ["circle", "square", "triangle", "star", "cross", "ring"]}
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.pt"
+    save_checkpoint({"model": model.state_dict(), "config": config, "iteration": 4,
+                     "optimizer": optimizer.state_dict()}, checkpoint)
 
     result = run_script("evaluate.py", f"checkpoint={checkpoint}", "model.head.channels=64",
                         f"hydra.run.dir={tmp_path / 'eval'}")

@@ -1,16 +1,16 @@
 """The COCO-like embedded dataset: its statistics on a sample, and the imbalance it gives the loss."""
 
+import itertools
 import json
 
 import numpy as np
 import pytest
 import torch
 
+from detector.cli import build, build_datasets
 from detector.data import glyphs
 from detector.data.glyphs import CLASSES, class_frequencies, object_count_probabilities, prepare_glyphs_coco
-from detector.models import AnchorGenerator
-from detector.ops import IoUMatcher
-from detector.ops.matcher import IGNORE
+from detector.data.loader import infinite_train_batches
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +44,8 @@ def test_class_frequency_is_long_tailed(sample):
 
 
 def test_objects_per_image_like_coco(sample):
-    probabilities = object_count_probabilities(30, 1.6)
-    assert probabilities[:3].sum() > 0.7 and probabilities[20:].sum() > 0.015
+    probabilities = object_count_probabilities(30, 2.2)
+    assert probabilities[:3].sum() > 0.85 and probabilities[20:].sum() > 0.005
     per_image = np.bincount([a["image_id"] for a in sample["annotations"]], minlength=201)[1:]
     assert per_image.min() >= 1
     assert ((per_image >= 1) & (per_image <= 3)).mean() > 0.6  # most images hold 1–3 objects
@@ -59,19 +59,21 @@ def test_small_medium_large_like_coco(sample):
     assert 0.30 < small < 0.50 and 0.25 < 1 - small - large < 0.45 and 0.15 < large < 0.33
 
 
-def test_negatives_per_positive_in_the_loss_exceed_three_times_ten_to_the_four(sample):
-    """The classification loss's imbalance on these images with the paper's anchors (32–512 px,
-    batches padded to 384 px): (kept anchors × 80 − positive anchors) / positive anchors."""
-    boxes = {}
-    for a in sample["annotations"]:
-        x, y, w, h = a["bbox"]
-        boxes.setdefault(a["image_id"], []).append([x, y, x + w, y + h])
-    generator = AnchorGenerator()
-    anchors = generator([torch.zeros(1, 1, 384 // s, 384 // s) for s in generator.strides])
-    matcher = IoUMatcher(low_quality_matches="detectron2")
-    kept = positive = 0
-    for image_boxes in boxes.values():
-        gt = torch.tensor(image_boxes, dtype=torch.float32).view(1, -1, 4)
-        matches = matcher(anchors, gt, torch.ones(gt.shape[:2], dtype=torch.bool))
-        kept, positive = kept + int((matches != IGNORE).sum()), positive + int((matches >= 0).sum())
-    assert (kept * 80 - positive) / positive >= 3e4
+def test_a_batch_of_the_paper_protocol_has_over_three_times_ten_to_the_four_negatives_per_positive(compose_cfg,
+                                                                                                    tmp_path):
+    """The figure the trainer logs as neg/pos: the criterion's negative (anchor, class) elements over
+    its positive ones, on experiment=paper_cpu's first training batches (80 classes, the paper's
+    anchors, 320 px)."""
+    cfg = compose_cfg(["experiment=paper_cpu", f"data.cache_dir={tmp_path}", "data.num_train=96", "data.num_val=1",
+                       "model.backbone.weights_path=null"])
+    train_set, _ = build_datasets(cfg.data)
+    model, criterion, _ = build(cfg, train_set.num_classes)
+    batches = infinite_train_batches(train_set, cfg.data.batch_size, 0, cfg.seed, 0,
+                                     size_divisibility=cfg.data.size_divisibility)
+    negatives = positives = 0.0
+    with torch.no_grad():
+        for images, targets in itertools.islice(batches, 96 // cfg.data.batch_size):
+            assert images.shape[-2:] == (320, 320)
+            losses = criterion(model.eval()(images), targets)
+            negatives, positives = negatives + float(losses["num_neg"]), positives + float(losses["num_pos"])
+    assert train_set.num_classes == 80 and negatives / positives >= 3e4

@@ -43,11 +43,12 @@ def test_pretraining_writes_a_backbone_that_the_detector_loads_and_caches_it(tmp
 
 @pytest.mark.slow
 def test_pretrained_backbone_beats_a_random_init_on_held_out_crops(tmp_path):
-    record = pretrain_backbone(tmp_path / "r18.pth", steps=300, batch_size=64, crop_size=48, warmup_steps=20,
+    """A quarter of the default schedule (the loss leaves chance after about 200 steps of 128 crops)."""
+    record = pretrain_backbone(tmp_path / "r18.pth", steps=350, batch_size=64, crop_size=48, warmup_steps=25,
                                eval_crops=512, num_workers=1, progress=False)
     torch.manual_seed(1)
     random_accuracy, random_loss = evaluate_crops(torchvision.models.resnet18(num_classes=80), 48, 1, 512, 64)
-    assert record["accuracy"] > max(0.1, 3 * random_accuracy) and record["held_out_loss"] < random_loss
+    assert record["accuracy"] > 2 * max(random_accuracy, 1 / 80) and record["held_out_loss"] < random_loss - 0.05
 
 
 def test_the_command_names_its_output_and_accuracy(tmp_path, monkeypatch, capsys):

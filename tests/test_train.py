@@ -122,3 +122,40 @@ def test_bf16_autocast_on_cpu_trains_with_float32_losses(compose_cfg, cache_dir,
     assert all(p.dtype == torch.float32 for p in model.parameters())  # ... on float32 weights
     history = [losses["loss"]] + [trainer.step()["loss"] for _ in range(7)]
     assert all(torch.isfinite(torch.tensor(history))) and sum(history[-2:]) < 0.9 * sum(history[:2]), history
+
+
+class CountingValidator:
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, model):
+        self.calls += 1
+        return {name: 12.5 for name in ("AP", "AP50", "AP75", "APs", "APm", "APl")}, "", []
+
+
+def test_a_run_resumed_at_its_end_keeps_its_metrics_without_training_or_evaluating(compose_cfg, cache_dir, tmp_path):
+    """A sweep rerun with trainer.resume=auto: its finished jobs cost neither a step nor an evaluation."""
+    cfg = compose_cfg(["debug=smoke", f"data.cache_dir={cache_dir}"])
+    train_set, _ = build_datasets(cfg.data)
+    torch.manual_seed(0)
+
+    def trainer_for(validator, batches):
+        model, criterion, _ = build(cfg, train_set.num_classes)
+        optimizer = build_optimizer(cfg.optim, model)
+        return Trainer(model, criterion, optimizer, lambda_scheduler(optimizer, lambda it: 1.0), batches, validator,
+                       tmp_path, max_iters=2, batch_size=2, device=torch.device("cpu"), eval_period=0, log_period=1)
+
+    validator = CountingValidator()
+    first = trainer_for(validator, lambda start: infinite_train_batches(train_set, 2, 0, 0, start)).train()
+    assert validator.calls == 1 and first["AP"] == 12.5 and first["iteration"] == 2
+    written = (tmp_path / "metrics.json").read_text()
+
+    again = trainer_for(validator, lambda start: pytest.fail("a finished run drew a batch"))
+    again.resume(tmp_path / "checkpoints" / "last.pt")
+    assert again.train() == json.loads(written) and validator.calls == 1
+    assert (tmp_path / "metrics.json").read_text() == written
+
+    (tmp_path / "metrics.json").unlink()  # killed between its last checkpoint and metrics.json: evaluated again
+    resumed = trainer_for(validator, lambda start: pytest.fail("a finished run drew a batch"))
+    resumed.resume(tmp_path / "checkpoints" / "last.pt")
+    assert resumed.train()["AP"] == 12.5 and validator.calls == 2

@@ -145,8 +145,8 @@ def finish_image(rng: np.random.Generator, canvas: np.ndarray, owner: np.ndarray
     return image, objects
 
 
-def background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Smooth colour field + fine texture + clutter strokes that belong to no class."""
+def background(rng: np.random.Generator, size: int, max_strokes: int = 9) -> np.ndarray:
+    """Smooth colour field + fine texture + 0–`max_strokes` clutter strokes that belong to no class."""
     cells = int(rng.integers(2, 9))
     field = Image.fromarray(rng.integers(0, 256, (cells, cells, 3), dtype=np.uint8)).resize((size, size), Image.BICUBIC)
     canvas = np.asarray(field, dtype=np.float32) * rng.uniform(0.4, 1.0)
@@ -156,7 +156,7 @@ def background(rng: np.random.Generator, size: int) -> np.ndarray:
     draw = ImageDraw.Draw(clutter)
     alpha = Image.new("L", (size, size))
     alpha_draw = ImageDraw.Draw(alpha)
-    for _ in range(int(rng.integers(0, 10))):
+    for _ in range(int(rng.integers(0, max_strokes + 1))):
         points = [tuple(int(v) for v in rng.integers(0, size, 2)) for _ in range(int(rng.integers(2, 5)))]
         colour, width = tuple(int(c) for c in rng.integers(0, 256, 3)), int(rng.integers(1, 4))
         draw.line(points, fill=colour, width=width)

@@ -173,6 +173,11 @@ class Trainer:
 
     # ---------------------------------------------------------------- loop
     def train(self) -> dict:
+        finished = broadcast_from_main(self._finished_metrics() if self.distributed.is_main else None)
+        if finished is not None:
+            log.info("the run finished at iteration %d: its metrics.json stands, nothing to train or evaluate",
+                     self.iteration)
+            return finished
         self.module.to(self.device, memory_format=self.memory_format)
         self.criterion.to(self.device)
         if self.distributed.enabled:
@@ -370,6 +375,15 @@ class Trainer:
                                      histogram.counts.tolist(), self.iteration)
         for name, value in gradients.scalars.items():
             writer.add_scalar(f"gradients/{name}", value, self.iteration)
+
+    def _finished_metrics(self) -> dict | None:
+        """metrics.json of a run resumed at its end (a sweep rerun with trainer.resume=auto keeps
+        its finished jobs without evaluating them again); None otherwise."""
+        path = self.output_dir / "metrics.json"
+        if self.iteration < self.max_iters or not path.is_file():
+            return None
+        metrics = json.loads(path.read_text())
+        return metrics if metrics.get("iteration") == self.iteration and "AP" in metrics else None
 
     def _write_metrics(self, stats: dict) -> dict:
         metrics = {name: stats[name] for name in STAT_NAMES[:6] if name in stats}
