@@ -1,6 +1,6 @@
 # make train  — create .venv if missing, install, train the default (synthetic data, CPU) within
 #               TRAIN_BUDGET seconds of training steps (null: the recipe's full 1400 iterations)
-# make test   — same set-up, then the fast test suite (what CI runs)
+# make test   — same set-up, then ruff (lint and format check: make lint) and the fast test suite (what CI runs)
 # make test-slow — the heavier tests (longer training runs); make test-all — both
 # make gpu-wheels — the pinned dependencies a GPU machine's Python may lack, as wheels in .whl/ (scripts/gpu_check.sh)
 # make benchmark — ours against torchvision's RetinaNet (scripts/benchmark.py; ARGS="--sizes 800x1333 ...")
@@ -17,7 +17,7 @@ ifneq ($(JEMALLOC),)
 RUN_ENV := LD_PRELOAD=$(JEMALLOC) MALLOC_CONF=oversize_threshold:1,background_thread:true,dirty_decay_ms:-1,muzzy_decay_ms:-1
 endif
 
-.PHONY: install train test test-slow test-all benchmark gpu-wheels clean
+.PHONY: install train test lint test-slow test-all benchmark gpu-wheels clean
 
 install: $(STAMP)
 
@@ -30,8 +30,12 @@ $(STAMP): pyproject.toml constraints.txt
 train: install
 	$(RUN_ENV) $(BIN)/python train.py trainer.time_budget=$(TRAIN_BUDGET) $(ARGS)
 
-test: install
+test: install lint
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test-slow: install
 	$(RUN_ENV) $(BIN)/python -m pytest -m slow $(ARGS)

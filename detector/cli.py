@@ -52,12 +52,17 @@ def build_datasets(data: DictConfig) -> tuple[CocoDetection, CocoDetection]:
     """Training and validation sets; both paths are checked before either is read."""
     splits: CocoSplits = instantiate(data.prepare)
     train_paths, val_paths = check_split(splits, "train"), check_split(splits, "val")
-    train_set = CocoDetection(*train_paths, train_transforms(list(data.train_min_sizes), data.max_size, data.flip_prob),
-                              filter_empty=data.filter_empty)
+    train_set = CocoDetection(
+        *train_paths,
+        train_transforms(list(data.train_min_sizes), data.max_size, data.flip_prob),
+        filter_empty=data.filter_empty,
+    )
     val_set = CocoDetection(*val_paths, eval_transforms(data.test_min_size, data.max_size))
     if train_set.category_ids != val_set.category_ids:
-        raise ValueError(f"{splits.train_ann} and {splits.val_ann} have different categories: "
-                         f"{train_set.class_names} vs {val_set.class_names}")
+        raise ValueError(
+            f"{splits.train_ann} and {splits.val_ann} have different categories: "
+            f"{train_set.class_names} vs {val_set.class_names}"
+        )
     return train_set, val_set
 
 
@@ -77,15 +82,28 @@ def output_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-def validator_for(dataset: CocoDetection, data: DictConfig, postprocessor, device, amp_dtype,
-                  processes: distributed.Distributed | None = None, backend: str = "auto") -> CocoValidator:
+def validator_for(
+    dataset: CocoDetection,
+    data: DictConfig,
+    postprocessor,
+    device,
+    amp_dtype,
+    processes: distributed.Distributed | None = None,
+    backend: str = "auto",
+) -> CocoValidator:
     """Scores `dataset`; under DDP each process predicts every world_size-th image."""
     processes = processes or distributed.Distributed()
     share = Subset(dataset, range(processes.rank, len(dataset), processes.world_size)) if processes.enabled else dataset
-    loader = eval_loader(share, data.eval_batch_size, data.num_workers, data.get("size_divisibility", 128),
-                         pin_memory=device.type == "cuda")
-    return CocoValidator(loader, dataset.coco, dataset.category_ids, postprocessor, device, amp_dtype, dataset.image_dir,
-                         backend)
+    loader = eval_loader(
+        share,
+        data.eval_batch_size,
+        data.num_workers,
+        data.get("size_divisibility", 128),
+        pin_memory=device.type == "cuda",
+    )
+    return CocoValidator(
+        loader, dataset.coco, dataset.category_ids, postprocessor, device, amp_dtype, dataset.image_dir, backend
+    )
 
 
 def train(cfg: DictConfig) -> float:
@@ -93,9 +111,17 @@ def train(cfg: DictConfig) -> float:
     (or a multi-task submitit job) every process runs this; see `detector.engine.distributed`."""
     run_config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     trainer_cfg = cfg.trainer
-    check_settings(trainer_cfg.max_iters, trainer_cfg.eval_period, trainer_cfg.log_period,
-                   trainer_cfg.checkpoint_period, trainer_cfg.clip_grad_norm, trainer_cfg.diagnostics_period,
-                   trainer_cfg.max_consecutive_nonfinite, trainer_cfg.time_budget, trainer_cfg.budget_probe_iters)
+    check_settings(
+        trainer_cfg.max_iters,
+        trainer_cfg.eval_period,
+        trainer_cfg.log_period,
+        trainer_cfg.checkpoint_period,
+        trainer_cfg.clip_grad_norm,
+        trainer_cfg.diagnostics_period,
+        trainer_cfg.max_consecutive_nonfinite,
+        trainer_cfg.time_budget,
+        trainer_cfg.budget_probe_iters,
+    )
     for key in ("batch_size", "eval_batch_size"):
         if cfg.data[key] < 1:
             raise ValueError(f"data.{key} must be >= 1, got {cfg.data[key]}")
@@ -105,12 +131,17 @@ def train(cfg: DictConfig) -> float:
     criterion = build_criterion(cfg)
     postprocessor = instantiate(cfg.postprocess)
     schedule = instantiate(cfg.schedule, max_iters=trainer_cfg.max_iters)
-    if (trainer_cfg.time_budget is not None and trainer_cfg.max_iters > trainer_cfg.budget_probe_iters
-            and getattr(schedule, "warmup_iters", 0) < trainer_cfg.budget_probe_iters):
-        raise ValueError(f"trainer.time_budget fixes the iteration count after trainer.budget_probe_iters="
-                         f"{trainer_cfg.budget_probe_iters} iterations, which must lie inside the warmup (schedule."
-                         f"warmup_iters={getattr(schedule, 'warmup_iters', 0)}) so that a rerun with that count is "
-                         "identical; lower trainer.budget_probe_iters or raise schedule.warmup_iters")
+    if (
+        trainer_cfg.time_budget is not None
+        and trainer_cfg.max_iters > trainer_cfg.budget_probe_iters
+        and getattr(schedule, "warmup_iters", 0) < trainer_cfg.budget_probe_iters
+    ):
+        raise ValueError(
+            f"trainer.time_budget fixes the iteration count after trainer.budget_probe_iters="
+            f"{trainer_cfg.budget_probe_iters} iterations, which must lie inside the warmup (schedule."
+            f"warmup_iters={getattr(schedule, 'warmup_iters', 0)}) so that a rerun with that count is "
+            "identical; lower trainer.budget_probe_iters or raise schedule.warmup_iters"
+        )
     if cfg.get("pretrain") is not None:  # e.g. experiment=paper_cpu: its backbone, built once into the cache
         instantiate(cfg.pretrain)
     _check_model_values(cfg.model)
@@ -127,8 +158,10 @@ def _train(cfg, device, precision, criterion, postprocessor, schedule, processes
     trainer_cfg = cfg.trainer
     if processes.enabled:
         if cfg.data.batch_size % processes.world_size:
-            raise ValueError(f"data.batch_size={cfg.data.batch_size} is the global batch; it must be a multiple of "
-                             f"the {processes.world_size} processes")
+            raise ValueError(
+                f"data.batch_size={cfg.data.batch_size} is the global batch; it must be a multiple of "
+                f"the {processes.world_size} processes"
+            )
         if device.type == "cuda":
             device = torch.device("cuda", processes.local_rank)
         criterion.reduce_num_pos = distributed.mean_over_processes
@@ -140,45 +173,89 @@ def _train(cfg, device, precision, criterion, postprocessor, schedule, processes
 
     with distributed.main_first():  # rank 0 writes any dataset cache; the others then read it
         train_set, val_set = build_datasets(cfg.data)
-    log.info("data: %d train / %d val images, %d classes: %s", len(train_set), len(val_set),
-             train_set.num_classes, ", ".join(train_set.class_names))
+    log.info(
+        "data: %d train / %d val images, %d classes: %s",
+        len(train_set),
+        len(val_set),
+        train_set.num_classes,
+        ", ".join(train_set.class_names),
+    )
     model = instantiate(cfg.model, num_classes=train_set.num_classes)
-    log.info("model: %.2fM parameters (%.2fM trainable)", sum(p.numel() for p in model.parameters()) / 1e6,
-             sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6)
+    log.info(
+        "model: %.2fM parameters (%.2fM trainable)",
+        sum(p.numel() for p in model.parameters()) / 1e6,
+        sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
+    )
     optimizer = build_optimizer(cfg.optim, model)
     run_config["classes"] = train_set.class_names
 
     group_ids = train_set.aspect_ratio_groups() if cfg.data.group_by_aspect_ratio else None
 
     def batches(start_iteration: int):
-        return infinite_train_batches(train_set, cfg.data.batch_size, cfg.data.num_workers, cfg.seed, start_iteration,
-                                      processes.rank, processes.world_size, group_ids, cfg.data.size_divisibility,
-                                      pin_memory=device.type == "cuda")
+        return infinite_train_batches(
+            train_set,
+            cfg.data.batch_size,
+            cfg.data.num_workers,
+            cfg.seed,
+            start_iteration,
+            processes.rank,
+            processes.world_size,
+            group_ids,
+            cfg.data.size_divisibility,
+            pin_memory=device.type == "cuda",
+        )
 
     trainer = Trainer(
-        model, criterion, optimizer, lambda_scheduler(optimizer, schedule), batches=batches,
-        validator=validator_for(val_set, cfg.data, postprocessor, device, precision.dtype, processes,
-                                cfg.evaluation.backend),
-        output_dir=out, max_iters=trainer_cfg.max_iters, batch_size=cfg.data.batch_size, device=device,
-        amp=precision, eval_period=trainer_cfg.eval_period, log_period=trainer_cfg.log_period,
-        checkpoint_period=trainer_cfg.checkpoint_period, clip_grad_norm=trainer_cfg.clip_grad_norm,
-        channels_last=trainer_cfg.channels_last, diagnostics_period=trainer_cfg.diagnostics_period,
-        max_consecutive_nonfinite=trainer_cfg.max_consecutive_nonfinite, distributed=processes,
-        sync_bn=trainer_cfg.sync_bn, compile_model=trainer_cfg.compile, run_config=run_config,
-        time_budget=trainer_cfg.time_budget, budget_probe_iters=trainer_cfg.budget_probe_iters,
-        hparams=run_hparams(run_config, _sweep_overrides()))
+        model,
+        criterion,
+        optimizer,
+        lambda_scheduler(optimizer, schedule),
+        batches=batches,
+        validator=validator_for(
+            val_set, cfg.data, postprocessor, device, precision.dtype, processes, cfg.evaluation.backend
+        ),
+        output_dir=out,
+        max_iters=trainer_cfg.max_iters,
+        batch_size=cfg.data.batch_size,
+        device=device,
+        amp=precision,
+        eval_period=trainer_cfg.eval_period,
+        log_period=trainer_cfg.log_period,
+        checkpoint_period=trainer_cfg.checkpoint_period,
+        clip_grad_norm=trainer_cfg.clip_grad_norm,
+        channels_last=trainer_cfg.channels_last,
+        diagnostics_period=trainer_cfg.diagnostics_period,
+        max_consecutive_nonfinite=trainer_cfg.max_consecutive_nonfinite,
+        distributed=processes,
+        sync_bn=trainer_cfg.sync_bn,
+        compile_model=trainer_cfg.compile,
+        run_config=run_config,
+        time_budget=trainer_cfg.time_budget,
+        budget_probe_iters=trainer_cfg.budget_probe_iters,
+        hparams=run_hparams(run_config, _sweep_overrides()),
+    )
     resume_from = _resume_path(trainer_cfg.resume, out)
     if resume_from is not None:
         trainer.resume(resume_from)
     budget = "" if trainer_cfg.time_budget is None else f" at most, or what fits in {trainer_cfg.time_budget:g} s"
-    log.info("training for %d iterations%s on %s (amp=%s, %d process%s); outputs in %s", trainer_cfg.max_iters, budget,
-             device, precision.amp, processes.world_size, "es" if processes.enabled else "", out)
+    log.info(
+        "training for %d iterations%s on %s (amp=%s, %d process%s); outputs in %s",
+        trainer_cfg.max_iters,
+        budget,
+        device,
+        precision.amp,
+        processes.world_size,
+        "es" if processes.enabled else "",
+        out,
+    )
     log.info("machine: %s; precision %s (%s)", machine_line(describe_machine()), precision.name, precision.reason)
     metrics = trainer.train()
     if not processes.is_main:
         return float(metrics.get("AP", 0.0))
-    print(f"\nCOCO box AP on the validation split after {metrics['iteration']} iterations "
-          f"({metrics['train_seconds']:.0f} s of training):\n{format_metrics(metrics)}\nmetrics: {out / 'metrics.json'}")
+    print(
+        f"\nCOCO box AP on the validation split after {metrics['iteration']} iterations "
+        f"({metrics['train_seconds']:.0f} s of training):\n{format_metrics(metrics)}\nmetrics: {out / 'metrics.json'}"
+    )
     return float(metrics.get("AP", 0.0))
 
 
@@ -190,18 +267,26 @@ def evaluate(cfg: DictConfig) -> dict:
     precision = resolve_precision(saved.trainer.amp, device)
     val_set = build_val_dataset(saved.data)
     if loaded.classes != val_set.class_names:
-        raise ValueError(f"checkpoint {cfg.checkpoint} was trained on classes {loaded.classes}, but "
-                         f"{val_set.ann_file} has {val_set.class_names}")
+        raise ValueError(
+            f"checkpoint {cfg.checkpoint} was trained on classes {loaded.classes}, but "
+            f"{val_set.ann_file} has {val_set.class_names}"
+        )
     model, postprocessor = loaded.model, loaded.postprocessor  # no criterion: evaluation needs no losses
     model.to(device)
     backend = OmegaConf.select(saved, "evaluation.backend", default="auto")
-    stats, table, detections = validator_for(val_set, saved.data, postprocessor, device, precision.dtype,
-                                                backend=backend)(model)
+    stats, table, detections = validator_for(
+        val_set, saved.data, postprocessor, device, precision.dtype, backend=backend
+    )(model)
     out = output_dir()
     (out / "detections.json").write_text(json.dumps([{key: d[key] for key in RESULT_KEYS} for d in detections]))
     metrics = {name: stats[name] for name in ("AP", "AP50", "AP75", "APs", "APm", "APl")}
-    metrics.update(iteration=loaded.iteration, precision=precision.as_dict(), machine=describe_machine(),
-                   checkpoint=str(Path(cfg.checkpoint).resolve()), per_class=stats["per_class"])
+    metrics.update(
+        iteration=loaded.iteration,
+        precision=precision.as_dict(),
+        machine=describe_machine(),
+        checkpoint=str(Path(cfg.checkpoint).resolve()),
+        per_class=stats["per_class"],
+    )
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     log.info("evaluation of %s:\n%s", cfg.checkpoint, table.rstrip())
     log.info("per-class AP:\n%s", format_per_class(stats["per_class"]))
@@ -215,8 +300,10 @@ def _check_model_values(model: DictConfig) -> None:
     checked before any data work; a missing weights file is named now too."""
     weights_path = OmegaConf.select(model, "backbone.weights_path")
     if weights_path is not None and not Path(weights_path).expanduser().is_file():
-        raise FileNotFoundError(f"model.backbone.weights_path={weights_path}: no such file. Place a torchvision ResNet "
-                                "state dict or one of this project's checkpoints there, or set it to null.")
+        raise FileNotFoundError(
+            f"model.backbone.weights_path={weights_path}: no such file. Place a torchvision ResNet "
+            "state dict or one of this project's checkpoints there, or set it to null."
+        )
     with torch.device("meta"):
         instantiate(OmegaConf.merge(model, {"backbone": {"weights_path": None}}), num_classes=1)
 
@@ -226,8 +313,12 @@ def _refuse_frozen_random_backbone(backbone: DictConfig, resume: str | None) -> 
     brings its own weights."""
     if not str(backbone.get("_target_", "")).endswith("ResNetBackbone"):
         return
-    problem = frozen_without_weights(backbone.get("depth", 50), backbone.get("norm", "frozen_bn"),
-                                     backbone.get("frozen_stages", 2), backbone.get("weights_path"))
+    problem = frozen_without_weights(
+        backbone.get("depth", 50),
+        backbone.get("norm", "frozen_bn"),
+        backbone.get("frozen_stages", 2),
+        backbone.get("weights_path"),
+    )
     if problem and resume in (None, "auto"):
         raise ValueError(problem)
 

@@ -18,15 +18,23 @@ class RetinaNetPostProcessor:
     in the pixels of the network input (before padding).
     """
 
-    def __init__(self, box_coder: BoxCoder, score_thresh: float = 0.05, topk_candidates: int = 1000,
-                 nms_thresh: float = 0.5, max_detections: int = 100):
+    def __init__(
+        self,
+        box_coder: BoxCoder,
+        score_thresh: float = 0.05,
+        topk_candidates: int = 1000,
+        nms_thresh: float = 0.5,
+        max_detections: int = 100,
+    ):
         if not 0.0 <= score_thresh < 1.0:
             raise ValueError(f"postprocess score_thresh must be in [0, 1), got {score_thresh}")
         if not 0.0 < nms_thresh <= 1.0:
             raise ValueError(f"postprocess nms_thresh must be in (0, 1], got {nms_thresh}")
         if topk_candidates < 1 or max_detections < 1:
-            raise ValueError("postprocess topk_candidates and max_detections must be >= 1, got "
-                             f"{topk_candidates} and {max_detections}")
+            raise ValueError(
+                "postprocess topk_candidates and max_detections must be >= 1, got "
+                f"{topk_candidates} and {max_detections}"
+            )
         self.box_coder = box_coder
         self.score_thresh = score_thresh
         self.topk_candidates = topk_candidates
@@ -66,5 +74,9 @@ class RetinaNetPostProcessor:
         rank = torch.arange(len(keep), device=keep.device) - starts[image_idx[keep]]
         keep = keep[rank < self.max_detections]
         per_image = counts.clamp(max=self.max_detections).tolist()
-        return [{"boxes": b, "scores": s, "labels": l} for b, s, l in
-                zip(boxes[keep].split(per_image), scores[keep].split(per_image), labels[keep].split(per_image))]
+        return [
+            {"boxes": b, "scores": s, "labels": c}
+            for b, s, c in zip(
+                boxes[keep].split(per_image), scores[keep].split(per_image), labels[keep].split(per_image)
+            )
+        ]

@@ -47,9 +47,14 @@ def read_job(job_dir: Path) -> dict:
     overrides = None if saved is None else list(saved)
     hydra = load("hydra.yaml")
     config = load("config.yaml") or OmegaConf.from_dotlist([o.lstrip("+") for o in overrides or []])
-    job = {"dir": job_dir, "overrides": overrides, "config": config,
-           "sweep": hydra.hydra.runtime.choices.get("sweep") if hydra is not None else None, "metrics": None,
-           "status": "failed"}
+    job = {
+        "dir": job_dir,
+        "overrides": overrides,
+        "config": config,
+        "sweep": hydra.hydra.runtime.choices.get("sweep") if hydra is not None else None,
+        "metrics": None,
+        "status": "failed",
+    }
     metrics_file = job_dir / "metrics.json"
     if metrics_file.is_file():
         job["metrics"] = json.loads(metrics_file.read_text())
@@ -70,12 +75,20 @@ def row_labels(jobs: list[dict], ignore: tuple[str, ...] = ()) -> list[str]:
     """The overrides that differ between jobs (the swept ones), or all of them for a single job;
     overrides of the keys in `ignore` (e.g. the seed) are left out. A job without overrides.yaml
     is named by its folder."""
-    kept = [None if job["overrides"] is None else
-            [o for o in job["overrides"] if o.split("=", 1)[0].lstrip("+") not in ignore] for job in jobs]
+    kept = [
+        None
+        if job["overrides"] is None
+        else [o for o in job["overrides"] if o.split("=", 1)[0].lstrip("+") not in ignore]
+        for job in jobs
+    ]
     known = [set(k) for k in kept if k is not None]
     shared = set.intersection(*known) if len(known) > 1 else set()
-    return [f"job {job['dir'].name} (no .hydra/overrides.yaml)" if k is None else
-            " ".join(o for o in k if o not in shared) or "(defaults)" for job, k in zip(jobs, kept)]
+    return [
+        f"job {job['dir'].name} (no .hydra/overrides.yaml)"
+        if k is None
+        else " ".join(o for o in k if o not in shared) or "(defaults)"
+        for job, k in zip(jobs, kept)
+    ]
 
 
 def _same(value, expected) -> bool:
@@ -110,24 +123,38 @@ def build_table(multirun_dir: Path, paper_file: Path = DEFAULT_PAPER) -> tuple[s
     for job, label in zip(jobs, row_labels(jobs, ignore=("seed",))):
         groups.setdefault(label, []).append(job)
         metrics = job["metrics"] or {}
-        runs.append({"row": label, "seed": job["config"].get("seed"), "status": job["status"],
-                     **{m: metrics.get(m) for m in METRICS}, "iterations": metrics.get("iteration"),
-                     "train_seconds": metrics.get("train_seconds"), "dir": job["dir"].name})
+        runs.append(
+            {
+                "row": label,
+                "seed": job["config"].get("seed"),
+                "status": job["status"],
+                **{m: metrics.get(m) for m in METRICS},
+                "iterations": metrics.get("iteration"),
+                "train_seconds": metrics.get("train_seconds"),
+                "dir": job["dir"].name,
+            }
+        )
     rows = [_row(label, members, table) for label, members in groups.items()]
     return _markdown(multirun_dir, sweep, table, rows), rows, runs
 
 
 def _row(label: str, jobs: list[dict], table: dict | None) -> dict:
     finished = [job for job in jobs if job["status"] == "ok"]
-    row = {"row": label, "runs": _runs(jobs), "n": len(finished),
-           "seeds": " ".join(str(job["config"].get("seed")) for job in jobs)}
+    row = {
+        "row": label,
+        "runs": _runs(jobs),
+        "n": len(finished),
+        "seeds": " ".join(str(job["config"].get("seed")) for job in jobs),
+    }
     for metric in METRICS:
         values = [float(job["metrics"][metric]) for job in finished]
         row[metric] = float(np.mean(values)) if values else None
         row[f"{metric}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
     row["AP_values"] = [float(job["metrics"]["AP"]) for job in finished]
     row["iterations"] = _single([job["metrics"].get("iteration") for job in finished])
-    seconds = [job["metrics"].get("train_seconds") for job in finished if job["metrics"].get("train_seconds") is not None]
+    seconds = [
+        job["metrics"].get("train_seconds") for job in finished if job["metrics"].get("train_seconds") is not None
+    ]
     row["train_seconds"] = float(np.mean(seconds)) if seconds else None
     if table is not None:
         published = paper_row(jobs[0], table)
@@ -136,7 +163,7 @@ def _row(label: str, jobs: list[dict], table: dict | None) -> dict:
 
 
 def _runs(jobs: list[dict]) -> str:
-    """"3 ok", or "2 ok, 1 diverged (seed 2)": every run that did not finish stays visible."""
+    """ "3 ok", or "2 ok, 1 diverged (seed 2)": every run that did not finish stays visible."""
     parts = [f"{sum(job['status'] == 'ok' for job in jobs)} ok"]
     for status in ("diverged", "failed"):
         seeds = [str(job["config"].get("seed")) for job in jobs if job["status"] == status]
@@ -150,7 +177,9 @@ def _single(values: list):
     return distinct[0] if len(distinct) == 1 else ("/".join(map(str, distinct)) if distinct else None)
 
 
-def spearman_with_interval(rows: list[dict], resamples: int = 2000, seed: int = 0) -> tuple[float, float, float, int] | None:
+def spearman_with_interval(
+    rows: list[dict], resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, float, int] | None:
     """(ρ of the mean APs against the paper's, 2.5 and 97.5 percentiles of ρ over bootstrap resamples
     of each row's seeds, number of rows), over the rows with a finished run and a paper value;
     None below 3 such rows. A resample whose means tie everywhere has no ρ and is left out."""
@@ -176,7 +205,7 @@ def pairs_within_noise(rows: list[dict], alpha: float = 0.05) -> tuple[list[tupl
     testable = [r for r in rows if r["n"] >= 2]
     close = []
     for i, a in enumerate(testable):
-        for b in testable[i + 1:]:
+        for b in testable[i + 1 :]:
             if np.std(a["AP_values"]) == 0 and np.std(b["AP_values"]) == 0:
                 p = 1.0 if a["AP"] == b["AP"] else 0.0
             else:
@@ -200,19 +229,34 @@ def _markdown(multirun_dir: Path, sweep: str | None, table: dict | None, rows: l
         result = spearman_with_interval(rows)
         if result is None:
             finished = sum(1 for r in rows if r["n"] and r.get("paper_AP") is not None)
-            lines += ["", f"Spearman rank correlation: needs at least 3 finished rows with a paper value, has {finished}"]
+            lines += [
+                "",
+                f"Spearman rank correlation: needs at least 3 finished rows with a paper value, has {finished}",
+            ]
         else:
             rho, low, high, count = result
-            interval = (f"95 % bootstrap interval over seeds [{low:.3f}, {high:.3f}]"
-                        if any(r["n"] > 1 for r in rows) else "no interval: one seed a row")
-            lines += ["", f"Spearman rank correlation of the mean AP with the paper's AP over {count} rows: ρ = {rho:.3f}, "
-                          + interval]
+            interval = (
+                f"95 % bootstrap interval over seeds [{low:.3f}, {high:.3f}]"
+                if any(r["n"] > 1 for r in rows)
+                else "no interval: one seed a row"
+            )
+            lines += [
+                "",
+                f"Spearman rank correlation of the mean AP with the paper's AP over {count} rows: ρ = {rho:.3f}, "
+                + interval,
+            ]
     close, single = pairs_within_noise(rows)
     if close:
-        lines += ["", "Rows whose AP lies within the noise of each other (Welch's t-test, p ≥ 0.05): "
-                      + "; ".join(f"{a} ~ {b} (p = {p:.2f})" for a, b, p in close)]
+        lines += [
+            "",
+            "Rows whose AP lies within the noise of each other (Welch's t-test, p ≥ 0.05): "
+            + "; ".join(f"{a} ~ {b} (p = {p:.2f})" for a, b, p in close),
+        ]
     if single:
-        lines += ["", "Rows with fewer than 2 finished seeds (no test can separate them from noise): " + "; ".join(single)]
+        lines += [
+            "",
+            "Rows with fewer than 2 finished seeds (no test can separate them from noise): " + "; ".join(single),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -232,6 +276,7 @@ def _cell(value) -> str:
 def draw(rows: list[dict], title: str, path: Path) -> None:
     """Our mean AP with ± std bars (left axis) and the paper's AP (right axis), row by row."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -247,8 +292,13 @@ def draw(rows: list[dict], title: str, path: Path) -> None:
     ours.set_xticks(x, [r["row"].split("=")[-1] for r in rows], rotation=30, ha="right")
     if any(r.get("paper_AP") is not None for r in rows):
         paper = ours.twinx()
-        paper.plot(x, [r.get("paper_AP") if r.get("paper_AP") is not None else np.nan for r in rows], "s",
-                   color="tab:orange", label="paper")
+        paper.plot(
+            x,
+            [r.get("paper_AP") if r.get("paper_AP") is not None else np.nan for r in rows],
+            "s",
+            color="tab:orange",
+            label="paper",
+        )
         paper.set_ylabel("paper AP", color="tab:orange")
         figure.legend(loc="upper right")
     ours.set_title(title, fontsize=10)
@@ -271,8 +321,10 @@ def main(argv: list[str] | None = None) -> str:
         try:
             draw(rows, markdown.splitlines()[0].lstrip("# "), args.multirun_dir / "table.png")
         except ImportError:
-            print("table.png not drawn: matplotlib is not installed (pip install matplotlib, or --no-picture)",
-                  file=sys.stderr)
+            print(
+                "table.png not drawn: matplotlib is not installed (pip install matplotlib, or --no-picture)",
+                file=sys.stderr,
+            )
     print(markdown)
     return markdown
 

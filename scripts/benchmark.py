@@ -66,25 +66,36 @@ from detector.postprocess import RetinaNetPostProcessor  # noqa: E402
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 NUM_CLASSES = 80
-JEMALLOC_PATHS = ["/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
-                  "/usr/lib/libjemalloc.so.2"]
+JEMALLOC_PATHS = [
+    "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+    "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
+    "/usr/lib/libjemalloc.so.2",
+]
 JEMALLOC_CONF = "oversize_threshold:1,background_thread:true,dirty_decay_ms:-1,muzzy_decay_ms:-1"  # as the Makefile
 
 
 def ours():
-    model = RetinaNet(NUM_CLASSES, ResNetBackbone(50, "frozen_bn", frozen_stages=2),
-                      lambda in_channels: RetinaNetFPN(in_channels, 256, p6_from="c5"),
-                      lambda **kw: RetinaNetHead(**kw, num_convs=4, channels=256),
-                      AnchorGenerator([32, 64, 128, 256, 512], 3, [0.5, 1.0, 2.0], [8, 16, 32, 64, 128]))
+    model = RetinaNet(
+        NUM_CLASSES,
+        ResNetBackbone(50, "frozen_bn", frozen_stages=2),
+        lambda in_channels: RetinaNetFPN(in_channels, 256, p6_from="c5"),
+        lambda **kw: RetinaNetHead(**kw, num_convs=4, channels=256),
+        AnchorGenerator([32, 64, 128, 256, 512], 3, [0.5, 1.0, 2.0], [8, 16, 32, 64, 128]),
+    )
     coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
     criterion = RetinaNetCriterion(FocalLoss(0.25, 2.0), SmoothL1Loss(beta=0.11), IoUMatcher(0.5, 0.4), coder)
     return model, criterion, RetinaNetPostProcessor(coder)
 
 
 def torchvision_model(height: int, width: int):
-    backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d,
-                                   trainable_layers=3, returned_layers=[2, 3, 4],
-                                   extra_blocks=LastLevelP6P7(2048, 256))  # P6 from C5, like ours
+    backbone = resnet_fpn_backbone(
+        backbone_name="resnet50",
+        weights=None,
+        norm_layer=FrozenBatchNorm2d,
+        trainable_layers=3,
+        returned_layers=[2, 3, 4],
+        extra_blocks=LastLevelP6P7(2048, 256),
+    )  # P6 from C5, like ours
     return TorchvisionRetinaNet(backbone, NUM_CLASSES, min_size=min(height, width), max_size=max(height, width))
 
 
@@ -93,8 +104,12 @@ def random_targets(batch: int, height: int, width: int, boxes: int, generator: t
     for _ in range(batch):
         size = torch.rand(boxes, 2, generator=generator) * 280 + 16
         corner = torch.rand(boxes, 2, generator=generator) * (torch.tensor([width, height]) - size)
-        targets.append({"boxes": torch.cat([corner, corner + size], 1),
-                        "labels": torch.randint(0, NUM_CLASSES, (boxes,), generator=generator)})
+        targets.append(
+            {
+                "boxes": torch.cat([corner, corner + size], 1),
+                "labels": torch.randint(0, NUM_CLASSES, (boxes,), generator=generator),
+            }
+        )
     return targets
 
 
@@ -102,7 +117,9 @@ def memory_mib(device: torch.device, field: str = "VmRSS") -> float:
     """CPU: the process's resident memory (`VmRSS`) or its high-water mark (`VmHWM`); CUDA: the
     memory allocated by tensors now or at its peak."""
     if device.type == "cuda":
-        return (torch.cuda.max_memory_allocated(device) if field == "VmHWM" else torch.cuda.memory_allocated(device)) / 2**20
+        return (
+            torch.cuda.max_memory_allocated(device) if field == "VmHWM" else torch.cuda.memory_allocated(device)
+        ) / 2**20
     status = Path("/proc/self/status").read_text()
     return int(next(line for line in status.splitlines() if line.startswith(field)).split()[1]) / 1024
 
@@ -123,8 +140,9 @@ def memory_probe(args) -> dict:
     height, width = (int(v) for v in args.sizes[0].split("x"))
     images, targets = inputs(args.batch, height, width, args.boxes[0], device, torch.Generator().manual_seed(0))
     before = memory_mib(device)
-    contender = Contender(args.memory_probe, device, DTYPES[args.precision[0]], args.channels_last, args.compile,
-                          height, width)
+    contender = Contender(
+        args.memory_probe, device, DTYPES[args.precision[0]], args.channels_last, args.compile, height, width
+    )
     for _ in range(2):
         contender.train_step(images, targets)
     return {"peak_mib": round(memory_mib(device, "VmHWM") - before, 1)}
@@ -132,10 +150,27 @@ def memory_probe(args) -> dict:
 
 def child_command(args, precision: list[str], sizes: list[str], boxes: list[int], allocator: str) -> list[str]:
     """This script with `args`' model settings and the given ones, as a child (which prints no table)."""
-    return [sys.executable, __file__, "--device", args.device, "--precision", *precision, "--sizes", *sizes,
-            "--boxes", *map(str, boxes), "--batch", str(args.batch), "--allocator", allocator, "--child",
-            "--conv-map", args.conv_map,
-            *["--channels-last"] * args.channels_last, *["--compile"] * args.compile]
+    return [
+        sys.executable,
+        __file__,
+        "--device",
+        args.device,
+        "--precision",
+        *precision,
+        "--sizes",
+        *sizes,
+        "--boxes",
+        *map(str, boxes),
+        "--batch",
+        str(args.batch),
+        "--allocator",
+        allocator,
+        "--child",
+        "--conv-map",
+        args.conv_map,
+        *["--channels-last"] * args.channels_last,
+        *["--compile"] * args.compile,
+    ]
 
 
 def probed_memory_mib(args, name: str, precision: str, size: str, boxes: int) -> float:
@@ -160,8 +195,16 @@ def synchronize(device: torch.device) -> None:
 class Contender:
     """One model's training step and inference, with the same inputs as the other contender."""
 
-    def __init__(self, name: str, device: torch.device, dtype: torch.dtype | None, channels_last: bool,
-                 compile_model: bool, height: int, width: int):
+    def __init__(
+        self,
+        name: str,
+        device: torch.device,
+        dtype: torch.dtype | None,
+        channels_last: bool,
+        compile_model: bool,
+        height: int,
+        width: int,
+    ):
         self.name, self.device, self.dtype = name, device, dtype
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if name == "ours":
@@ -171,8 +214,7 @@ class Contender:
             self.model = torchvision_model(height, width)
         self.model.to(device, memory_format=self.memory_format)
         self.runner = torch.compile(self.model) if compile_model else self.model
-        self.optimizer = torch.optim.SGD([p for p in self.model.parameters() if p.requires_grad], lr=1e-4,
-                                         momentum=0.9)
+        self.optimizer = torch.optim.SGD([p for p in self.model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
@@ -221,8 +263,9 @@ def interleaved(contenders: list[Contender], step, device, warmup: int, repeats:
     return times
 
 
-def conv_peak_flops(device: torch.device, dtype: torch.dtype | None, repeats: int = 5,
-                    height: int = 100, width: int = 168) -> float:
+def conv_peak_flops(
+    device: torch.device, dtype: torch.dtype | None, repeats: int = 5, height: int = 100, width: int = 168
+) -> float:
     """FLOP/s of a 3×3, 256→256 convolution forward + backward on a 2 × height × width map (by
     default 100 × 168, P3 at 800 px)."""
     conv = torch.nn.Conv2d(256, 256, 3, padding=1).to(device, memory_format=torch.channels_last)
@@ -249,9 +292,19 @@ def operator_profile(step, rows: int = 12) -> dict:
     events = sorted(profiler.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events)
     convolution = sum(e.self_cpu_time_total for e in events if "conv" in e.key)
-    return {"step_ms": round(total / 1000, 1), "convolution_share": round(convolution / total, 3),
-            "top": [{"op": e.key, "ms": round(e.self_cpu_time_total / 1000, 1), "calls": e.count,
-                     "share": round(e.self_cpu_time_total / total, 3)} for e in events[:rows]]}
+    return {
+        "step_ms": round(total / 1000, 1),
+        "convolution_share": round(convolution / total, 3),
+        "top": [
+            {
+                "op": e.key,
+                "ms": round(e.self_cpu_time_total / 1000, 1),
+                "calls": e.count,
+                "share": round(e.self_cpu_time_total / total, 3),
+            }
+            for e in events[:rows]
+        ],
+    }
 
 
 def step_flops(contender: Contender, images, targets) -> int:
@@ -263,24 +316,45 @@ def step_flops(contender: Contender, images, targets) -> int:
 def run(args) -> dict:
     device = torch.device(args.device)
     generator = torch.Generator().manual_seed(0)
-    report = {"machine": {**describe_machine(), "platform": platform.platform(),
-                          "ld_preload": os.environ.get("LD_PRELOAD", "")},
-              "settings": vars(args), "train": [], "inference": [], "flops": [], "profile": []}
+    report = {
+        "machine": {
+            **describe_machine(),
+            "platform": platform.platform(),
+            "ld_preload": os.environ.get("LD_PRELOAD", ""),
+        },
+        "settings": vars(args),
+        "train": [],
+        "inference": [],
+        "flops": [],
+        "profile": [],
+    }
     for precision in args.precision:
         dtype = DTYPES[precision]
         for size in args.sizes:
             height, width = (int(v) for v in size.split("x"))
-            contenders = [Contender(name, device, dtype, args.channels_last, args.compile, height, width)
-                          for name in ("ours", "torchvision")]
+            contenders = [
+                Contender(name, device, dtype, args.channels_last, args.compile, height, width)
+                for name in ("ours", "torchvision")
+            ]
             for boxes in args.boxes:
                 images, targets = inputs(args.batch, height, width, boxes, device, generator)
-                times = interleaved(contenders, lambda c: c.train_step(images, targets), device, args.warmup,
-                                    args.repeats)
-                memory = {c.name: None if args.skip_memory else probed_memory_mib(args, c.name, precision, size, boxes)
-                          for c in contenders}
-                row = {"precision": precision, "size": size, "boxes": boxes, "batch": args.batch,
-                       **{f"{name}_images_per_s": round(args.batch / statistics.median(t), 3) for name, t in times.items()},
-                       **{f"{name}_peak_mib": m for name, m in memory.items()}}
+                times = interleaved(
+                    contenders, lambda c: c.train_step(images, targets), device, args.warmup, args.repeats
+                )
+                memory = {
+                    c.name: None if args.skip_memory else probed_memory_mib(args, c.name, precision, size, boxes)
+                    for c in contenders
+                }
+                row = {
+                    "precision": precision,
+                    "size": size,
+                    "boxes": boxes,
+                    "batch": args.batch,
+                    **{
+                        f"{name}_images_per_s": round(args.batch / statistics.median(t), 3) for name, t in times.items()
+                    },
+                    **{f"{name}_peak_mib": m for name, m in memory.items()},
+                }
                 row["speedup"] = round(row["ours_images_per_s"] / row["torchvision_images_per_s"], 3)
                 row["memory_ratio"] = None if args.skip_memory else round(memory["ours"] / memory["torchvision"], 3)
                 report["train"].append(row)
@@ -288,30 +362,49 @@ def run(args) -> dict:
             if size == args.sizes[0] and not args.train_only:
                 for batch in (1, 8):
                     batch_images = images[:1].expand(batch, -1, -1, -1).contiguous()
-                    times = interleaved(contenders, lambda c: c.infer(batch_images), device, 1, max(args.repeats // 2, 2))
-                    row = {"precision": precision, "size": size, "batch": batch,
-                           **{f"{n}_images_per_s": round(batch / statistics.median(t), 3) for n, t in times.items()}}
+                    times = interleaved(
+                        contenders, lambda c: c.infer(batch_images), device, 1, max(args.repeats // 2, 2)
+                    )
+                    row = {
+                        "precision": precision,
+                        "size": size,
+                        "batch": batch,
+                        **{f"{n}_images_per_s": round(batch / statistics.median(t), 3) for n, t in times.items()},
+                    }
                     row["speedup"] = round(row["ours_images_per_s"] / row["torchvision_images_per_s"], 3)
                     report["inference"].append(row)
                     print(json.dumps(row), flush=True)
                 images, targets = inputs(args.batch, height, width, args.boxes[0], device, generator)
                 flops = step_flops(contenders[0], images, targets)
-                seconds = statistics.median(timed(lambda: contenders[0].train_step(images, targets), device)
-                                            for _ in range(args.repeats))
+                seconds = statistics.median(
+                    timed(lambda: contenders[0].train_step(images, targets), device) for _ in range(args.repeats)
+                )
                 peak = conv_peak_flops(device, dtype, 5, *(int(v) for v in args.conv_map.split("x")))
-                row = {"precision": precision, "size": size, "step_gflop": round(flops / 1e9, 1),
-                       "achieved_gflops": round(flops / seconds / 1e9, 1), "conv_peak_gflops": round(peak / 1e9, 1),
-                       "fraction_of_peak": round(flops / seconds / peak, 3)}
+                row = {
+                    "precision": precision,
+                    "size": size,
+                    "step_gflop": round(flops / 1e9, 1),
+                    "achieved_gflops": round(flops / seconds / 1e9, 1),
+                    "conv_peak_gflops": round(peak / 1e9, 1),
+                    "fraction_of_peak": round(flops / seconds / peak, 3),
+                }
                 report["flops"].append(row)
                 print(json.dumps(row), flush=True)
                 if args.profile:
                     eight = images[:1].expand(8, -1, -1, -1).contiguous()
-                    steps = {"training step": lambda c: c.train_step(images, targets),
-                             "inference, batch 8": lambda c: c.infer(eight)}
+                    steps = {
+                        "training step": lambda c: c.train_step(images, targets),
+                        "inference, batch 8": lambda c: c.infer(eight),
+                    }
                     for what, step in steps.items():
                         for contender in contenders:
-                            profile = {"precision": precision, "size": size, "model": contender.name, "step": what,
-                                       **operator_profile(lambda: step(contender))}
+                            profile = {
+                                "precision": precision,
+                                "size": size,
+                                "model": contender.name,
+                                "step": what,
+                                **operator_profile(lambda: step(contender)),
+                            }
                             report["profile"].append(profile)
                             print(json.dumps(profile), flush=True)
     return report
@@ -328,38 +421,62 @@ def table(report: dict, system: dict | None = None) -> str:
         lines.append("")
     if system:
         baseline = {(r["precision"], r["size"], r["boxes"]): r for r in system["train"]}
-        lines += ["training (images/s; memory: peak MiB of model + optimizer + step, each model alone, system allocator)",
-                  "| precision | size | boxes | ours, jemalloc | tv, jemalloc | speed-up | tv, system malloc | ours "
-                  "jemalloc / tv system | ours, system malloc | speed-up, system malloc | memory ours / tv |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "training (images/s; memory: peak MiB of model + optimizer + step, each model alone, system allocator)",
+            "| precision | size | boxes | ours, jemalloc | tv, jemalloc | speed-up | tv, system malloc | ours "
+            "jemalloc / tv system | ours, system malloc | speed-up, system malloc | memory ours / tv |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in report["train"]:
             b = baseline[(r["precision"], r["size"], r["boxes"])]
-            lines.append(f"| {r['precision']} | {r['size']} | {r['boxes']} | {r['ours_images_per_s']:.3f} | "
-                         f"{r['torchvision_images_per_s']:.3f} | {r['speedup']:.2f}× | {b['torchvision_images_per_s']:.3f} |"
-                         f" {r['ours_images_per_s'] / b['torchvision_images_per_s']:.2f}× | {b['ours_images_per_s']:.3f} |"
-                         f" {b['speedup']:.2f}× | {b['ours_peak_mib']:.0f} / {b['torchvision_peak_mib']:.0f} |")
+            lines.append(
+                f"| {r['precision']} | {r['size']} | {r['boxes']} | {r['ours_images_per_s']:.3f} | "
+                f"{r['torchvision_images_per_s']:.3f} | {r['speedup']:.2f}× | {b['torchvision_images_per_s']:.3f} |"
+                f" {r['ours_images_per_s'] / b['torchvision_images_per_s']:.2f}× | {b['ours_images_per_s']:.3f} |"
+                f" {b['speedup']:.2f}× | {b['ours_peak_mib']:.0f} / {b['torchvision_peak_mib']:.0f} |"
+            )
     else:
-        lines += ["training (images/s; memory: peak MiB of model + optimizer + step, each model alone)",
-                  "| precision | size | boxes | ours | torchvision | speed-up | memory ours / tv |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "training (images/s; memory: peak MiB of model + optimizer + step, each model alone)",
+            "| precision | size | boxes | ours | torchvision | speed-up | memory ours / tv |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in report["train"]:
             memory = f"{r['ours_peak_mib']:.0f} / {r['torchvision_peak_mib']:.0f}"
-            lines.append(f"| {r['precision']} | {r['size']} | {r['boxes']} | {r['ours_images_per_s']:.3f} | "
-                         f"{r['torchvision_images_per_s']:.3f} | {r['speedup']:.2f}× | {memory} |")
-    lines += ["", "inference incl. postprocessing (images/s)", "| precision | size | batch | ours | torchvision | "
-              "speed-up |", "|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {r['precision']} | {r['size']} | {r['boxes']} | {r['ours_images_per_s']:.3f} | "
+                f"{r['torchvision_images_per_s']:.3f} | {r['speedup']:.2f}× | {memory} |"
+            )
+    lines += [
+        "",
+        "inference incl. postprocessing (images/s)",
+        "| precision | size | batch | ours | torchvision | speed-up |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in report["inference"]:
-        lines.append(f"| {r['precision']} | {r['size']} | {r['batch']} | {r['ours_images_per_s']:.3f} | "
-                     f"{r['torchvision_images_per_s']:.3f} | {r['speedup']:.2f}× |")
-    lines += ["", "FLOP rate of our training step", "| precision | size | GFLOP/step | achieved GFLOP/s | "
-              "3×3 conv fwd+bwd GFLOP/s | fraction |", "|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['precision']} | {r['size']} | {r['batch']} | {r['ours_images_per_s']:.3f} | "
+            f"{r['torchvision_images_per_s']:.3f} | {r['speedup']:.2f}× |"
+        )
+    lines += [
+        "",
+        "FLOP rate of our training step",
+        "| precision | size | GFLOP/step | achieved GFLOP/s | 3×3 conv fwd+bwd GFLOP/s | fraction |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in report["flops"]:
-        lines.append(f"| {r['precision']} | {r['size']} | {r['step_gflop']} | {r['achieved_gflops']} | "
-                     f"{r['conv_peak_gflops']} | {100 * r['fraction_of_peak']:.0f} % |")
+        lines.append(
+            f"| {r['precision']} | {r['size']} | {r['step_gflop']} | {r['achieved_gflops']} | "
+            f"{r['conv_peak_gflops']} | {100 * r['fraction_of_peak']:.0f} % |"
+        )
     for p in report.get("profile", []):
-        lines += ["", f"profile of one {p.get('step', 'training step')}: {p['model']}, {p['precision']}, {p['size']} "
-                  f"({p['step_ms']} ms of operator self time, {100 * p['convolution_share']:.0f} % in convolutions)",
-                  "| operator | ms | calls | share |", "|---|---|---|---|"]
+        lines += [
+            "",
+            f"profile of one {p.get('step', 'training step')}: {p['model']}, {p['precision']}, {p['size']} "
+            f"({p['step_ms']} ms of operator self time, {100 * p['convolution_share']:.0f} % in convolutions)",
+            "| operator | ms | calls | share |",
+            "|---|---|---|---|",
+        ]
         lines += [f"| {e['op']} | {e['ms']} | {e['calls']} | {100 * e['share']:.1f} % |" for e in p["top"]]
     return "\n".join(lines)
 
@@ -374,8 +491,15 @@ def child_report(args, allocator: str, train_only: bool, skip_memory: bool = Fal
     if allocator == "jemalloc":
         env.update(LD_PRELOAD=jemalloc_library(), MALLOC_CONF=JEMALLOC_CONF)
     command = child_command(args, args.precision, args.sizes, args.boxes, allocator)
-    command += ["--warmup", str(args.warmup), "--repeats", str(args.repeats), *["--train-only"] * train_only,
-                *["--profile"] * args.profile, *["--skip-memory"] * skip_memory]
+    command += [
+        "--warmup",
+        str(args.warmup),
+        "--repeats",
+        str(args.repeats),
+        *["--train-only"] * train_only,
+        *["--profile"] * args.profile,
+        *["--skip-memory"] * skip_memory,
+    ]
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "report.json"
         subprocess.run(command + ["--json", str(out)], env=env, check=True)
@@ -410,10 +534,17 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models")
     parser.add_argument("--conv-map", default="100x168", help="HxW of the reference 3×3 convolution's map")
-    parser.add_argument("--profile", action="store_true",
-                        help="where a training step's and an inference batch's time goes, per operator")
-    parser.add_argument("--allocator", choices=["both", "system", "jemalloc"], default="both",
-                        help="both: jemalloc for everything, and the training rows again with the system allocator")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="where a training step's and an inference batch's time goes, per operator",
+    )
+    parser.add_argument(
+        "--allocator",
+        choices=["both", "system", "jemalloc"],
+        default="both",
+        help="both: jemalloc for everything, and the training rows again with the system allocator",
+    )
     parser.add_argument("--train-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # a parent prints the table
     parser.add_argument("--memory-probe", choices=["ours", "torchvision"], help=argparse.SUPPRESS)

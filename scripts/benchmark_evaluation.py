@@ -4,9 +4,9 @@
 
 Fabricates a COCO ground truth (80 categories, 1–15 boxes of every size per 640×480 image, some
 crowd) and `--detections` scored detections per image (jittered copies of the ground truth, some
-with the wrong class, and random boxes), then times `CocoEvaluator.summarize()` for each backend, interleaved — end to end and split into
-loading the results (Python in both libraries) and evaluate + accumulate + summarize — and checks
-that the 12 stats are identical.
+with the wrong class, and random boxes), then times `CocoEvaluator.summarize()` for each backend,
+interleaved — end to end and split into loading the results (Python in both libraries) and
+evaluate + accumulate + summarize — and checks that the 12 stats are identical.
 """
 
 from __future__ import annotations
@@ -36,13 +36,26 @@ def ground_truth(images: int, generator: torch.Generator) -> dict:
         size = torch.exp(torch.empty(count, 2).uniform_(2.0, 5.8, generator=generator))  # 7–330 px
         corner = torch.rand(count, 2, generator=generator) * (torch.tensor([WIDTH, HEIGHT]) - size).clamp(min=1)
         crowd = torch.rand(count, generator=generator) < 0.02
-        for box, is_crowd, label in zip(torch.cat([corner, size], 1).tolist(), crowd.tolist(),
-                                        torch.randint(1, CATEGORIES + 1, (count,), generator=generator).tolist()):
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": label,
-                                "bbox": box, "area": box[2] * box[3], "iscrowd": int(is_crowd)})
-    return {"images": [{"id": i, "width": WIDTH, "height": HEIGHT, "file_name": f"{i}.jpg"}
-                       for i in range(1, images + 1)],
-            "annotations": annotations, "categories": [{"id": c, "name": f"c{c}"} for c in range(1, CATEGORIES + 1)]}
+        for box, is_crowd, label in zip(
+            torch.cat([corner, size], 1).tolist(),
+            crowd.tolist(),
+            torch.randint(1, CATEGORIES + 1, (count,), generator=generator).tolist(),
+        ):
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": label,
+                    "bbox": box,
+                    "area": box[2] * box[3],
+                    "iscrowd": int(is_crowd),
+                }
+            )
+    return {
+        "images": [{"id": i, "width": WIDTH, "height": HEIGHT, "file_name": f"{i}.jpg"} for i in range(1, images + 1)],
+        "annotations": annotations,
+        "categories": [{"id": c, "name": f"c{c}"} for c in range(1, CATEGORIES + 1)],
+    }
 
 
 def detections(coco: COCO, per_image: int, generator: torch.Generator) -> list[tuple[dict, dict]]:
@@ -54,21 +67,37 @@ def detections(coco: COCO, per_image: int, generator: torch.Generator) -> list[t
         boxes[:, 2:] += boxes[:, :2]
         labels = torch.tensor([a["category_id"] - 1 for a in gt], dtype=torch.long)
         copies = min(len(gt) * 3, per_image // 2)
-        pick = torch.randint(0, max(len(gt), 1), (copies,), generator=generator) if len(gt) else torch.zeros(0, dtype=torch.long)
+        pick = (
+            torch.randint(0, max(len(gt), 1), (copies,), generator=generator)
+            if len(gt)
+            else torch.zeros(0, dtype=torch.long)
+        )
         jitter = torch.randn(copies, 4, generator=generator) * 0.08 * (boxes[pick, 2:] - boxes[pick, :2]).repeat(1, 2)
         hit_boxes = boxes[pick] + jitter
-        hit_labels = torch.where(torch.rand(copies, generator=generator) < 0.8, labels[pick],
-                                 torch.randint(0, CATEGORIES, (copies,), generator=generator))
+        hit_labels = torch.where(
+            torch.rand(copies, generator=generator) < 0.8,
+            labels[pick],
+            torch.randint(0, CATEGORIES, (copies,), generator=generator),
+        )
         extra = per_image - copies
         corner = torch.rand(extra, 2, generator=generator) * torch.tensor([WIDTH - 20, HEIGHT - 20])
         random_boxes = torch.cat([corner, corner + 10 + torch.rand(extra, 2, generator=generator) * 200], 1)
         all_boxes = torch.cat([hit_boxes, random_boxes]).clamp(min=0)
         all_boxes[:, 0::2] = all_boxes[:, 0::2].clamp(max=WIDTH)
         all_boxes[:, 1::2] = all_boxes[:, 1::2].clamp(max=HEIGHT)
-        scores = torch.cat([0.3 + 0.7 * torch.rand(copies, generator=generator), 0.6 * torch.rand(extra, generator=generator)])
-        pairs.append(({"image_id": image_id, "orig_size": (HEIGHT, WIDTH), "size": (HEIGHT, WIDTH)},
-                      {"boxes": all_boxes, "scores": scores,
-                       "labels": torch.cat([hit_labels, torch.randint(0, CATEGORIES, (extra,), generator=generator)])}))
+        scores = torch.cat(
+            [0.3 + 0.7 * torch.rand(copies, generator=generator), 0.6 * torch.rand(extra, generator=generator)]
+        )
+        pairs.append(
+            (
+                {"image_id": image_id, "orig_size": (HEIGHT, WIDTH), "size": (HEIGHT, WIDTH)},
+                {
+                    "boxes": all_boxes,
+                    "scores": scores,
+                    "labels": torch.cat([hit_labels, torch.randint(0, CATEGORIES, (extra,), generator=generator)]),
+                },
+            )
+        )
     return pairs
 
 
@@ -99,17 +128,29 @@ def main(argv=None) -> dict:
             for phase in ("load", "evaluate"):
                 seconds[backend][phase].append(evaluator.seconds[phase])
     median = {b: {phase: statistics.median(v) for phase, v in phases.items()} for b, phases in seconds.items()}
-    speedup = {phase: median["pycocotools"][phase] / median["faster_coco_eval"][phase]
-               for phase in ("total", "evaluate")}
-    report = {"settings": vars(args) | {"json": str(args.json)}, "seconds": median, "speedup": speedup,
-              "identical_stats": stats["pycocotools"] == stats["faster_coco_eval"], "stats": stats}
-    print(f"{args.images} images × {args.detections} detections, {len(coco.dataset['annotations'])} ground-truth boxes;"
-          f" median of {args.repeats} (load: index and load the results; evaluate: evaluate + accumulate + summarize)")
+    speedup = {
+        phase: median["pycocotools"][phase] / median["faster_coco_eval"][phase] for phase in ("total", "evaluate")
+    }
+    report = {
+        "settings": vars(args) | {"json": str(args.json)},
+        "seconds": median,
+        "speedup": speedup,
+        "identical_stats": stats["pycocotools"] == stats["faster_coco_eval"],
+        "stats": stats,
+    }
+    print(
+        f"{args.images} images × {args.detections} detections, {len(coco.dataset['annotations'])} ground-truth boxes;"
+        f" median of {args.repeats} (load: index and load the results; evaluate: evaluate + accumulate + summarize)"
+    )
     for backend in backends:
-        print(f"  {backend:<17} total {median[backend]['total']:6.2f} s  load {median[backend]['load']:5.2f} s"
-              f"  evaluate {median[backend]['evaluate']:6.2f} s")
-    print(f"faster-coco-eval is {speedup['total']:.1f}× faster end to end, {speedup['evaluate']:.1f}× in evaluate; "
-          f"identical 12 stats: {report['identical_stats']}")
+        print(
+            f"  {backend:<17} total {median[backend]['total']:6.2f} s  load {median[backend]['load']:5.2f} s"
+            f"  evaluate {median[backend]['evaluate']:6.2f} s"
+        )
+    print(
+        f"faster-coco-eval is {speedup['total']:.1f}× faster end to end, {speedup['evaluate']:.1f}× in evaluate; "
+        f"identical 12 stats: {report['identical_stats']}"
+    )
     if not report["identical_stats"]:
         for name in stats["pycocotools"]:
             print(f"  {name}: {stats['pycocotools'][name]} vs {stats['faster_coco_eval'][name]}")

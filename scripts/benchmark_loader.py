@@ -39,8 +39,14 @@ def group_ids(cfg, train_set):
 
 
 def loader_images_per_second(cfg, train_set, batches: int) -> float:
-    stream = infinite_train_batches(train_set, cfg.data.batch_size, cfg.data.num_workers, cfg.seed,
-                                    size_divisibility=cfg.data.size_divisibility, group_ids=group_ids(cfg, train_set))
+    stream = infinite_train_batches(
+        train_set,
+        cfg.data.batch_size,
+        cfg.data.num_workers,
+        cfg.seed,
+        size_divisibility=cfg.data.size_divisibility,
+        group_ids=group_ids(cfg, train_set),
+    )
     next(stream)  # workers started, first batch served (they may have prefetched 2 per worker: a few % at 30)
     start = time.perf_counter()
     for _ in range(batches):
@@ -55,8 +61,14 @@ def training_images_per_second(cfg, train_set, steps: int) -> float:
     model = instantiate(cfg.model, num_classes=train_set.num_classes).to(device, memory_format=memory_format).train()
     criterion = build_criterion(cfg).to(device).train()
     optimizer = build_optimizer(cfg.optim, model)
-    stream = infinite_train_batches(train_set, cfg.data.batch_size, 0, cfg.seed,
-                                    size_divisibility=cfg.data.size_divisibility, group_ids=group_ids(cfg, train_set))
+    stream = infinite_train_batches(
+        train_set,
+        cfg.data.batch_size,
+        0,
+        cfg.seed,
+        size_divisibility=cfg.data.size_divisibility,
+        group_ids=group_ids(cfg, train_set),
+    )
     batches = [next(stream) for _ in range(steps + 1)]
     times = []
     for images, targets in batches:
@@ -89,12 +101,20 @@ def main(argv=None) -> dict:
     train_set, _ = build_datasets(cfg.data)
     loader = loader_images_per_second(cfg, train_set, args.batches)
     training = training_images_per_second(cfg, train_set, args.steps)
-    report = {"overrides": args.overrides, "batch_size": cfg.data.batch_size, "num_workers": cfg.data.num_workers,
-              "threads": torch.get_num_threads(), "loader_images_per_s": round(loader, 2),
-              "training_images_per_s": round(training, 2), "loader_to_training": round(loader / training, 2)}
-    print(f"batch {cfg.data.batch_size}, data.num_workers={cfg.data.num_workers}, {torch.get_num_threads()} threads: "
-          f"loader {loader:.1f} images/s, training {training:.1f} images/s "
-          f"(loader / training = {loader / training:.1f})")
+    report = {
+        "overrides": args.overrides,
+        "batch_size": cfg.data.batch_size,
+        "num_workers": cfg.data.num_workers,
+        "threads": torch.get_num_threads(),
+        "loader_images_per_s": round(loader, 2),
+        "training_images_per_s": round(training, 2),
+        "loader_to_training": round(loader / training, 2),
+    }
+    print(
+        f"batch {cfg.data.batch_size}, data.num_workers={cfg.data.num_workers}, {torch.get_num_threads()} threads: "
+        f"loader {loader:.1f} images/s, training {training:.1f} images/s "
+        f"(loader / training = {loader / training:.1f})"
+    )
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     return report
 

@@ -81,6 +81,7 @@ def main(argv=None) -> dict:
             x = logits.clone().requires_grad_(True)
             extra = {"image_index": image_index, "anchors": anchors} if getattr(loss, "needs_anchors", False) else {}
             loss(x, targets, float(len(positives)), **extra).backward()
+
         return run
 
     def box_step(loss):
@@ -91,19 +92,44 @@ def main(argv=None) -> dict:
         def run():
             p = pred.clone().requires_grad_(True)
             loss(p, target, float(args.boxes), **extra).backward()
+
         return run
 
-    cls_losses = {"ce": L.SigmoidCrossEntropyLoss(), "balanced_ce": L.SigmoidCrossEntropyLoss(0.75),
-                  "focal": L.FocalLoss(), "focal_star": L.FocalStarLoss(), "ghm_c": L.GHMCLoss(),
-                  "ohem": L.OHEMLoss(), "ohem nms_thresh=null": L.OHEMLoss(nms_thresh=None),
-                  "dice": L.DiceLoss(), "tversky": L.TverskyLoss(), "poly1_focal": L.Poly1Loss(),
-                  "poly1_ce": L.Poly1Loss(None, 0.0, 1.0), "qfl": L.QualityFocalLoss(), "vfl": L.VarifocalLoss(),
-                  "efl": L.EqualizedFocalLoss()}
-    box_losses = {"smooth_l1": L.SmoothL1Loss(), "l1": L.L1Loss(), "l2": L.L2Loss(), "huber": L.HuberLoss(),
-                  "balanced_l1": L.BalancedL1Loss(), "ghm_r": L.GHMRLoss(), "iou": L.IoULoss(), "giou": L.GIoULoss(),
-                  "diou": L.DIoULoss(), "ciou": L.CIoULoss(), "eiou": L.EIoULoss(), "focal_eiou": L.FocalEIoULoss(),
-                  "cdiou": L.CDIoULoss(), "alpha_iou": L.AlphaIoULoss(), "siou": L.SIoULoss(), "wiou": L.WiseIoULoss(),
-                  "mpdiou": L.MPDIoULoss()}
+    cls_losses = {
+        "ce": L.SigmoidCrossEntropyLoss(),
+        "balanced_ce": L.SigmoidCrossEntropyLoss(0.75),
+        "focal": L.FocalLoss(),
+        "focal_star": L.FocalStarLoss(),
+        "ghm_c": L.GHMCLoss(),
+        "ohem": L.OHEMLoss(),
+        "ohem nms_thresh=null": L.OHEMLoss(nms_thresh=None),
+        "dice": L.DiceLoss(),
+        "tversky": L.TverskyLoss(),
+        "poly1_focal": L.Poly1Loss(),
+        "poly1_ce": L.Poly1Loss(None, 0.0, 1.0),
+        "qfl": L.QualityFocalLoss(),
+        "vfl": L.VarifocalLoss(),
+        "efl": L.EqualizedFocalLoss(),
+    }
+    box_losses = {
+        "smooth_l1": L.SmoothL1Loss(),
+        "l1": L.L1Loss(),
+        "l2": L.L2Loss(),
+        "huber": L.HuberLoss(),
+        "balanced_l1": L.BalancedL1Loss(),
+        "ghm_r": L.GHMRLoss(),
+        "iou": L.IoULoss(),
+        "giou": L.GIoULoss(),
+        "diou": L.DIoULoss(),
+        "ciou": L.CIoULoss(),
+        "eiou": L.EIoULoss(),
+        "focal_eiou": L.FocalEIoULoss(),
+        "cdiou": L.CDIoULoss(),
+        "alpha_iou": L.AlphaIoULoss(),
+        "siou": L.SIoULoss(),
+        "wiou": L.WiseIoULoss(),
+        "mpdiou": L.MPDIoULoss(),
+    }
     acc = [0.0] * 30
 
     def loop_step():
@@ -114,21 +140,29 @@ def main(argv=None) -> dict:
     steps.update({f"box_loss={name}": box_step(loss) for name, loss in box_losses.items()})
     steps["ghm_c per-bin loop"] = loop_step
     focal = cls_losses["focal"]
-    steps["focal, one block"] = cls_step(lambda x, y, normalizer: summed_with_gradient(
-        x, y, focal._value_and_gradient, in_blocks=False) / normalizer)
+    steps["focal, one block"] = cls_step(
+        lambda x, y, normalizer: summed_with_gradient(x, y, focal._value_and_gradient, in_blocks=False) / normalizer
+    )
     results = time_interleaved(steps, args.repeats)
     vectorised, loop = L.GHMCLoss(30, 0.0), [0.0] * 30
     same = torch.allclose(vectorised(logits, targets, None), ghm_c_per_bin_loop(logits, targets, 30, 0.0, loop))
-    print(f"forward + backward, median of {args.repeats}: {args.anchors:,} anchors × {args.classes} classes, "
-          f"{args.boxes:,} boxes, {torch.get_num_threads()} threads")
+    print(
+        f"forward + backward, median of {args.repeats}: {args.anchors:,} anchors × {args.classes} classes, "
+        f"{args.boxes:,} boxes, {torch.get_num_threads()} threads"
+    )
     for name, ms in results.items():
         print(f"  {name:<22} {ms:9.1f} ms")
     speedup = results["ghm_c per-bin loop"] / results["loss=ghm_c"]
     blocks = results["focal, one block"] / results["loss=focal"]
     print(f"GHM-C vectorised vs per-bin loop: {speedup:.1f}x faster, same value: {same}")
     print(f"focal loss in blocks of rows vs one block: {blocks:.1f}x faster")
-    report = {"settings": vars(args), "milliseconds": results, "ghm_c_speedup": speedup, "ghm_c_same_value": same,
-              "focal_blocks_speedup": blocks}
+    report = {
+        "settings": vars(args),
+        "milliseconds": results,
+        "ghm_c_speedup": speedup,
+        "ghm_c_same_value": same,
+        "focal_blocks_speedup": blocks,
+    }
     with open(args.json, "w") as file:
         json.dump(report, file, indent=2)
     return report

@@ -43,8 +43,9 @@ def median_ms(fn, repeats: int) -> float:
 
 def criterion_step(criterion: RetinaNetCriterion, outputs: dict, targets: list[dict]) -> None:
     """One forward and backward of the criterion (what a training step spends in it)."""
-    leaves = {k: v.detach().requires_grad_(True) if k in ("cls_logits", "box_deltas") else v
-              for k, v in outputs.items()}
+    leaves = {
+        k: v.detach().requires_grad_(True) if k in ("cls_logits", "box_deltas") else v for k, v in outputs.items()
+    }
     losses = criterion(leaves, targets)
     (losses["loss_cls"] + losses["loss_box"]).backward()
 
@@ -66,29 +67,42 @@ def main(argv=None) -> dict:
     valid = torch.ones(args.batch, args.boxes, dtype=torch.bool)
     flat = boxes.reshape(-1, 4)
     whole = flat.shape[0] * anchors.shape[0]
-    results = {f"iou, blocks of 2^{b}": median_ms(lambda b=b: blockwise_box_iou(flat, anchors, 1 << b), args.repeats)
-               for b in (16, 18, 20)}
+    results = {
+        f"iou, blocks of 2^{b}": median_ms(lambda b=b: blockwise_box_iou(flat, anchors, 1 << b), args.repeats)
+        for b in (16, 18, 20)
+    }
     results["iou, one call"] = median_ms(lambda: blockwise_box_iou(flat, anchors, whole), args.repeats)
     results["IoUMatcher (default blocks)"] = median_ms(lambda: IoUMatcher()(anchors, boxes, valid), args.repeats)
     levels = [(height // s) * (width // s) * generator.num_anchors_per_location for s in generator.strides]
-    results["ATSSMatcher"] = median_ms(lambda: ATSSMatcher()(anchors, boxes, valid, num_anchors_per_level=levels),
-                                       args.repeats)
-    outputs = {"cls_logits": torch.randn(args.batch, len(anchors), 80, generator=g) - 4,
-               "box_deltas": torch.randn(args.batch, len(anchors), 4, generator=g) * 0.1, "anchors": anchors,
-               "num_anchors_per_level": levels}
+    results["ATSSMatcher"] = median_ms(
+        lambda: ATSSMatcher()(anchors, boxes, valid, num_anchors_per_level=levels), args.repeats
+    )
+    outputs = {
+        "cls_logits": torch.randn(args.batch, len(anchors), 80, generator=g) - 4,
+        "box_deltas": torch.randn(args.batch, len(anchors), 4, generator=g) * 0.1,
+        "anchors": anchors,
+        "num_anchors_per_level": levels,
+    }
     targets = [{"boxes": b, "labels": torch.randint(0, 80, (args.boxes,), generator=g)} for b in boxes]
     for target in ("onehot", "iou"):
-        criterion = RetinaNetCriterion(QualityFocalLoss(), SmoothL1Loss(0.11), IoUMatcher(), BoxCoder(),
-                                       cls_target=target)
+        criterion = RetinaNetCriterion(
+            QualityFocalLoss(), SmoothL1Loss(0.11), IoUMatcher(), BoxCoder(), cls_target=target
+        )
         results[f"criterion, QFL, {target} targets"] = median_ms(
-            lambda c=criterion: criterion_step(c, outputs, targets), args.repeats)
-    print(f"{args.batch} × {args.boxes} boxes × {anchors.shape[0]:,} anchors ({height}×{width} padded), "
-          f"{torch.get_num_threads()} threads, median of {args.repeats}:")
+            lambda c=criterion: criterion_step(c, outputs, targets), args.repeats
+        )
+    print(
+        f"{args.batch} × {args.boxes} boxes × {anchors.shape[0]:,} anchors ({height}×{width} padded), "
+        f"{torch.get_num_threads()} threads, median of {args.repeats}:"
+    )
     for name, ms in results.items():
         print(f"  {name:<32} {ms:8.1f} ms")
-    report = {"settings": vars(args) | {"json": str(args.json), "threads": torch.get_num_threads(),
-                                        "ld_preload": os.environ.get("LD_PRELOAD", "")},
-              "anchors": anchors.shape[0], "milliseconds": results}
+    report = {
+        "settings": vars(args)
+        | {"json": str(args.json), "threads": torch.get_num_threads(), "ld_preload": os.environ.get("LD_PRELOAD", "")},
+        "anchors": anchors.shape[0],
+        "milliseconds": results,
+    }
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     return results
 

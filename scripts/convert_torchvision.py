@@ -29,18 +29,31 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from detector.engine.checkpoint import save_checkpoint  # noqa: E402
 
-OVERRIDES = ["model=retinanet_r50_torchvision", "data=coco", "data.size_divisibility=32", "data.train_min_sizes=[800]",
-             "data.test_min_size=800", "data.max_size=1333", "postprocess.score_thresh=0.05",
-             "postprocess.topk_candidates=1000", "postprocess.nms_thresh=0.5", "postprocess.max_detections=300",
-             "criterion.matcher.low_quality_matches=detectron2", "criterion.matcher.crowd=background"]
+OVERRIDES = [
+    "model=retinanet_r50_torchvision",
+    "data=coco",
+    "data.size_divisibility=32",
+    "data.train_min_sizes=[800]",
+    "data.test_min_size=800",
+    "data.max_size=1333",
+    "postprocess.score_thresh=0.05",
+    "postprocess.topk_candidates=1000",
+    "postprocess.nms_thresh=0.5",
+    "postprocess.max_detections=300",
+    "criterion.matcher.low_quality_matches=detectron2",
+    "criterion.matcher.crowd=background",
+]
 NUM_ANCHORS = 9
 
 # torchvision prefix → ours; the heads' conv towers are mapped by `_tower_key`
-PREFIXES = [("backbone.body.conv1.", "backbone.stem.0."), ("backbone.body.bn1.", "backbone.stem.1."),
-            *((f"backbone.body.layer{i + 1}.", f"backbone.stages.{i}.") for i in range(4)),
-            ("backbone.fpn.", "fpn.fpn."),
-            ("head.classification_head.cls_logits.", "head.cls_logits."),
-            ("head.regression_head.bbox_reg.", "head.box_deltas.")]
+PREFIXES = [
+    ("backbone.body.conv1.", "backbone.stem.0."),
+    ("backbone.body.bn1.", "backbone.stem.1."),
+    *((f"backbone.body.layer{i + 1}.", f"backbone.stages.{i}.") for i in range(4)),
+    ("backbone.fpn.", "fpn.fpn."),
+    ("head.classification_head.cls_logits.", "head.cls_logits."),
+    ("head.regression_head.bbox_reg.", "head.box_deltas."),
+]
 TOWERS = {"head.classification_head.conv.": "head.cls_tower.", "head.regression_head.conv.": "head.box_tower."}
 
 
@@ -48,7 +61,7 @@ def _tower_key(key: str) -> str | None:
     """torchvision's tower conv i (`conv.{i}.0.weight`, conv + ReLU blocks) is our Sequential's entry 2i."""
     for prefix, target in TOWERS.items():
         if key.startswith(prefix):
-            index, _, rest = key[len(prefix):].split(".", 2)
+            index, _, rest = key[len(prefix) :].split(".", 2)
             return f"{target}{2 * int(index)}.{rest}"
     return None
 
@@ -59,7 +72,7 @@ def convert_state_dict(state: dict, category_ids: list[int] | None = None) -> di
     for key, value in state.items():
         target = _tower_key(key)
         if target is None:
-            target = next((new + key[len(old):] for old, new in PREFIXES if key.startswith(old)), None)
+            target = next((new + key[len(old) :] for old, new in PREFIXES if key.startswith(old)), None)
         if target is None:
             if key.endswith("num_batches_tracked"):
                 continue
@@ -100,10 +113,14 @@ def main() -> None:
     config = run_config(names)
     model = instantiate(OmegaConf.create(config["model"]), num_classes=len(names))
     model.load_state_dict(converted)  # strict: every tensor mapped, every shape right
-    save_checkpoint({"model": model.state_dict(), "iteration": 0, "config": config,
-                     "source": str(args.torchvision_weights)}, args.output)
-    print(f"wrote {args.output}: {len(names)} classes, {len(converted)} tensors; "
-          f"evaluate with: python evaluate.py checkpoint={args.output} data.root=…")
+    save_checkpoint(
+        {"model": model.state_dict(), "iteration": 0, "config": config, "source": str(args.torchvision_weights)},
+        args.output,
+    )
+    print(
+        f"wrote {args.output}: {len(names)} classes, {len(converted)} tensors; "
+        f"evaluate with: python evaluate.py checkpoint={args.output} data.root=…"
+    )
 
 
 if __name__ == "__main__":

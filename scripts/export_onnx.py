@@ -43,11 +43,22 @@ def load(checkpoint: Path):
 
 
 def export(model: nn.Module, out: Path, divisibility: int) -> None:
-    batch, rows, columns = torch.export.Dim("batch", max=64), torch.export.Dim("rows", max=64), torch.export.Dim("columns", max=64)
+    batch, rows, columns = (
+        torch.export.Dim("batch", max=64),
+        torch.export.Dim("rows", max=64),
+        torch.export.Dim("columns", max=64),
+    )
     example = torch.zeros(2, 3, 2 * divisibility, 3 * divisibility)
     shapes = {"images": {0: batch, 2: divisibility * rows, 3: divisibility * columns}}
-    program = torch.onnx.export(Network(model).eval(), (example,), dynamo=True, input_names=["images"],
-                                output_names=["cls_logits", "box_deltas"], dynamic_shapes=shapes, external_data=False)
+    program = torch.onnx.export(
+        Network(model).eval(),
+        (example,),
+        dynamo=True,
+        input_names=["images"],
+        output_names=["cls_logits", "box_deltas"],
+        dynamic_shapes=shapes,
+        external_data=False,
+    )
     program.save(str(out))
 
 
@@ -68,11 +79,16 @@ def check(model: nn.Module, postprocess, out: Path, sizes: list[tuple[int, int]]
         reference = postprocess(expected, [(height, width)] * 2)
         detections = postprocess(from_onnx, [(height, width)] * 2)
         for ours, theirs in zip(detections, reference):
-            if (len(ours["boxes"]) != len(theirs["boxes"]) or not torch.equal(ours["labels"], theirs["labels"])
-                    or not torch.allclose(ours["boxes"], theirs["boxes"], atol=1e-3)
-                    or not torch.allclose(ours["scores"], theirs["scores"], atol=1e-4)):
+            if (
+                len(ours["boxes"]) != len(theirs["boxes"])
+                or not torch.equal(ours["labels"], theirs["labels"])
+                or not torch.allclose(ours["boxes"], theirs["boxes"], atol=1e-3)
+                or not torch.allclose(ours["scores"], theirs["scores"], atol=1e-4)
+            ):
                 raise SystemExit(f"detections at {height}×{width} differ between onnxruntime and PyTorch")
-        lines.append(f"{height}×{width}: outputs within 1e-4, {sum(len(d['boxes']) for d in detections)} detections identical")
+        lines.append(
+            f"{height}×{width}: outputs within 1e-4, {sum(len(d['boxes']) for d in detections)} detections identical"
+        )
     return lines
 
 
@@ -84,8 +100,11 @@ def main() -> None:
     args = parser.parse_args()
     model, postprocess, divisibility = load(args.checkpoint)
     export(model, args.out, divisibility)
-    sizes = [tuple(int(v) for v in s.split("x")) for s in args.check_sizes] if args.check_sizes else \
-        [(2 * divisibility, 3 * divisibility), (3 * divisibility, 2 * divisibility)]
+    sizes = (
+        [tuple(int(v) for v in s.split("x")) for s in args.check_sizes]
+        if args.check_sizes
+        else [(2 * divisibility, 3 * divisibility), (3 * divisibility, 2 * divisibility)]
+    )
     for line in check(model, postprocess, args.out, sizes):
         print(line)
     print(f"wrote {args.out}")

@@ -23,14 +23,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E402
-    HISTOGRAMS, SCALARS, EventAccumulator)
+    HISTOGRAMS,
+    SCALARS,
+    EventAccumulator,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ablation_table import row_labels  # noqa: E402
 
 HISTOGRAM_TAGS = ("gradients/g_negative", "gradients/g_positive", "gradients/gradient_by_g")
-SHARE_TAGS = ("gradients/easy_negative_fraction", "gradients/easy_negative_loss_share",
-              "gradients/easy_negative_gradient_share")
+SHARE_TAGS = (
+    "gradients/easy_negative_fraction",
+    "gradients/easy_negative_loss_share",
+    "gradients/easy_negative_gradient_share",
+)
 
 
 def read_run(run_dir: Path, average: int) -> dict:
@@ -48,8 +54,11 @@ def read_run(run_dir: Path, average: int) -> dict:
         mean = np.mean([c / max(c.sum(), 1e-300) for c in counts], axis=0)
         centres = limits - limits[0] / 2  # equal bins: the first limit is the width
         densities[tag] = (centres, mean)
-    scalars = {tag: ([e.step for e in events.Scalars(tag)], [e.value for e in events.Scalars(tag)])
-               for tag in SHARE_TAGS if tag in tags["scalars"]}
+    scalars = {
+        tag: ([e.step for e in events.Scalars(tag)], [e.value for e in events.Scalars(tag)])
+        for tag in SHARE_TAGS
+        if tag in tags["scalars"]
+    }
     return {"densities": densities, "scalars": scalars}
 
 
@@ -64,9 +73,11 @@ def labels_for(run_dirs: list[Path]) -> list[str]:
 
 def plot(runs: list[tuple[str, dict]], out: Path) -> None:
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
-    panels = [(axes[0, 0], "gradients/g_negative", "negative elements: density of g"),
-              (axes[0, 1], "gradients/g_positive", "positive elements: density of g"),
-              (axes[1, 0], "gradients/gradient_by_g", "share of the loss's gradient |∂L/∂x| at g")]
+    panels = [
+        (axes[0, 0], "gradients/g_negative", "negative elements: density of g"),
+        (axes[0, 1], "gradients/g_positive", "positive elements: density of g"),
+        (axes[1, 0], "gradients/gradient_by_g", "share of the loss's gradient |∂L/∂x| at g"),
+    ]
     for ax, tag, title in panels:
         for label, run in runs:
             centres, density = run["densities"][tag]

@@ -25,7 +25,7 @@ from detector.losses import FocalLoss, FocalStarLoss, GHMCLoss, SigmoidCrossEntr
 def per_element(loss, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss and dL/dx of a positive example (y = 1) at logits x_t, one value per element."""
     x = x_t.clone().requires_grad_(True)
-    values = torch.stack([loss(x[i:i + 1, None], torch.ones(1, 1, dtype=x.dtype), 1.0) for i in range(len(x))])
+    values = torch.stack([loss(x[i : i + 1, None], torch.ones(1, 1, dtype=x.dtype), 1.0) for i in range(len(x))])
     values.sum().backward()
     return values.detach(), x.grad
 
@@ -39,16 +39,25 @@ def plot_focal_vs_pt(out: Path) -> Path:
         ax.plot(p_t, loss, label=f"γ = {gamma:g}" + (" (CE)" if gamma == 0 else ""))
     ax.axvspan(0.6, 1.0, color="0.92", zorder=0)
     ax.text(0.8, 4.3, "well-classified\nexamples", ha="center")
-    ax.set(xlabel="probability of ground truth class p_t", ylabel="loss", ylim=(0, 5), xlim=(0, 1),
-           title="Focal Loss: FL(p_t) = −(1 − p_t)^γ log(p_t)")
+    ax.set(
+        xlabel="probability of ground truth class p_t",
+        ylabel="loss",
+        ylim=(0, 5),
+        xlim=(0, 1),
+        title="Focal Loss: FL(p_t) = −(1 − p_t)^γ log(p_t)",
+    )
     ax.legend()
     return _save(fig, out / "focal_loss_vs_pt.png")
 
 
 def plot_focal_star(out: Path) -> Path:
     x_t = torch.linspace(-10, 10, 400, dtype=torch.float64)
-    settings = [("CE", SigmoidCrossEntropyLoss()), ("FL γ=2", FocalLoss(alpha=None, gamma=2.0)),
-                ("FL* γ=2 β=1", FocalStarLoss(2.0, 1.0, None)), ("FL* γ=4 β=0", FocalStarLoss(4.0, 0.0, None))]
+    settings = [
+        ("CE", SigmoidCrossEntropyLoss()),
+        ("FL γ=2", FocalLoss(alpha=None, gamma=2.0)),
+        ("FL* γ=2 β=1", FocalStarLoss(2.0, 1.0, None)),
+        ("FL* γ=4 β=0", FocalStarLoss(4.0, 0.0, None)),
+    ]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for name, loss in settings:
         value, grad = per_element(loss, x_t)
@@ -75,16 +84,26 @@ def plot_ghm(out: Path, seed: int = 0) -> Path:
     density = torch.bincount(which, minlength=30).double()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     left.bar(centers, density / density.sum(), width=1 / 30, log=True)
-    left.set(xlabel="gradient norm g = |p − y|", ylabel="fraction of examples (log)",
-             title="gradient norm density (GHM paper, Fig. 1 left)")
-    for name, loss in [("CE", SigmoidCrossEntropyLoss()), ("FL γ=2", FocalLoss(alpha=None, gamma=2.0)),
-                       ("GHM-C", GHMCLoss(bins=30, momentum=0.0))]:
+    left.set(
+        xlabel="gradient norm g = |p − y|",
+        ylabel="fraction of examples (log)",
+        title="gradient norm density (GHM paper, Fig. 1 left)",
+    )
+    for name, loss in [
+        ("CE", SigmoidCrossEntropyLoss()),
+        ("FL γ=2", FocalLoss(alpha=None, gamma=2.0)),
+        ("GHM-C", GHMCLoss(bins=30, momentum=0.0)),
+    ]:
         x = logits.clone().requires_grad_(True)
         loss(x, targets, 1.0).backward()
         per_bin = torch.bincount(which, weights=x.grad.abs().view(-1), minlength=30)
         right.plot(centers, per_bin / per_bin.sum(), marker="o", label=name)
-    right.set(xlabel="gradient norm g", ylabel="share of the total gradient", yscale="log",
-              title="where the gradient comes from (GHM paper, Fig. 1 right)")
+    right.set(
+        xlabel="gradient norm g",
+        ylabel="share of the total gradient",
+        yscale="log",
+        title="where the gradient comes from (GHM paper, Fig. 1 right)",
+    )
     right.legend()
     return _save(fig, out / "ghm_gradient_norm.png")
 

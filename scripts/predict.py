@@ -26,8 +26,8 @@ from detector.data.images import read_rgb  # noqa: E402
 from detector.data.loader import PadCollate  # noqa: E402
 from detector.data.transforms import eval_transforms  # noqa: E402
 from detector.engine.inference import load_for_inference  # noqa: E402
-from detector.engine.precision import resolve_precision  # noqa: E402
 from detector.engine.pictures import draw_detections  # noqa: E402
+from detector.engine.precision import resolve_precision  # noqa: E402
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -66,11 +66,20 @@ def predict(checkpoint: Path, files: list[Path], out: Path, score: float, amp: s
         scale = torch.tensor([pixels.shape[1] / tensor.shape[2], pixels.shape[0] / tensor.shape[1]]).repeat(2)
         boxes = detections["boxes"] * scale
         for box, value, label in zip(boxes.tolist(), detections["scores"].tolist(), detections["labels"].tolist()):
-            results.append({"image_id": image_id, "file_name": str(path), "category_id": label,
-                            "category": classes[label], "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
-                            "score": value})
+            results.append(
+                {
+                    "image_id": image_id,
+                    "file_name": str(path),
+                    "category_id": label,
+                    "category": classes[label],
+                    "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+                    "score": value,
+                }
+            )
         shown = detections["scores"] >= score
-        picture = draw_detections(pixels, boxes[shown], detections["labels"][shown], detections["scores"][shown], classes)
+        picture = draw_detections(
+            pixels, boxes[shown], detections["labels"][shown], detections["scores"][shown], classes
+        )
         write_png(picture, str(out / f"{path.stem}.png"))
     (out / "detections.json").write_text(json.dumps(results))
     return results

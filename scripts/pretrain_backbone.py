@@ -33,17 +33,33 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workers", type=int, default=1, help="crop-rendering processes")
     parser.add_argument("--amp", default="auto", choices=["auto", "off", "bf16"])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="default: $DETECTOR_CACHE/pretrained/resnet{depth}-glyphs.pth ($DETECTOR_CACHE: .cache)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="default: $DETECTOR_CACHE/pretrained/resnet{depth}-glyphs.pth ($DETECTOR_CACHE: .cache)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = args.out or Path(os.environ.get("DETECTOR_CACHE", ".cache")) / "pretrained" / f"resnet{args.depth}-glyphs.pth"
-    record = pretrain_backbone(out, depth=args.depth, steps=args.steps, batch_size=args.batch_size,
-                               crop_size=args.crop_size, lr=args.lr, warmup_steps=args.warmup_steps, seed=args.seed,
-                               eval_crops=args.eval_crops, num_workers=args.workers,
-                               amp=args.amp, device=args.device)
-    print(f"{out}: held-out accuracy {100 * record['accuracy']:.1f} % ({record['settings']['classes']} classes), "
-          f"{record['train_seconds']:.0f} s of training ({record['precision']})")
+    record = pretrain_backbone(
+        out,
+        depth=args.depth,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        crop_size=args.crop_size,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        seed=args.seed,
+        eval_crops=args.eval_crops,
+        num_workers=args.workers,
+        amp=args.amp,
+        device=args.device,
+    )
+    print(
+        f"{out}: held-out accuracy {100 * record['accuracy']:.1f} % ({record['settings']['classes']} classes), "
+        f"{record['train_seconds']:.0f} s of training ({record['precision']})"
+    )
     return record
 
 

@@ -35,7 +35,7 @@ def main() -> int:
     for problem in report.problems:
         by_kind[problem.kind].append(problem)
     for problems in by_kind.values():
-        for problem in problems[:args.show]:
+        for problem in problems[: args.show]:
             print(problem)
         if len(problems) > args.show:
             print(f"  … and {len(problems) - args.show} more {problems[0].kind}")

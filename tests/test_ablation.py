@@ -7,8 +7,8 @@ import sys
 
 import pytest
 import yaml
-from PIL import Image
 from omegaconf import OmegaConf
+from PIL import Image
 
 from tests.conftest import CONFIGS, ROOT, run_script
 
@@ -76,32 +76,48 @@ def test_ghm_rows_carry_the_official_recipe(compose_cfg, preset):
     assert recipe["ghm_reg", "+row/ghm_reg=asl1"] == ("GHMRLoss", 10.0)
     assert recipe["ghm_reg", "+row/ghm_reg=ghm_r"] == ("GHMRLoss", 10.0)
     assert recipe["ghm_cls", "loss=ghm_c"] == ("SmoothL1Loss", 1.0)
-    weights = {row: compose_cfg(["sweep=box_losses", row]).criterion.box_weight for row in sweep_rows("box_losses")
-               if row.startswith("+row/")}
+    weights = {
+        row: compose_cfg(["sweep=box_losses", row]).criterion.box_weight
+        for row in sweep_rows("box_losses")
+        if row.startswith("+row/")
+    }
     assert weights.pop("+row/box_losses=ghm_r") == 10.0 and set(weights.values()) == {1.0} and len(weights) == 8
 
 
 def fake_job(root, index, alpha, metrics=None, log="", seed=None):
     job = root / str(index)
     (job / ".hydra").mkdir(parents=True)
-    overrides = ["sweep=fl_table1a", "experiment=ablation_cpu", f"loss.alpha={alpha}"] + ([f"seed={seed}"] * (seed is not None))
+    overrides = ["sweep=fl_table1a", "experiment=ablation_cpu", f"loss.alpha={alpha}"] + (
+        [f"seed={seed}"] * (seed is not None)
+    )
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     config = {"loss": {"alpha": alpha, "gamma": 0.0}, **({"seed": seed} if seed is not None else {})}
     (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
-    (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": {"sweep": "fl_table1a"}}}}))
+    (job / ".hydra" / "hydra.yaml").write_text(
+        yaml.safe_dump({"hydra": {"runtime": {"choices": {"sweep": "fl_table1a"}}}})
+    )
     if metrics is not None:
         (job / "metrics.json").write_text(json.dumps(metrics))
     (job / "train.log").write_text(log)
 
 
 def metrics(ap):
-    return {"AP": ap, "AP50": ap + 20, "AP75": ap + 1, "APs": 1.0, "APm": 2.0, "APl": -1.0, "iteration": 1400,
-            "train_seconds": 660.5}
+    return {
+        "AP": ap,
+        "AP50": ap + 20,
+        "AP75": ap + 1,
+        "APs": 1.0,
+        "APm": 2.0,
+        "APl": -1.0,
+        "iteration": 1400,
+        "train_seconds": 660.5,
+    }
 
 
 def tabulate(root):
-    result = subprocess.run([sys.executable, "scripts/ablation_table.py", str(root)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "scripts/ablation_table.py", str(root)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     table = (root / "table.md").read_text()
     assert table == result.stdout.rstrip("\n") + "\n"
@@ -125,9 +141,13 @@ def test_ablation_table_on_a_fabricated_multirun(tmp_path):
     assert lines[13].startswith("| loss.alpha=0.999 | 1 ok | 1.00 |") and lines[13].endswith("| 25.10 |")
     # ours 5, 20, 25, 1 against the paper's 10.8, 30.2, 31.1, 25.1: ranks 2 3 4 1 vs 1 3 4 2, Σd² = 2,
     # ρ = 1 − 6·2 / (4·15) = 0.8; one seed per row: there is nothing to resample
-    assert lines[15] == ("Spearman rank correlation of the mean AP with the paper's AP over 4 rows: ρ = 0.800, "
-                         "no interval: one seed a row")
-    assert lines[-1].startswith("Rows with fewer than 2 finished seeds (no test can separate them from noise): loss.alpha=0.25;")
+    assert lines[15] == (
+        "Spearman rank correlation of the mean AP with the paper's AP over 4 rows: ρ = 0.800, "
+        "no interval: one seed a row"
+    )
+    assert lines[-1].startswith(
+        "Rows with fewer than 2 finished seeds (no test can separate them from noise): loss.alpha=0.25;"
+    )
     csv_lines = (tmp_path / "table.csv").read_text().splitlines()
     assert csv_lines[0].startswith("row,runs,n,seeds,AP,AP_std,AP50,AP50_std,") and csv_lines[0].endswith(",paper_AP")
     assert len(csv_lines) == 7 and "diverged" in csv_lines[4]
@@ -182,29 +202,67 @@ def test_jobs_killed_before_hydra_wrote_their_folder_stay_visible_as_failed(tmp_
 @pytest.mark.slow  # 27 s; the fast tier keeps a real multirun (test_scale's parallel launcher) and the table's parsing
 def test_two_job_smoke_multirun_completes_and_tabulates(tmp_path, cache_dir):
     sweep_dir = tmp_path / "sweep"
-    result = run_script("train.py", "-m", "debug=smoke", "loss=focal,ce", f"data.cache_dir={cache_dir}",
-                        f"hydra.sweep.dir={sweep_dir}")
+    result = run_script(
+        "train.py", "-m", "debug=smoke", "loss=focal,ce", f"data.cache_dir={cache_dir}", f"hydra.sweep.dir={sweep_dir}"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    result = subprocess.run([sys.executable, "scripts/ablation_table.py", str(sweep_dir)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "scripts/ablation_table.py", str(sweep_dir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith("| loss=")]
     assert [r.split(" | ")[:2] for r in rows] == [["| loss=focal", "1 ok"], ["| loss=ce", "1 ok"]]
 
     # the same runs drawn by the gradient diagnostics: logged at the last iteration, one line per run
     picture = tmp_path / "gradients.png"
-    result = subprocess.run([sys.executable, "scripts/plot_gradients.py", str(sweep_dir / "0"), str(sweep_dir / "1"),
-                             "--out", str(picture)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "scripts/plot_gradients.py",
+            str(sweep_dir / "0"),
+            str(sweep_dir / "1"),
+            "--out",
+            str(picture),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
-    shares = {line.split(" | ")[0]: [float(c.rstrip(" %|")) for c in line.split(" | ")[1:]]
-              for line in result.stdout.splitlines() if line.startswith("| loss=")}
+    shares = {
+        line.split(" | ")[0]: [float(c.rstrip(" %|")) for c in line.split(" | ")[1:]]
+        for line in result.stdout.splitlines()
+        if line.startswith("| loss=")
+    }
     assert set(shares) == {"| loss=focal", "| loss=ce"}
     assert all(0.0 <= value <= 100.0 for row in shares.values() for value in row)
     # CE spends most of its gradient on easy negatives; FL (gamma 2, alpha 0.25) much less
     assert shares["| loss=ce"][2] > 50.0 > shares["| loss=focal"][2]
     assert Image.open(picture).size[0] > 500
-    labelled = subprocess.run([sys.executable, "scripts/plot_gradients.py", str(sweep_dir / "0"), str(sweep_dir / "1"),
-                               "--labels", "FL", "CE", "--out", str(picture)], cwd=ROOT, capture_output=True,
-                              text=True, timeout=120)
+    labelled = subprocess.run(
+        [
+            sys.executable,
+            "scripts/plot_gradients.py",
+            str(sweep_dir / "0"),
+            str(sweep_dir / "1"),
+            "--labels",
+            "FL",
+            "CE",
+            "--out",
+            str(picture),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert labelled.returncode == 0, labelled.stderr
-    assert [line.split(" | ")[0] for line in labelled.stdout.splitlines() if line.startswith("| ")][1:] == ["| FL", "| CE"]
+    assert [line.split(" | ")[0] for line in labelled.stdout.splitlines() if line.startswith("| ")][1:] == [
+        "| FL",
+        "| CE",
+    ]

@@ -12,9 +12,9 @@ def test_cell_anchors_by_hand_order_and_shift():
     assert anchors.shape == (2 * 2 * 3, 4)
     r = math.sqrt(2.0)
     # ratio h/w = 0.5: w = 32·√2, h = 32/√2; centred at (0, 0)
-    expected_cell = torch.tensor([[-16 * r, -16 / r, 16 * r, 16 / r],
-                                  [-16.0, -16.0, 16.0, 16.0],
-                                  [-16 / r, -16 * r, 16 / r, 16 * r]])
+    expected_cell = torch.tensor(
+        [[-16 * r, -16 / r, 16 * r, 16 / r], [-16.0, -16.0, 16.0, 16.0], [-16 / r, -16 * r, 16 / r, 16 * r]]
+    )
     torch.testing.assert_close(anchors[:3], expected_cell)
     # locations are row-major (y, x): the second location is x = 8, y = 0
     torch.testing.assert_close(anchors[3:6], expected_cell + torch.tensor([8.0, 0.0, 8.0, 0.0]))

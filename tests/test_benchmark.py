@@ -25,7 +25,9 @@ def test_benchmark_models_have_the_same_size_anchors_and_head_outputs():
     assert outputs["box_deltas"].shape == head["bbox_regression"].shape
     assert outputs["anchors"].shape == anchors[0].shape
     for trainable in (False, True):
-        counts = [sum(p.numel() for p in m.parameters() if p.requires_grad or not trainable) for m in (model, reference)]
+        counts = [
+            sum(p.numel() for p in m.parameters() if p.requires_grad or not trainable) for m in (model, reference)
+        ]
         assert counts[0] == counts[1]
 
 
@@ -35,10 +37,33 @@ def test_benchmark_runs_and_reports_both_systems(tmp_path, allocator):
     if allocator == "both" and jemalloc_library() is None:
         pytest.skip("jemalloc is not installed")
     out = tmp_path / "benchmark.json"
-    result = subprocess.run([sys.executable, "scripts/benchmark.py", "--sizes", "128x160", "--boxes", "3",
-                             "--precision", "fp32", "--repeats", "1", "--warmup", "0", "--allocator", allocator, "--profile",
-                             "--conv-map", "16x20",
-                             "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "scripts/benchmark.py",
+            "--sizes",
+            "128x160",
+            "--boxes",
+            "3",
+            "--precision",
+            "fp32",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--allocator",
+            allocator,
+            "--profile",
+            "--conv-map",
+            "16x20",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
     (train,) = report["train"]
@@ -50,8 +75,9 @@ def test_benchmark_runs_and_reports_both_systems(tmp_path, allocator):
     for rows in [report["system_allocator"]["train"] if allocator == "both" else report["train"]]:
         assert rows[0]["ours_peak_mib"] > 50 and rows[0]["torchvision_peak_mib"] > 50  # R50: 150 MiB of weights
     profiles = {(p["model"], p["step"]): p for p in report["profile"]}
-    assert set(profiles) == {(model, step) for model in ("ours", "torchvision")
-                             for step in ("training step", "inference, batch 8")}
+    assert set(profiles) == {
+        (model, step) for model in ("ours", "torchvision") for step in ("training step", "inference, batch 8")
+    }
     assert all(0 < p["convolution_share"] < 1 and p["top"][0]["ms"] > 0 for p in profiles.values())
     assert "profile of one inference, batch 8: ours, fp32, 128x160" in result.stdout
     assert result.stdout.startswith("machine: ") or "\nmachine: " in result.stdout

@@ -29,7 +29,9 @@ def test_load_for_inference_round_trips_a_checkpoint_without_its_pretrained_back
     config = {**OmegaConf.to_container(cfg, resolve=True), "classes": [f"c{i}" for i in range(80)]}
     save_checkpoint({"model": model.state_dict(), "config": config, "iteration": 42}, tmp_path / "last.pt")
     loaded = load_for_inference(tmp_path / "last.pt", {"postprocess.score_thresh": 0.3})
-    assert loaded.config.model.backbone.weights_path == str(tmp_path / "gone.pth") and not (tmp_path / "gone.pth").exists()
+    assert (
+        loaded.config.model.backbone.weights_path == str(tmp_path / "gone.pth") and not (tmp_path / "gone.pth").exists()
+    )
     assert not loaded.model.training and loaded.iteration == 42 and loaded.classes == config["classes"]
     assert loaded.postprocessor.score_thresh == 0.3 and loaded.config.postprocess.score_thresh == 0.3
     for name, value in model.state_dict().items():
@@ -58,29 +60,40 @@ def test_pickle_that_runs_code_is_refused_and_not_run(tmp_path, monkeypatch):
     assert not (tmp_path / "PWNED").exists()
 
 
-def test_a_checkpoint_of_another_model_is_refused_with_what_differs_and_how_to_fine_tune(tmp_path, cache_dir,
-                                                                                          compose_cfg):
+def test_a_checkpoint_of_another_model_is_refused_with_what_differs_and_how_to_fine_tune(
+    tmp_path, cache_dir, compose_cfg
+):
     """A checkpoint as training writes it (model, config with its classes, iteration, the optimizer's
     and scheduler's states for a resume) of the smoke model."""
     cfg = compose_cfg(["debug=smoke", f"data.cache_dir={cache_dir}"])
     torch.manual_seed(0)
     model = instantiate(cfg.model, num_classes=6)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    config = {**OmegaConf.to_container(cfg, resolve=True),
-              "classes": ["circle", "square", "triangle", "star", "cross", "ring"]}
+    config = {
+        **OmegaConf.to_container(cfg, resolve=True),
+        "classes": ["circle", "square", "triangle", "star", "cross", "ring"],
+    }
     checkpoint = tmp_path / "run" / "checkpoints" / "last.pt"
-    save_checkpoint({"model": model.state_dict(), "config": config, "iteration": 4,
-                     "optimizer": optimizer.state_dict()}, checkpoint)
+    save_checkpoint(
+        {"model": model.state_dict(), "config": config, "iteration": 4, "optimizer": optimizer.state_dict()}, checkpoint
+    )
 
-    result = run_script("evaluate.py", f"checkpoint={checkpoint}", "model.head.channels=64",
-                        f"hydra.run.dir={tmp_path / 'eval'}")
+    result = run_script(
+        "evaluate.py", f"checkpoint={checkpoint}", "model.head.channels=64", f"hydra.run.dir={tmp_path / 'eval'}"
+    )
     assert result.returncode != 0
     assert "and does not fit this one" in result.stderr and "in the checkpoint, (" in result.stderr  # the shapes
     assert "model.head.channels: 32 in the checkpoint, 64 here" in result.stderr
     assert f"model.backbone.weights_path={checkpoint}" in result.stderr
 
-    result = run_script("train.py", "debug=smoke", f"data.cache_dir={cache_dir}", "model.fpn.out_channels=64",
-                        f"trainer.resume={checkpoint}", f"hydra.run.dir={tmp_path / 'resume'}")
+    result = run_script(
+        "train.py",
+        "debug=smoke",
+        f"data.cache_dir={cache_dir}",
+        "model.fpn.out_channels=64",
+        f"trainer.resume={checkpoint}",
+        f"hydra.run.dir={tmp_path / 'resume'}",
+    )
     assert result.returncode != 0 and "model.fpn.out_channels: 32 in the checkpoint, 64 here" in result.stderr
 
     # the suggested fine-tuning start: the checkpoint's backbone, exactly, under a new head

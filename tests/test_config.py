@@ -57,8 +57,16 @@ def test_every_loss_class_has_a_config_file():
                 assert any(t.endswith(f".{name}") for t in targets), f"{name} has no config in configs/loss or box_loss"
 
 
-@pytest.mark.parametrize("overrides", [["data=coco"], ["data=coco_custom"], ["experiment=coco_r50_1x"],
-                                       ["debug=smoke"], ["data=synthetic", "schedule=multistep", "optim=adamw"]])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["data=coco"],
+        ["data=coco_custom"],
+        ["experiment=coco_r50_1x"],
+        ["debug=smoke"],
+        ["data=synthetic", "schedule=multistep", "optim=adamw"],
+    ],
+)
 def test_group_combinations_compose(compose_cfg, overrides):
     cfg = compose_cfg(overrides)
     OmegaConf.to_container(cfg, resolve=True)
@@ -93,27 +101,36 @@ def test_invalid_gamma_fails_before_any_data_work(tmp_path):
     assert not cache.exists()
 
 
-@pytest.mark.parametrize("override,message", [
-    ("trainer.amp=fp32", "trainer.amp must be one of ['auto', 'off', 'bf16', 'fp16']"),
-    ("trainer.max_iters=0", "trainer.max_iters must be >= 1, got 0"),
-    ("trainer.time_budget=0", "trainer.time_budget must be > 0 seconds or null, got 0"),
-    ("trainer.time_budget=60 schedule.warmup_iters=10", "must lie inside the warmup (schedule.warmup_iters=10)"),
-    ("trainer.diagnostics_period=-1", "trainer.diagnostics_period must be >= 0 (0 turns it off), got -1"),
-    ("data.batch_size=0", "data.batch_size must be >= 1, got 0"),
-    ("model.prior_prob=1.5", "prior_prob must be in (0, 1), got 1.5"),
-    ("model.head.channels=48", "head channels must be a multiple of 32 for GroupNorm (32 groups), got 48"),
-    ("model.anchor_generator.sizes=[32,64]", "anchors need one size per pyramid level"),
-    ("criterion.matcher.bg_iou=0.6", "matcher needs 0 <= bg_iou <= fg_iou <= 1"),
-    ("trainer.max_consecutive_nonfinite=0", "trainer.max_consecutive_nonfinite must be >= 1, got 0"),
-    ("model.backbone.weights_path=/nonexistent.pth", "model.backbone.weights_path=/nonexistent.pth: no such file"),
-    ("evaluation.backend=fast", "evaluation.backend must be one of ['auto', 'pycocotools', 'faster_coco_eval']"),
-    ("criterion.matcher.low_quality_matches=true", "matcher low_quality_matches must be one of ['none', 'detectron', 'detectron2']"),
-    ("criterion.matcher.crowd=drop", "matcher crowd must be one of ['ignore', 'background'], got 'drop'"),
-    ("optim.bias_lr_factor=0", "optim.bias_lr_factor must be > 0, got 0"),
-    ("model=retinanet_r101", "model.backbone has norm=frozen_bn and frozen_stages=2 but no weights_path"),
-    ("model=retinanet_r50 model.backbone.norm=bn", "Place torchvision's ImageNet ResNet-50 state dict (resnet50-0676ba61.pth)"),
-    ("model=retinanet_r18 model.backbone.frozen_stages=0", "model.backbone has norm=frozen_bn but no weights_path"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("trainer.amp=fp32", "trainer.amp must be one of ['auto', 'off', 'bf16', 'fp16']"),
+        ("trainer.max_iters=0", "trainer.max_iters must be >= 1, got 0"),
+        ("trainer.time_budget=0", "trainer.time_budget must be > 0 seconds or null, got 0"),
+        ("trainer.time_budget=60 schedule.warmup_iters=10", "must lie inside the warmup (schedule.warmup_iters=10)"),
+        ("trainer.diagnostics_period=-1", "trainer.diagnostics_period must be >= 0 (0 turns it off), got -1"),
+        ("data.batch_size=0", "data.batch_size must be >= 1, got 0"),
+        ("model.prior_prob=1.5", "prior_prob must be in (0, 1), got 1.5"),
+        ("model.head.channels=48", "head channels must be a multiple of 32 for GroupNorm (32 groups), got 48"),
+        ("model.anchor_generator.sizes=[32,64]", "anchors need one size per pyramid level"),
+        ("criterion.matcher.bg_iou=0.6", "matcher needs 0 <= bg_iou <= fg_iou <= 1"),
+        ("trainer.max_consecutive_nonfinite=0", "trainer.max_consecutive_nonfinite must be >= 1, got 0"),
+        ("model.backbone.weights_path=/nonexistent.pth", "model.backbone.weights_path=/nonexistent.pth: no such file"),
+        ("evaluation.backend=fast", "evaluation.backend must be one of ['auto', 'pycocotools', 'faster_coco_eval']"),
+        (
+            "criterion.matcher.low_quality_matches=true",
+            "matcher low_quality_matches must be one of ['none', 'detectron', 'detectron2']",
+        ),
+        ("criterion.matcher.crowd=drop", "matcher crowd must be one of ['ignore', 'background'], got 'drop'"),
+        ("optim.bias_lr_factor=0", "optim.bias_lr_factor must be > 0, got 0"),
+        ("model=retinanet_r101", "model.backbone has norm=frozen_bn and frozen_stages=2 but no weights_path"),
+        (
+            "model=retinanet_r50 model.backbone.norm=bn",
+            "Place torchvision's ImageNet ResNet-50 state dict (resnet50-0676ba61.pth)",
+        ),
+        ("model=retinanet_r18 model.backbone.frozen_stages=0", "model.backbone has norm=frozen_bn but no weights_path"),
+    ],
+)
 def test_invalid_values_name_key_and_range_before_any_data_work(tmp_path, compose_cfg, override, message):
     """In process, through the same `detector.cli.train` as train.py (whose error output the gamma test checks)."""
     cache = tmp_path / "cache"
@@ -130,8 +147,16 @@ def test_the_paper_recipe_without_imagenet_weights_is_refused_before_any_data_wo
     weights = tmp_path / "resnet50.pth"
     torch.save({}, weights)
     with pytest.raises(Exception) as raised:  # with a weights file the checks pass; in process, Hydra's run dir is next
-        train(compose_cfg(["experiment=coco_r50_1x", "trainer.device=cpu", f"data.root={tmp_path / 'coco'}",
-                           f"model.backbone.weights_path={weights}"]))
+        train(
+            compose_cfg(
+                [
+                    "experiment=coco_r50_1x",
+                    "trainer.device=cpu",
+                    f"data.root={tmp_path / 'coco'}",
+                    f"model.backbone.weights_path={weights}",
+                ]
+            )
+        )
     assert "no weights_path" not in str(raised.value)
 
 

@@ -14,15 +14,20 @@ from detector.models import AnchorGenerator
 from detector.ops import ATSSMatcher, BoxCoder, IoUMatcher
 from detector.ops.matcher import IGNORE
 
-ANCHORS = torch.tensor([[0, 0, 10, 10], [10, 0, 20, 10], [20, 0, 30, 10], [30, 0, 40, 10], [100, 100, 110, 110]],
-                       dtype=torch.float32)
+ANCHORS = torch.tensor(
+    [[0, 0, 10, 10], [10, 0, 20, 10], [20, 0, 30, 10], [30, 0, 40, 10], [100, 100, 110, 110]], dtype=torch.float32
+)
 K = 3
 
 
 def outputs(batch, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return {"cls_logits": torch.randn(batch, 5, K, generator=g), "box_deltas": torch.randn(batch, 5, 4, generator=g) * 0.1,
-            "anchors": ANCHORS, "num_anchors_per_level": [3, 2]}
+    return {
+        "cls_logits": torch.randn(batch, 5, K, generator=g),
+        "box_deltas": torch.randn(batch, 5, 4, generator=g) * 0.1,
+        "anchors": ANCHORS,
+        "num_anchors_per_level": [3, 2],
+    }
 
 
 def target(boxes, labels, crowd=None):
@@ -105,8 +110,12 @@ def test_box_losses_on_boxes_receive_decoded_boxes():
 
 
 CONFIGS = Path(__file__).parents[1] / "configs"
-SYNC_FREE = [(group, path.stem) for group in ("loss", "box_loss") for path in sorted((CONFIGS / group).glob("*.yaml"))
-             if path.stem != "ohem"]  # OHEM waits by design: per-image NMS and top-k
+SYNC_FREE = [
+    (group, path.stem)
+    for group in ("loss", "box_loss")
+    for path in sorted((CONFIGS / group).glob("*.yaml"))
+    if path.stem != "ohem"
+]  # OHEM waits by design: per-image NMS and top-k
 
 
 def criterion_with(group: str, name: str) -> RetinaNetCriterion:
@@ -122,8 +131,10 @@ def on_meta(crit: RetinaNetCriterion, monkeypatch) -> dict:
     bincount): on CUDA each of those waits for the GPU. The row counts, the one deliberate wait,
     are taken from the same call on the CPU."""
     out = outputs(2)
-    targets = [target([[0, 0, 10, 10], [20, 0, 30, 10], [100, 100, 110, 110]], [2, 1, 0], crowd=[False, False, True]),
-               target([[10, 0, 20, 10]], [1])]
+    targets = [
+        target([[0, 0, 10, 10], [20, 0, 30, 10], [100, 100, 110, 110]], [2, 1, 0], crowd=[False, False, True]),
+        target([[10, 0, 20, 10]], [1]),
+    ]
     counts = []
     monkeypatch.setattr(criterion_module, "row_counts", lambda c: counts.append(real_row_counts(c)) or counts[-1])
     crit(out, targets)
@@ -175,7 +186,9 @@ def test_a_loss_that_needs_anchors_gets_each_rows_image_and_anchor():
     out["cls_logits"][:, :, 0] = torch.arange(15.0).view(3, 5)  # row b·5 + a carries its own index
     loss = RecordingOHEM()
     crit = RetinaNetCriterion(loss, SmoothL1Loss(beta=0.11), IoUMatcher(), BoxCoder())
-    crit(out, [target([[0, 0, 10, 10]], [1]), target([[24, 0, 34, 10]], [0]), target([], [])])  # image 1: anchor 2 ignored
+    crit(
+        out, [target([[0, 0, 10, 10]], [1]), target([[24, 0, 34, 10]], [0]), target([], [])]
+    )  # image 1: anchor 2 ignored
     logits, targets, image_index, anchors = loss.seen
     rows = [b * 5 + a for b in range(3) for a in range(5) if (b, a) != (1, 2)]
     assert logits[:, 0].tolist() == rows
@@ -213,15 +226,21 @@ def five_level_batch(seed):
     features = [torch.zeros(1, 1, 256 // s, 256 // s) for s in generator.strides]
     anchors = generator(features)
     per_level = [f.shape[-1] ** 2 * generator.num_anchors_per_location for f in features]
-    out = {"cls_logits": torch.randn(2, len(anchors), K, generator=g) * 2 - 2,
-           "box_deltas": torch.randn(2, len(anchors), 4, generator=g) * 0.3,
-           "anchors": anchors, "num_anchors_per_level": per_level}
+    out = {
+        "cls_logits": torch.randn(2, len(anchors), K, generator=g) * 2 - 2,
+        "box_deltas": torch.randn(2, len(anchors), 4, generator=g) * 0.3,
+        "anchors": anchors,
+        "num_anchors_per_level": per_level,
+    }
     targets = []
     for n in (1 + seed % 3, 6):
         xy = torch.rand(n, 2, generator=g) * 180
         wh = 16 + torch.rand(n, 2, generator=g) * 140
-        targets.append(target(torch.cat([xy, (xy + wh).clamp(max=256)], 1).tolist(),
-                              torch.randint(0, K, (n,), generator=g).tolist()))
+        targets.append(
+            target(
+                torch.cat([xy, (xy + wh).clamp(max=256)], 1).tolist(), torch.randint(0, K, (n,), generator=g).tolist()
+            )
+        )
     return out, targets
 
 
@@ -249,12 +268,15 @@ def official_ghm_per_level(out, targets, acc_c, acc_r, box_coder):
         bce = F.binary_cross_entropy_with_logits(x, y, reduction="none")
         loss_cls = loss_cls + official_ghm_level(bce, gc, valid, 30, 0.75, acc_c, 1 + 1e-6)
         boxes = gt_boxes.gather(1, m.clamp(min=0).unsqueeze(-1).expand(-1, -1, 4)).double()
-        encoded = box_coder.encode(out["anchors"][level].double().expand(2, -1, -1).reshape(-1, 4),
-                                   boxes.reshape(-1, 4)).view(2, -1, 4)
+        encoded = box_coder.encode(
+            out["anchors"][level].double().expand(2, -1, -1).reshape(-1, 4), boxes.reshape(-1, 4)
+        ).view(2, -1, 4)
         diff = deltas[:, level] - encoded
-        root = torch.sqrt(diff * diff + 0.02 ** 2)
+        root = torch.sqrt(diff * diff + 0.02**2)
         gr = (diff.detach().float() / root.detach().float()).abs().double()
-        loss_box = loss_box + official_ghm_level(root - 0.02, gr, pos.unsqueeze(-1).expand_as(diff), 10, 0.7, acc_r, 1e3)
+        loss_box = loss_box + official_ghm_level(
+            root - 0.02, gr, pos.unsqueeze(-1).expand_as(diff), 10, 0.7, acc_r, 1e3
+        )
     (loss_cls + loss_box).backward()
     return loss_cls, loss_box, logits.grad, deltas.grad
 
@@ -277,17 +299,27 @@ def test_ghm_runs_per_level_as_the_official_code_over_iterations():
         torch.testing.assert_close(out["cls_logits"].grad.double(), cls_grad, rtol=1e-4, atol=1e-9)
         # float32 targets: near d = 0 the ASL1 gradient d/√(d² + μ²) moves by 1/μ = 50 times their rounding
         torch.testing.assert_close(out["box_deltas"].grad.double(), box_grad, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(crit.cls_loss.acc_sum.double(), torch.tensor(acc_c, dtype=torch.float64), rtol=1e-6, atol=0)
-    torch.testing.assert_close(crit.box_loss.acc_sum.double(), torch.tensor(acc_r, dtype=torch.float64), rtol=1e-6, atol=0)
+    torch.testing.assert_close(
+        crit.cls_loss.acc_sum.double(), torch.tensor(acc_c, dtype=torch.float64), rtol=1e-6, atol=0
+    )
+    torch.testing.assert_close(
+        crit.box_loss.acc_sum.double(), torch.tensor(acc_r, dtype=torch.float64), rtol=1e-6, atol=0
+    )
 
 
 def test_per_level_ghm_differs_from_one_call_over_all_levels():
     """The split matters: on the same batch, one call over all 12,276 anchors' elements gives a
     classification loss several times smaller (so the test above can fail)."""
     out, targets = five_level_batch(0)
-    per_level, whole = (RetinaNetCriterion(GHMCLoss(momentum=0.0, per_level=flag), GHMRLoss(momentum=0.0, per_level=flag),
-                                           IoUMatcher(low_quality_matches="detectron2"), BoxCoder())(out, targets)
-                        for flag in (True, False))
+    per_level, whole = (
+        RetinaNetCriterion(
+            GHMCLoss(momentum=0.0, per_level=flag),
+            GHMRLoss(momentum=0.0, per_level=flag),
+            IoUMatcher(low_quality_matches="detectron2"),
+            BoxCoder(),
+        )(out, targets)
+        for flag in (True, False)
+    )
     assert per_level["loss_cls"] > 2 * whole["loss_cls"]
     assert not torch.isclose(per_level["loss_box"], whole["loss_box"], rtol=1e-3)
 
@@ -336,7 +368,9 @@ def test_iou_targets_give_each_positive_the_iou_of_its_predicted_box():
     torch.testing.assert_close(cls_targets, expected)
     hard = criterion()(out, targets, keep_cls_inputs=True)["cls_targets"]
     assert criterion().cls_target == "onehot" and hard[0, 2] == 1.0 and hard.sum() == 1.0
-    with pytest.raises(ValueError, match=r"FocalLoss's formula assumes targets in \{0, 1\}; use a loss that takes soft"):
+    with pytest.raises(
+        ValueError, match=r"FocalLoss's formula assumes targets in \{0, 1\}; use a loss that takes soft"
+    ):
         criterion(cls_target="iou")
 
 

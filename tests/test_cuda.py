@@ -16,8 +16,10 @@ from detector.engine.schedule import lambda_scheduler
 from detector.engine.trainer import Trainer
 from detector.losses import criterion as criterion_module
 
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu_check.sh)")]
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu_check.sh)"),
+]
 CUDA = torch.device("cuda")
 
 
@@ -30,8 +32,14 @@ def smoke(compose_cfg, cache_dir):
 
 # the default, and the configurations whose criterion paths differ: per-level GHM, ATSS, IoU targets,
 # EFL's state, and a box loss that takes the image size
-CRITERION_PATHS = [[], ["loss=ghm_c", "box_loss=ghm_r"], ["matcher=atss"], ["loss=qfl"], ["loss=efl"],
-                   ["box_loss=mpdiou"]]
+CRITERION_PATHS = [
+    [],
+    ["loss=ghm_c", "box_loss=ghm_r"],
+    ["matcher=atss"],
+    ["loss=qfl"],
+    ["loss=efl"],
+    ["box_loss=mpdiou"],
+]
 
 
 def make_trainer(cfg, train_set, tmp_path, amp):
@@ -40,10 +48,20 @@ def make_trainer(cfg, train_set, tmp_path, amp):
     model.to(CUDA)
     criterion.to(CUDA)
     optimizer = build_optimizer(cfg.optim, model)
-    return Trainer(model, criterion, optimizer, lambda_scheduler(optimizer, lambda iteration: 1.0),
-                   lambda start: infinite_train_batches(train_set, 2, 0, 0, start, pin_memory=True), validator=None,
-                   output_dir=tmp_path, max_iters=10, batch_size=2, device=CUDA,
-                   amp=resolve_precision(amp, CUDA), channels_last=True)
+    return Trainer(
+        model,
+        criterion,
+        optimizer,
+        lambda_scheduler(optimizer, lambda iteration: 1.0),
+        lambda start: infinite_train_batches(train_set, 2, 0, 0, start, pin_memory=True),
+        validator=None,
+        output_dir=tmp_path,
+        max_iters=10,
+        batch_size=2,
+        device=CUDA,
+        amp=resolve_precision(amp, CUDA),
+        channels_last=True,
+    )
 
 
 @pytest.mark.parametrize("amp", ["off", "bf16", "fp16"])
@@ -57,8 +75,9 @@ def test_cuda_training_steps_are_finite(smoke, tmp_path, amp):
 
 
 @pytest.mark.parametrize("overrides", CRITERION_PATHS, ids=lambda o: " ".join(o) or "default")
-def test_a_training_step_waits_for_the_gpu_only_where_the_code_says(compose_cfg, cache_dir, tmp_path, monkeypatch,
-                                                                     overrides):
+def test_a_training_step_waits_for_the_gpu_only_where_the_code_says(
+    compose_cfg, cache_dir, tmp_path, monkeypatch, overrides
+):
     """Under torch.cuda.set_sync_debug_mode("error") every host synchronisation raises, except in
     the two places that wait by design: the criterion's row counts and the trainer's reading of
     the losses (its non-finite verdict)."""
@@ -75,6 +94,7 @@ def test_a_training_step_waits_for_the_gpu_only_where_the_code_says(compose_cfg,
                 return function(*args, **kwargs)
             finally:
                 torch.cuda.set_sync_debug_mode("error")
+
         return call
 
     monkeypatch.setattr(criterion_module, "row_counts", allowed(criterion_module.row_counts))

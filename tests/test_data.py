@@ -52,22 +52,29 @@ def write_coco(tmp_path, annotations, categories=((3, "cat"), (7, "dog"), (11, "
     image_dir = tmp_path / "images"
     image_dir.mkdir()
     Image.fromarray(np.full((size[0], size[1], 3), 128, np.uint8)).save(image_dir / "a.jpg")
-    data = {"images": [{"id": 5, "file_name": "a.jpg", "height": size[0], "width": size[1]}],
-            "annotations": [{"id": i + 1, "image_id": 5, "area": 1.0, "iscrowd": 0, **a} for i, a in enumerate(annotations)],
-            "categories": [{"id": i, "name": n} for i, n in categories]}
+    data = {
+        "images": [{"id": 5, "file_name": "a.jpg", "height": size[0], "width": size[1]}],
+        "annotations": [
+            {"id": i + 1, "image_id": 5, "area": 1.0, "iscrowd": 0, **a} for i, a in enumerate(annotations)
+        ],
+        "categories": [{"id": i, "name": n} for i, n in categories],
+    }
     ann = tmp_path / "ann.json"
     ann.write_text(json.dumps(data))
     return str(ann), str(image_dir)
 
 
 def test_coco_dataset_contiguous_labels_clipping_crowd_and_degenerate_boxes(tmp_path):
-    ann, image_dir = write_coco(tmp_path, [
-        {"bbox": [10, 5, 20, 10], "category_id": 11},
-        {"bbox": [70, 50, 30, 30], "category_id": 3},  # clipped to the 80×60 image
-        {"bbox": [0, 0, 80, 60], "category_id": 7, "iscrowd": 1},
-        {"bbox": [5, 5, 0, 10], "category_id": 3},  # zero width: dropped by the checks before training
-        {"bbox": [90, 70, 10, 10], "category_id": 3},  # entirely outside: dropped by the checks too
-    ])
+    ann, image_dir = write_coco(
+        tmp_path,
+        [
+            {"bbox": [10, 5, 20, 10], "category_id": 11},
+            {"bbox": [70, 50, 30, 30], "category_id": 3},  # clipped to the 80×60 image
+            {"bbox": [0, 0, 80, 60], "category_id": 7, "iscrowd": 1},
+            {"bbox": [5, 5, 0, 10], "category_id": 3},  # zero width: dropped by the checks before training
+            {"bbox": [90, 70, 10, 10], "category_id": 3},  # entirely outside: dropped by the checks too
+        ],
+    )
     dataset = CocoDetection(ann, image_dir, eval_transforms(60, 1000))
     assert dataset.num_classes == 3 and dataset.category_ids == [3, 7, 11]
     assert dataset.class_names == ["cat", "dog", "eel"]
@@ -102,8 +109,12 @@ def test_pad_collate_to_multiples_of_the_stride():
 
 
 def test_missing_coco_paths_name_the_path_and_the_layout(tmp_path):
-    splits = coco_splits(str(tmp_path / "annotations/instances_train2017.json"), str(tmp_path / "train2017"),
-                         str(tmp_path / "annotations/instances_val2017.json"), str(tmp_path / "val2017"))
+    splits = coco_splits(
+        str(tmp_path / "annotations/instances_train2017.json"),
+        str(tmp_path / "train2017"),
+        str(tmp_path / "annotations/instances_val2017.json"),
+        str(tmp_path / "val2017"),
+    )
     with pytest.raises(FileNotFoundError) as error:
         check_split(splits, "train")
     message = str(error.value)
@@ -123,9 +134,13 @@ def test_filter_empty_leaves_out_images_without_a_non_crowd_box(tmp_path, caplog
     for name in ("a", "b", "c"):
         Image.fromarray(np.full((60, 80, 3), 128, np.uint8)).save(image_dir / f"{name}.jpg")
     box = {"bbox": [10, 5, 20, 10], "category_id": 3, "area": 200.0}
-    data = {"images": [{"id": i, "file_name": f"{n}.jpg", "height": 60, "width": 80} for i, n in ((1, "a"), (2, "b"), (3, "c"))],
-            "annotations": [{"id": 1, "image_id": 1, "iscrowd": 0, **box}, {"id": 2, "image_id": 2, "iscrowd": 1, **box}],
-            "categories": [{"id": 3, "name": "cat"}]}
+    data = {
+        "images": [
+            {"id": i, "file_name": f"{n}.jpg", "height": 60, "width": 80} for i, n in ((1, "a"), (2, "b"), (3, "c"))
+        ],
+        "annotations": [{"id": 1, "image_id": 1, "iscrowd": 0, **box}, {"id": 2, "image_id": 2, "iscrowd": 1, **box}],
+        "categories": [{"id": 3, "name": "cat"}],
+    }
     ann = tmp_path / "ann.json"
     ann.write_text(json.dumps(data))
     assert CocoDetection(str(ann), str(image_dir), eval_transforms(60, 1000)).image_ids == [1, 2, 3]

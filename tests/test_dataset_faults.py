@@ -43,12 +43,16 @@ def build_defective(root):
     Image.fromarray(picture(seed=12)).save(images_dir / "12.jpg")
     (images_dir / "13.jpg").write_bytes((images_dir / "1.jpg").read_bytes())
 
-    images = [{"id": i, "file_name": f"{i}.{'png' if i in (5, 6, 8) else 'jpg'}", "width": 96, "height": 64}
-              for i in range(1, 14)]
+    images = [
+        {"id": i, "file_name": f"{i}.{'png' if i in (5, 6, 8) else 'jpg'}", "width": 96, "height": 64}
+        for i in range(1, 14)
+    ]
     images[11]["width"] = 120  # image 12: the JSON does not match the file
     box = [10.0, 8.0, 30.0, 20.0]
-    annotations = [{"id": 100 + i, "image_id": i, "category_id": 1 + i % 2, "bbox": box, "area": 600.0, "iscrowd": 0}
-                   for i in range(1, 13)]
+    annotations = [
+        {"id": 100 + i, "image_id": i, "category_id": 1 + i % 2, "bbox": box, "area": 600.0, "iscrowd": 0}
+        for i in range(1, 13)
+    ]
     annotations += [
         {"id": 201, "image_id": 1, "category_id": 1, "bbox": [5.0, 5.0, 0.0, 10.0], "area": 0, "iscrowd": 0},
         {"id": 202, "image_id": 2, "category_id": 1, "bbox": [5.0, 5.0, 10.0, -3.0], "area": 0, "iscrowd": 0},
@@ -59,8 +63,11 @@ def build_defective(root):
         {"id": 207, "image_id": 2, "category_id": 2, "bbox": [40.0, 30.0, 40.0, 30.0], "area": 1200, "iscrowd": 1},
         {"id": 208, "image_id": 3, "category_id": 1, "bbox": [1.0, 2.0, 3.0], "area": 0, "iscrowd": 0},
     ]
-    data = {"images": images, "annotations": annotations,
-            "categories": [{"id": 1, "name": "square"}, {"id": 2, "name": "disc"}]}
+    data = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": 1, "name": "square"}, {"id": 2, "name": "disc"}],
+    }
     ann_file = root / "annotations.json"
     ann_file.write_text(json.dumps(data))  # NaN is written as the NaN literal, which json also reads
     return ann_file, images_dir
@@ -83,8 +90,13 @@ EXPECTED = {  # kind: the image or annotation id named with it
 
 
 def validate_script(*args):
-    return subprocess.run([sys.executable, "scripts/validate_dataset.py", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "scripts/validate_dataset.py", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -117,14 +129,19 @@ def test_the_fixes_are_real(defective):
     assert upright.shape == (64, 96, 3) and changes == ["EXIF orientation 6 applied"]
 
 
-@pytest.mark.parametrize("text,message", [
-    ('{"images": [], "annotations": [', "invalid JSON at line 1, column 32"),
-    ('{"images": [{"id": 1, "file_name": "1.jpg", "width": 9, "height": 9}, '
-     '{"id": 1, "file_name": "2.jpg", "width": 9, "height": 9}], "annotations": [], "categories": [{"id": 1}]}',
-     "duplicate_image_id: image 1"),
-    ('{"images": [], "annotations": [], "categories": []}', "no_categories"),
-    ('{"images": {}, "annotations": [], "categories": []}', "'images' must be a list"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ('{"images": [], "annotations": [', "invalid JSON at line 1, column 32"),
+        (
+            '{"images": [{"id": 1, "file_name": "1.jpg", "width": 9, "height": 9}, '
+            '{"id": 1, "file_name": "2.jpg", "width": 9, "height": 9}], "annotations": [], "categories": [{"id": 1}]}',
+            "duplicate_image_id: image 1",
+        ),
+        ('{"images": [], "annotations": [], "categories": []}', "no_categories"),
+        ('{"images": {}, "annotations": [], "categories": []}', "'images' must be a list"),
+    ],
+)
 def test_blocking_problems_stop_before_training(tmp_path, text, message):
     ann_file = tmp_path / "bad.json"
     ann_file.write_text(text)
@@ -147,13 +164,32 @@ def test_training_uses_every_good_image_and_counts_every_skip(defective, tmp_pat
     assert replaced == {10, 12}  # the truncated file and the one whose size is not the JSON's
 
     run = tmp_path / "run"
-    paths = [f"data.train_ann={ann_file}", f"data.train_dir={images_dir}", f"data.val_ann={ann_file}",
-             f"data.val_dir={images_dir}"]
-    result = run_script("train.py", "data=coco_custom", *paths, "data.train_min_sizes=[64]", "data.test_min_size=64",
-                        "data.max_size=96", "data.batch_size=2", "data.eval_batch_size=2", "data.num_workers=0",
-                        "model.backbone.depth=18", "model.fpn.out_channels=32", "model.head.num_convs=1",
-                        "model.head.channels=32", "trainer.max_iters=12", "trainer.eval_period=0",
-                        "trainer.amp=off", "trainer.device=cpu", f"hydra.run.dir={run}")
+    paths = [
+        f"data.train_ann={ann_file}",
+        f"data.train_dir={images_dir}",
+        f"data.val_ann={ann_file}",
+        f"data.val_dir={images_dir}",
+    ]
+    result = run_script(
+        "train.py",
+        "data=coco_custom",
+        *paths,
+        "data.train_min_sizes=[64]",
+        "data.test_min_size=64",
+        "data.max_size=96",
+        "data.batch_size=2",
+        "data.eval_batch_size=2",
+        "data.num_workers=0",
+        "model.backbone.depth=18",
+        "model.fpn.out_channels=32",
+        "model.head.num_convs=1",
+        "model.head.channels=32",
+        "trainer.max_iters=12",
+        "trainer.eval_period=0",
+        "trainer.amp=off",
+        "trainer.device=cpu",
+        f"hydra.run.dir={run}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["iteration"] == 12 and metrics["replaced_images"] == [10, 12]

@@ -25,8 +25,14 @@ def test_default_training_reaches_ap50_of_50_on_the_synthetic_validation_split(t
 def test_compiled_training_forward_trains_and_saves_the_bare_model(tmp_path, cache_dir):
     """trainer.compile=true: torch.compile's C++ backend on CPU (about 2 minutes of warm-up here)."""
     run = tmp_path / "run"
-    result = run_script("train.py", "debug=smoke", "trainer.compile=true", f"data.cache_dir={cache_dir}",
-                        f"hydra.run.dir={run}", timeout=1100)
+    result = run_script(
+        "train.py",
+        "debug=smoke",
+        "trainer.compile=true",
+        f"data.cache_dir={cache_dir}",
+        f"hydra.run.dir={run}",
+        timeout=1100,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     weights = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
     assert not any(key.startswith("_orig_mod") for key in weights)

@@ -28,9 +28,9 @@ def closed_form_focal(logits, targets, alpha, gamma):
     """FL terms and |dFL/dx| written out (FL paper Appendix B), y ∈ {0, 1}, p = σ(x)."""
     p = torch.sigmoid(logits)
     positive = targets == 1
-    loss = torch.where(positive, -alpha * (1 - p) ** gamma * torch.log(p), -(1 - alpha) * p ** gamma * torch.log1p(-p))
+    loss = torch.where(positive, -alpha * (1 - p) ** gamma * torch.log(p), -(1 - alpha) * p**gamma * torch.log1p(-p))
     grad_pos = alpha * (gamma * p * (1 - p) ** gamma * -torch.log(p) + (1 - p) ** (gamma + 1))
-    grad_neg = (1 - alpha) * (gamma * p ** gamma * (1 - p) * -torch.log1p(-p) + p ** (gamma + 1))
+    grad_neg = (1 - alpha) * (gamma * p**gamma * (1 - p) * -torch.log1p(-p) + p ** (gamma + 1))
     return loss, torch.where(positive, grad_pos, grad_neg)
 
 
@@ -44,7 +44,8 @@ def test_easy_negative_shares_match_the_closed_form(alpha, gamma):
     assert stats.scalars["easy_negative_fraction"] == pytest.approx(float(easy.double().mean()), abs=1e-12)
     assert stats.scalars["easy_negative_loss_share"] == pytest.approx(float(loss[easy].sum() / loss.sum()), rel=1e-9)
     assert stats.scalars["easy_negative_gradient_share"] == pytest.approx(
-        float(gradient[easy].sum() / gradient.sum()), rel=1e-9)
+        float(gradient[easy].sum() / gradient.sum()), rel=1e-9
+    )
 
 
 def test_histograms_match_numpy_and_the_gradient_mass_is_complete():
@@ -56,7 +57,9 @@ def test_histograms_match_numpy_and_the_gradient_mass_is_complete():
     np.testing.assert_array_equal(stats.g_positive.counts.numpy(), np.histogram(g[positive], edges)[0])
     np.testing.assert_array_equal(stats.g_negative.counts.numpy(), np.histogram(g[~positive], edges)[0])
     assert stats.g_positive.total == positive.sum() and stats.g_negative.total == (~positive).sum()
-    assert stats.g_negative.sum == pytest.approx(g[~positive].sum()) and stats.g_negative.max == pytest.approx(g[~positive].max())
+    assert stats.g_negative.sum == pytest.approx(g[~positive].sum()) and stats.g_negative.max == pytest.approx(
+        g[~positive].max()
+    )
     assert stats.g_positive.bucket_limits() == pytest.approx(list(edges[1:]))
     # CE's gradient is (p − y) / normalizer: its mass per g-bin is Σ g / 7 over the bin
     expected = np.histogram(g, edges, weights=g / 7.0)[0]

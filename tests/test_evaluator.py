@@ -28,8 +28,11 @@ def test_ground_truth_fed_back_scores_100_after_mapping_back_to_original_size(ca
         xyxy = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1)
         # as if the network saw the image at half its width and 3/4 of its height
         target = {"image_id": image_id, "orig_size": (256, 256), "size": (192, 128)}
-        det = {"boxes": xyxy * torch.tensor([0.5, 0.75, 0.5, 0.75]), "scores": torch.ones(len(anns)),
-               "labels": torch.tensor([category_ids.index(a["category_id"]) for a in anns])}
+        det = {
+            "boxes": xyxy * torch.tensor([0.5, 0.75, 0.5, 0.75]),
+            "scores": torch.ones(len(anns)),
+            "labels": torch.tensor([category_ids.index(a["category_id"]) for a in anns]),
+        }
         evaluator.update([target], [det])
     stats, table = evaluator.summarize()
     for name in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
@@ -42,8 +45,10 @@ def test_wrong_labels_score_zero_and_no_detections_is_zero_not_a_crash(cache_dir
     coco = ground_truth(cache_dir)
     evaluator = CocoEvaluator(coco, sorted(coco.getCatIds()), backend)
     for image_id in coco.getImgIds():
-        evaluator.update([{"image_id": image_id, "orig_size": (256, 256), "size": (256, 256)}],
-                         [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}])
+        evaluator.update(
+            [{"image_id": image_id, "orig_size": (256, 256), "size": (256, 256)}],
+            [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}],
+        )
     stats, _ = evaluator.summarize()
     assert stats["AP"] == 0.0 and stats["AP50"] == 0.0 and stats["AR100"] == 0.0
 
@@ -82,12 +87,17 @@ def test_detections_of_an_image_outside_the_ground_truth_are_refused(cache_dir):
 def tiny_ground_truth():
     """Two 100×100 images; class a: one box in each, class b: one box in image 2, class c: none."""
     from pycocotools.coco import COCO
+
     coco = COCO()
-    coco.dataset = {"images": [{"id": i, "width": 100, "height": 100, "file_name": f"{i}.jpg"} for i in (1, 2)],
-                    "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}, {"id": 3, "name": "c"}],
-                    "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 40]},
-                                    {"id": 2, "image_id": 2, "category_id": 2, "bbox": [10, 10, 40, 40]},
-                                    {"id": 3, "image_id": 2, "category_id": 1, "bbox": [60, 60, 30, 30]}]}
+    coco.dataset = {
+        "images": [{"id": i, "width": 100, "height": 100, "file_name": f"{i}.jpg"} for i in (1, 2)],
+        "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}, {"id": 3, "name": "c"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 40]},
+            {"id": 2, "image_id": 2, "category_id": 2, "bbox": [10, 10, 40, 40]},
+            {"id": 3, "image_id": 2, "category_id": 1, "bbox": [60, 60, 30, 30]},
+        ],
+    }
     for ann in coco.dataset["annotations"]:
         ann.update(area=ann["bbox"][2] * ann["bbox"][3], iscrowd=0)
     coco.createIndex()
@@ -105,13 +115,30 @@ def test_per_class_ap_of_constructed_detections(backend):
     thresholds: AP 40, AP50 100, AP75 0. Class c has no ground truth: −1. The values are those of
     COCOeval's precision array sliced by hand."""
     from pycocotools.cocoeval import COCOeval
+
     coco = tiny_ground_truth()
     evaluator = CocoEvaluator(coco, [1, 2, 3], backend)
     size = {"orig_size": (100, 100), "size": (100, 100)}
-    evaluator.update([{"image_id": 1, **size}], [{"boxes": xyxy([10, 10, 40, 40], [70, 0, 20, 20]),
-                                                   "scores": torch.tensor([0.9, 0.8]), "labels": torch.tensor([0, 0])}])
-    evaluator.update([{"image_id": 2, **size}], [{"boxes": xyxy([60, 60, 30, 30], [18, 10, 40, 40]),
-                                                   "scores": torch.tensor([0.3, 0.7]), "labels": torch.tensor([0, 1])}])
+    evaluator.update(
+        [{"image_id": 1, **size}],
+        [
+            {
+                "boxes": xyxy([10, 10, 40, 40], [70, 0, 20, 20]),
+                "scores": torch.tensor([0.9, 0.8]),
+                "labels": torch.tensor([0, 0]),
+            }
+        ],
+    )
+    evaluator.update(
+        [{"image_id": 2, **size}],
+        [
+            {
+                "boxes": xyxy([60, 60, 30, 30], [18, 10, 40, 40]),
+                "scores": torch.tensor([0.3, 0.7]),
+                "labels": torch.tensor([0, 1]),
+            }
+        ],
+    )
     evaluator.summarize()
     rows = {row["class"]: row for row in evaluator.per_class}
     a = round((51 + 50 * 2 / 3) / 101 * 100, 3)
@@ -119,8 +146,11 @@ def test_per_class_ap_of_constructed_detections(backend):
     assert (rows["b"]["AP"], rows["b"]["AP50"], rows["b"]["AP75"], rows["b"]["gt_boxes"]) == (40.0, 100.0, 0.0, 1)
     assert (rows["c"]["AP"], rows["c"]["gt_boxes"]) == (-1.0, 0)
     with contextlib.redirect_stdout(io.StringIO()):
-        reference = COCOeval(coco, coco.loadRes([{k: r[k] for k in ("image_id", "category_id", "bbox", "score")}
-                                                 for r in evaluator.results]), "bbox")
+        reference = COCOeval(
+            coco,
+            coco.loadRes([{k: r[k] for k in ("image_id", "category_id", "bbox", "score")} for r in evaluator.results]),
+            "bbox",
+        )
         reference.evaluate()
         reference.accumulate()
     precision = reference.eval["precision"]

@@ -38,9 +38,19 @@ def make_trainer(compose_cfg, cache_dir, tmp_path):
         torch.manual_seed(0)
         model, criterion, _ = build(cfg, train_set.num_classes)
         optimizer = build_optimizer(cfg.optim, model)
-        return Trainer(model, NaNAt(criterion, bad_calls), optimizer, lambda_scheduler(optimizer, lambda it: 1.0),
-                       lambda start: infinite_train_batches(train_set, 2, 0, 0, start), validator=None,
-                       output_dir=tmp_path, batch_size=2, device=torch.device("cpu"), **kwargs)
+        return Trainer(
+            model,
+            NaNAt(criterion, bad_calls),
+            optimizer,
+            lambda_scheduler(optimizer, lambda it: 1.0),
+            lambda start: infinite_train_batches(train_set, 2, 0, 0, start),
+            validator=None,
+            output_dir=tmp_path,
+            batch_size=2,
+            device=torch.device("cpu"),
+            **kwargs,
+        )
+
     return make
 
 
@@ -65,9 +75,12 @@ def test_a_nan_loss_skips_its_step_and_training_goes_on(make_trainer, caplog):
 
 def test_k_nans_in_a_row_stop_with_the_documented_message_and_a_good_checkpoint(make_trainer, tmp_path):
     trainer = make_trainer({3, 4}, max_iters=8, checkpoint_period=1, max_consecutive_nonfinite=2)
-    with pytest.raises(FloatingPointError, match=r"non-finite loss for 2 iterations in a row "
-                                                 r"\(trainer.max_consecutive_nonfinite=2\), the last at iteration 4 "
-                                                 r"in loss_cls; training stopped"):
+    with pytest.raises(
+        FloatingPointError,
+        match=r"non-finite loss for 2 iterations in a row "
+        r"\(trainer.max_consecutive_nonfinite=2\), the last at iteration 4 "
+        r"in loss_cls; training stopped",
+    ):
         trainer.train()
     state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert state["iteration"] == 3 and state["skipped_steps"] == 1  # written after the first skip, weights intact

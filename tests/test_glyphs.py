@@ -55,21 +55,30 @@ def test_objects_per_image_like_coco(sample):
 def test_small_medium_large_like_coco(sample):
     """COCO: 41 / 34 / 24 % of the boxes small / medium / large."""
     areas = np.array([a["area"] for a in sample["annotations"]])
-    small, large = (areas < 32 ** 2).mean(), (areas >= 96 ** 2).mean()
+    small, large = (areas < 32**2).mean(), (areas >= 96**2).mean()
     assert 0.30 < small < 0.50 and 0.25 < 1 - small - large < 0.45 and 0.15 < large < 0.33
 
 
-def test_a_batch_of_the_paper_protocol_has_over_three_times_ten_to_the_four_negatives_per_positive(compose_cfg,
-                                                                                                    tmp_path):
+def test_a_batch_of_the_paper_protocol_has_over_three_times_ten_to_the_four_negatives_per_positive(
+    compose_cfg, tmp_path
+):
     """The figure the trainer logs as neg/pos: the criterion's negative (anchor, class) elements over
     its positive ones, on experiment=paper_cpu's first training batches (80 classes, the paper's
     anchors, 320 px)."""
-    cfg = compose_cfg(["experiment=paper_cpu", f"data.cache_dir={tmp_path}", "data.num_train=96", "data.num_val=1",
-                       "model.backbone.weights_path=null"])
+    cfg = compose_cfg(
+        [
+            "experiment=paper_cpu",
+            f"data.cache_dir={tmp_path}",
+            "data.num_train=96",
+            "data.num_val=1",
+            "model.backbone.weights_path=null",
+        ]
+    )
     train_set, _ = build_datasets(cfg.data)
     model, criterion, _ = build(cfg, train_set.num_classes)
-    batches = infinite_train_batches(train_set, cfg.data.batch_size, 0, cfg.seed, 0,
-                                     size_divisibility=cfg.data.size_divisibility)
+    batches = infinite_train_batches(
+        train_set, cfg.data.batch_size, 0, cfg.seed, 0, size_divisibility=cfg.data.size_divisibility
+    )
     negatives = positives = 0.0
     with torch.no_grad():
         for images, targets in itertools.islice(batches, 96 // cfg.data.batch_size):

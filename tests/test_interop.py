@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from PIL import Image
 from torchvision.models.detection import RetinaNet as TorchvisionRetinaNet
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.models.detection.image_list import ImageList
@@ -30,8 +30,14 @@ def torchvision_model():
     """retinanet_resnet50_fpn's architecture (frozen BatchNorm, P6 from P5, 91 classes) with random
     weights, BatchNorm statistics and classification biases, so that there are detections to compare."""
     torch.manual_seed(0)
-    backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d,
-                                   trainable_layers=3, returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256))
+    backbone = resnet_fpn_backbone(
+        backbone_name="resnet50",
+        weights=None,
+        norm_layer=FrozenBatchNorm2d,
+        trainable_layers=3,
+        returned_layers=[2, 3, 4],
+        extra_blocks=LastLevelP6P7(256, 256),
+    )
     model = TorchvisionRetinaNet(backbone, num_classes=91)
     with torch.no_grad():
         for module in model.modules():
@@ -57,8 +63,13 @@ def torchvision_model():
 def convert(tmp_path, model, *extra):
     weights, output = tmp_path / "tv.pth", tmp_path / "converted.pt"
     torch.save(model.state_dict(), weights)
-    result = subprocess.run([sys.executable, "scripts/convert_torchvision.py", str(weights), str(output), *extra],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "scripts/convert_torchvision.py", str(weights), str(output), *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     state = load_checkpoint(output)
     config = OmegaConf.create(state["config"])
@@ -69,7 +80,9 @@ def convert(tmp_path, model, *extra):
 
 def test_converted_model_reproduces_torchvision_detections(tmp_path, torchvision_model):
     ours, postprocess, state = convert(tmp_path, torchvision_model)
-    assert state["config"]["postprocess"]["max_detections"] == 300 and state["config"]["data"]["size_divisibility"] == 32
+    assert (
+        state["config"]["postprocess"]["max_detections"] == 300 and state["config"]["data"]["size_divisibility"] == 32
+    )
     images = torch.randn(2, 3, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = torchvision_model(list(images))
@@ -112,9 +125,23 @@ def test_onnx_export_has_a_dynamic_image_size_and_matches_pytorch(tmp_path, comp
     checkpoint = tmp_path / "model.pt"
     torch.save({"model": model.state_dict(), "iteration": 0, "config": config}, checkpoint)
     out = tmp_path / "model.onnx"
-    result = subprocess.run([sys.executable, "scripts/export_onnx.py", str(checkpoint), "--out", str(out),
-                             "--check-sizes", "128x256", "256x128", "384x384"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "scripts/export_onnx.py",
+            str(checkpoint),
+            "--out",
+            str(out),
+            "--check-sizes",
+            "128x256",
+            "256x128",
+            "384x384",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     checked = [line for line in result.stdout.splitlines() if "outputs within 1e-4" in line]
     assert [line.split(":")[0] for line in checked] == ["128×256", "256×128", "384×384"]
@@ -129,8 +156,14 @@ def test_predict_draws_boxes_and_writes_coco_results_in_file_pixels(tmp_path, co
     with torch.no_grad():
         model.head.cls_logits.bias.uniform_(-3.0, 0.0)
     checkpoint = tmp_path / "model.pt"
-    torch.save({"model": model.state_dict(), "iteration": 0,
-                "config": {**OmegaConf.to_container(cfg, resolve=True), "classes": ["ring", "star"]}}, checkpoint)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "iteration": 0,
+            "config": {**OmegaConf.to_container(cfg, resolve=True), "classes": ["ring", "star"]},
+        },
+        checkpoint,
+    )
     folder = tmp_path / "images"
     folder.mkdir()
     generator = torch.Generator().manual_seed(3)
@@ -138,8 +171,13 @@ def test_predict_draws_boxes_and_writes_coco_results_in_file_pixels(tmp_path, co
         pixels = (torch.rand(height, width, 3, generator=generator) * 255).to(torch.uint8).numpy()
         Image.fromarray(pixels).save(folder / name)
     out = tmp_path / "out"
-    result = subprocess.run([sys.executable, "scripts/predict.py", str(checkpoint), str(folder), "--out", str(out),
-                             "--score", "0.1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "scripts/predict.py", str(checkpoint), str(folder), "--out", str(out), "--score", "0.1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert Image.open(out / "wide.png").size == (300, 150) and Image.open(out / "tall.png").size == (128, 256)
     detections = json.loads((out / "detections.json").read_text())
@@ -155,7 +193,8 @@ def test_predict_draws_boxes_and_writes_coco_results_in_file_pixels(tmp_path, co
     pixels = np.asarray(Image.open(folder / "wide.jpg").convert("RGB"))
     tensor = transform(image=pixels, bboxes=[], labels=[], iscrowd=[])["image"]
     with torch.no_grad():
-        expected = instantiate(cfg.postprocess)(model.eval()(PadCollate(128)([(tensor, {})])[0]),
-                                                [tuple(tensor.shape[-2:])])[0]
+        expected = instantiate(cfg.postprocess)(
+            model.eval()(PadCollate(128)([(tensor, {})])[0]), [tuple(tensor.shape[-2:])]
+        )[0]
     first = by_file["wide.jpg"][0]
     torch.testing.assert_close(torch.tensor(first["bbox"][:2]), expected["boxes"][0, :2] * 150 / 128, rtol=0, atol=1e-3)

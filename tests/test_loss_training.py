@@ -31,6 +31,7 @@ PAIRS = [(loss, "smooth_l1") for loss in options("loss")] + [("focal", box) for 
 @pytest.fixture(scope="module")
 def fixed_batch(cache_dir):
     from hydra import compose, initialize_config_dir
+
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = compose("train", overrides=["debug=smoke", f"data.cache_dir={cache_dir}"])
     train_set, _ = build_datasets(cfg.data)

@@ -53,23 +53,30 @@ def test_focal_star_formula_and_appendix_b_gradient(gamma, beta, alpha):
     torch.testing.assert_close(x.grad, alpha_t(y, alpha) * sign * (p_star_t - 1) / 3.0, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("alpha,gamma,epsilon", [(0.25, 2.0, 1.0), (None, 0.0, 1.0), (0.25, 2.0, -1.0), (0.5, 1.0, 2.5)])
+@pytest.mark.parametrize(
+    "alpha,gamma,epsilon", [(0.25, 2.0, 1.0), (None, 0.0, 1.0), (0.25, 2.0, -1.0), (0.5, 1.0, 2.5)]
+)
 def test_poly1_is_focal_loss_plus_epsilon_times_the_next_taylor_term(alpha, gamma, epsilon):
     """Poly-1 = −α_t (1 − p_t)^γ log p_t + ε (1 − p_t)^(γ+1) (γ = 0, α = None: CE + ε (1 − p_t)),
     written with p_t = σ(x) or 1 − σ(x), saturated logits included; its gradient by autograd of that."""
     x, y = cls_inputs()
     x.requires_grad_(True)
     p_t = torch.where(y == 1, torch.sigmoid(x), 1 - torch.sigmoid(x))
-    expected = (-alpha_t(y, alpha) * (1 - p_t) ** gamma * log_p_t(x, y) + epsilon * (1 - p_t) ** (gamma + 1)).sum() / 3.0
+    expected = (
+        -alpha_t(y, alpha) * (1 - p_t) ** gamma * log_p_t(x, y) + epsilon * (1 - p_t) ** (gamma + 1)
+    ).sum() / 3.0
     (expected_gradient,) = torch.autograd.grad(expected, x)
     value = L.Poly1Loss(alpha, gamma, epsilon)(x, y, 3.0)
     torch.testing.assert_close(value, expected.detach(), rtol=1e-12, atol=1e-12)
     (gradient,) = torch.autograd.grad(value, x)
     torch.testing.assert_close(gradient, expected_gradient, rtol=1e-10, atol=1e-12)
     if epsilon == 1.0 and gamma == 0.0:  # CE + (1 − p_t) by hand at x = 0, y = 1: log 2 + 1/2
-        torch.testing.assert_close(L.Poly1Loss(None, 0.0, 1.0)(torch.zeros(1, 1, dtype=torch.float64),
-                                                              torch.ones(1, 1, dtype=torch.float64), 1.0),
-                                   torch.tensor(math.log(2) + 0.5, dtype=torch.float64))
+        torch.testing.assert_close(
+            L.Poly1Loss(None, 0.0, 1.0)(
+                torch.zeros(1, 1, dtype=torch.float64), torch.ones(1, 1, dtype=torch.float64), 1.0
+            ),
+            torch.tensor(math.log(2) + 0.5, dtype=torch.float64),
+        )
 
 
 def soft_inputs(m=40, k=4, seed=0):
@@ -87,9 +94,10 @@ def test_quality_focal_loss_is_its_formula():
         sigma = 1 / (1 + math.exp(-xi))
         log_sigma = -math.log1p(math.exp(-xi)) if xi > 0 else xi - math.log1p(math.exp(xi))  # stable at ±35
         log_one_minus = log_sigma - xi
-        total += -abs(yi - sigma) ** 2 * ((1 - yi) * log_one_minus + yi * log_sigma)
-    torch.testing.assert_close(L.QualityFocalLoss()(x, y, 4.0), torch.tensor(total / 4.0, dtype=torch.float64),
-                               rtol=1e-10, atol=1e-12)
+        total += -(abs(yi - sigma) ** 2) * ((1 - yi) * log_one_minus + yi * log_sigma)
+    torch.testing.assert_close(
+        L.QualityFocalLoss()(x, y, 4.0), torch.tensor(total / 4.0, dtype=torch.float64), rtol=1e-10, atol=1e-12
+    )
 
 
 def test_varifocal_loss_is_its_formula():
@@ -100,12 +108,13 @@ def test_varifocal_loss_is_its_formula():
         log_p = -math.log1p(math.exp(-xi)) if xi > 0 else xi - math.log1p(math.exp(xi))
         log_one_minus_p = log_p - xi
         p = math.exp(log_p)
-        total += -q * (q * log_p + (1 - q) * log_one_minus_p) if q > 0 else -0.75 * p ** 2 * log_one_minus_p
-    torch.testing.assert_close(L.VarifocalLoss()(x, y, 2.0), torch.tensor(total / 2.0, dtype=torch.float64),
-                               rtol=1e-10, atol=1e-12)
+        total += -q * (q * log_p + (1 - q) * log_one_minus_p) if q > 0 else -0.75 * p**2 * log_one_minus_p
+    torch.testing.assert_close(
+        L.VarifocalLoss()(x, y, 2.0), torch.tensor(total / 2.0, dtype=torch.float64), rtol=1e-10, atol=1e-12
+    )
 
 
-@pytest.mark.parametrize("loss", [L.QualityFocalLoss(), L.VarifocalLoss()], ids=lambda l: type(l).__name__)
+@pytest.mark.parametrize("loss", [L.QualityFocalLoss(), L.VarifocalLoss()], ids=lambda loss: type(loss).__name__)
 def test_soft_target_losses_gradcheck_on_soft_targets(loss):
     x, y = soft_inputs(m=8, k=3, seed=5)
     x = x.clamp(-5, 5).requires_grad_(True)
@@ -225,8 +234,9 @@ def test_ghm_c_matches_official_loop_over_iterations(bins, momentum):
     for seed in range(3):
         x, y = cls_inputs(seed=seed)
         g = (torch.sigmoid(x) - y).abs()
-        expected = ghm_reference(x, g, bins, momentum, acc, 1 + 1e-6,
-                                 F.binary_cross_entropy_with_logits(x, y, reduction="none"))
+        expected = ghm_reference(
+            x, g, bins, momentum, acc, 1 + 1e-6, F.binary_cross_entropy_with_logits(x, y, reduction="none")
+        )
         torch.testing.assert_close(loss(x, y, None), expected, rtol=1e-10, atol=1e-12)
     if momentum > 0:
         torch.testing.assert_close(loss.acc_sum, torch.tensor(acc, dtype=torch.float64))
@@ -234,8 +244,9 @@ def test_ghm_c_matches_official_loop_over_iterations(bins, momentum):
 
 def test_ghm_c_one_bin_no_momentum_is_mean_bce():
     x, y = cls_inputs()
-    torch.testing.assert_close(L.GHMCLoss(bins=1, momentum=0.0)(x, y, 123.0),
-                               F.binary_cross_entropy_with_logits(x, y, reduction="mean"))
+    torch.testing.assert_close(
+        L.GHMCLoss(bins=1, momentum=0.0)(x, y, 123.0), F.binary_cross_entropy_with_logits(x, y, reduction="mean")
+    )
 
 
 def test_ghm_c_ema_by_hand():
@@ -244,8 +255,10 @@ def test_ghm_c_ema_by_hand():
     (empty bins keep their EMA), weights 4/2.25/1."""
     loss = L.GHMCLoss(bins=2, momentum=0.5).double()
     y = torch.zeros(4, 1, dtype=torch.float64)
-    for g, acc, w in [([0.1, 0.2, 0.3, 0.9], [1.5, 0.5], [4 / 1.5 / 2] * 3 + [4 / 0.5 / 2]),
-                      ([0.6, 0.7, 0.8, 0.95], [1.5, 2.25], [4 / 2.25] * 4)]:
+    for g, acc, w in [
+        ([0.1, 0.2, 0.3, 0.9], [1.5, 0.5], [4 / 1.5 / 2] * 3 + [4 / 0.5 / 2]),
+        ([0.6, 0.7, 0.8, 0.95], [1.5, 2.25], [4 / 2.25] * 4),
+    ]:
         x = torch.logit(torch.tensor(g, dtype=torch.float64)).view(4, 1)  # σ(x) − 0 = g
         bce = F.binary_cross_entropy_with_logits(x, y, reduction="none").view(-1)
         torch.testing.assert_close(loss(x, y, None), (bce * torch.tensor(w, dtype=torch.float64)).sum() / 4)
@@ -277,8 +290,9 @@ def test_ohem_selection_matches_per_image_reference(k, ratio):
     image_index = torch.arange(60) % 3
     anchors = torch.rand(60, 4, dtype=torch.float64)
     loss = L.OHEMLoss(batch_size_per_image=k, neg_pos_ratio=ratio, nms_thresh=None)
-    torch.testing.assert_close(loss(x, y, 2.0, image_index=image_index, anchors=anchors),
-                               ohem_reference(x, y, image_index, k, ratio) / 2.0)
+    torch.testing.assert_close(
+        loss(x, y, 2.0, image_index=image_index, anchors=anchors), ohem_reference(x, y, image_index, k, ratio) / 2.0
+    )
 
 
 def test_ohem_1_to_3_keeps_at_most_three_negatives_per_positive():
@@ -292,11 +306,13 @@ def test_ohem_1_to_3_keeps_at_most_three_negatives_per_positive():
     image_index = torch.zeros(1040, dtype=torch.long)
     for k, pos, neg in [(128, 32, 96), (256, 40, 120), (512, 40, 120)]:
         kept = L.OHEMLoss(batch_size_per_image=k, neg_pos_ratio=3.0, nms_thresh=None).select(
-            ce_order.view(-1), y.view(-1) > 0, image_index, torch.zeros(1040, 4))
+            ce_order.view(-1), y.view(-1) > 0, image_index, torch.zeros(1040, 4)
+        )
         assert (int((kept < 40).sum()), int((kept >= 40).sum())) == (pos, neg), k
         assert sorted(kept.tolist()) == list(range(pos)) + list(range(40, 40 + neg))  # the hardest of each
     nothing = L.OHEMLoss(batch_size_per_image=128, neg_pos_ratio=3.0, nms_thresh=None).select(
-        ce_order.view(-1)[40:], torch.zeros(1000, dtype=torch.bool), image_index[40:], torch.zeros(1000, 4))
+        ce_order.view(-1)[40:], torch.zeros(1000, dtype=torch.bool), image_index[40:], torch.zeros(1000, 4)
+    )
     assert len(nothing) == 0
 
 
@@ -326,32 +342,54 @@ def test_tversky_and_dice_per_class(alpha, beta):
         torch.testing.assert_close(L.DiceLoss()(x, y, 9.0), expected)
 
 
-CLS_LOSSES = [L.SigmoidCrossEntropyLoss(), L.SigmoidCrossEntropyLoss(0.75), L.FocalLoss(), L.FocalStarLoss(),
-              L.Poly1Loss(), L.Poly1Loss(None, 0.0, 1.0), L.QualityFocalLoss(), L.VarifocalLoss(),
-              L.GHMCLoss(momentum=0.0), L.DiceLoss(), L.TverskyLoss(),
-              L.OHEMLoss(batch_size_per_image=6, neg_pos_ratio=3.0, nms_thresh=None)]
+CLS_LOSSES = [
+    L.SigmoidCrossEntropyLoss(),
+    L.SigmoidCrossEntropyLoss(0.75),
+    L.FocalLoss(),
+    L.FocalStarLoss(),
+    L.Poly1Loss(),
+    L.Poly1Loss(None, 0.0, 1.0),
+    L.QualityFocalLoss(),
+    L.VarifocalLoss(),
+    L.GHMCLoss(momentum=0.0),
+    L.DiceLoss(),
+    L.TverskyLoss(),
+    L.OHEMLoss(batch_size_per_image=6, neg_pos_ratio=3.0, nms_thresh=None),
+]
 
 
 def call_cls(loss, x, y, normalizer=2.0):
     if getattr(loss, "needs_anchors", False):
-        return loss(x, y, normalizer, image_index=torch.arange(len(x)) % 2, anchors=torch.zeros(len(x), 4, dtype=x.dtype))
+        return loss(
+            x, y, normalizer, image_index=torch.arange(len(x)) % 2, anchors=torch.zeros(len(x), 4, dtype=x.dtype)
+        )
     return loss(x, y, normalizer)
 
 
-@pytest.mark.parametrize("loss", CLS_LOSSES, ids=lambda l: type(l).__name__)
+@pytest.mark.parametrize("loss", CLS_LOSSES, ids=lambda loss: type(loss).__name__)
 def test_classification_gradcheck(loss):
     x, y = cls_inputs(m=8, k=3, seed=5)
     x = x.clamp(-5, 5).requires_grad_(True)
     assert torch.autograd.gradcheck(lambda z: call_cls(loss, z, y), (x,))
 
 
-FUSED_LOSSES = [L.SigmoidCrossEntropyLoss(), L.SigmoidCrossEntropyLoss(0.75), L.FocalLoss(), L.FocalLoss(None, 0.5),
-                L.FocalLoss(0.25, 5.0), L.FocalStarLoss(), L.FocalStarLoss(4.0, 0.0), L.GHMCLoss(), L.GHMCLoss(10, 0.0),
-                L.Poly1Loss(), L.Poly1Loss(None, 0.0, -1.0)]
+FUSED_LOSSES = [
+    L.SigmoidCrossEntropyLoss(),
+    L.SigmoidCrossEntropyLoss(0.75),
+    L.FocalLoss(),
+    L.FocalLoss(None, 0.5),
+    L.FocalLoss(0.25, 5.0),
+    L.FocalStarLoss(),
+    L.FocalStarLoss(4.0, 0.0),
+    L.GHMCLoss(),
+    L.GHMCLoss(10, 0.0),
+    L.Poly1Loss(),
+    L.Poly1Loss(None, 0.0, -1.0),
+]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("loss", FUSED_LOSSES, ids=lambda l: f"{type(l).__name__}{vars(l).get('gamma', '')}")
+@pytest.mark.parametrize("loss", FUSED_LOSSES, ids=lambda loss: f"{type(loss).__name__}{vars(loss).get('gamma', '')}")
 def test_fused_value_and_gradient_equal_autograd_of_the_elementwise_terms(loss, dtype):
     """The forward computes Σ loss and its gradient in one pass; autograd through `elementwise`
     (GHM-C: the weights of the update the forward just made) must give the same."""
@@ -374,8 +412,11 @@ def test_fused_value_and_gradient_equal_autograd_of_the_elementwise_terms(loss, 
     assert fused_gradient.abs().max() > 0
 
 
-@pytest.mark.parametrize("loss", [L.FocalLoss(), L.SigmoidCrossEntropyLoss(0.75), L.FocalStarLoss(), L.GHMCLoss(30, 0.0)],
-                         ids=lambda l: type(l).__name__)
+@pytest.mark.parametrize(
+    "loss",
+    [L.FocalLoss(), L.SigmoidCrossEntropyLoss(0.75), L.FocalStarLoss(), L.GHMCLoss(30, 0.0)],
+    ids=lambda loss: type(loss).__name__,
+)
 def test_fused_float32_sum_over_two_million_elements_stays_accurate(loss):
     """A float32 dot product accumulates 2 M terms with a relative drift of ~1e-5; sum() does not."""
     g = torch.Generator().manual_seed(0)
@@ -391,7 +432,7 @@ def test_fused_focal_gradient_is_zero_not_nan_where_p_t_rounds_to_one():
     assert x.grad.abs().max() < 1e-12
 
 
-@pytest.mark.parametrize("loss", CLS_LOSSES, ids=lambda l: type(l).__name__)
+@pytest.mark.parametrize("loss", CLS_LOSSES, ids=lambda loss: type(loss).__name__)
 def test_classification_degenerate_inputs(loss):
     for m in (0, 5):  # all anchors ignored (M = 0), and no positives at all
         x = torch.randn(m, 4, requires_grad=True)
@@ -412,9 +453,9 @@ def test_l1_l2_huber_balanced_l1_formulas():
     pred, target = delta_inputs()
     d = pred - target
     torch.testing.assert_close(L.L1Loss()(pred, target, 3.0), d.abs().sum() / 3)
-    torch.testing.assert_close(L.L2Loss()(pred, target, 3.0), (d ** 2).sum() / 3)
+    torch.testing.assert_close(L.L2Loss()(pred, target, 3.0), (d**2).sum() / 3)
     for delta in (0.5, 1.0, 2.0):
-        huber = torch.where(d.abs() <= delta, 0.5 * d ** 2, delta * (d.abs() - 0.5 * delta)).sum() / 3
+        huber = torch.where(d.abs() <= delta, 0.5 * d**2, delta * (d.abs() - 0.5 * delta)).sum() / 3
         torch.testing.assert_close(L.HuberLoss(delta)(pred, target, 3.0), huber)
         torch.testing.assert_close(huber, delta * L.SmoothL1Loss(beta=delta)(pred, target, 3.0))
         torch.testing.assert_close(huber * 3, F.huber_loss(pred, target, delta=delta, reduction="sum"))
@@ -424,9 +465,17 @@ def test_l1_l2_huber_balanced_l1_formulas():
     x = d.abs()
     inner = a / b * (b * x + 1) * torch.log(b * x / beta + 1) - a * x
     outer = gam * x + gam / b - a * beta
-    torch.testing.assert_close(L.BalancedL1Loss(a, gam, beta)(pred, target, 3.0), torch.where(x < beta, inner, outer).sum() / 3)
+    torch.testing.assert_close(
+        L.BalancedL1Loss(a, gam, beta)(pred, target, 3.0), torch.where(x < beta, inner, outer).sum() / 3
+    )
     near = torch.tensor([[beta - 1e-9]], dtype=torch.float64)  # continuous at β
-    assert abs(L.BalancedL1Loss()(near, torch.zeros(1, 1, dtype=torch.float64), 1.0).item() - (gam * beta + gam / b - a * beta)) < 1e-6
+    assert (
+        abs(
+            L.BalancedL1Loss()(near, torch.zeros(1, 1, dtype=torch.float64), 1.0).item()
+            - (gam * beta + gam / b - a * beta)
+        )
+        < 1e-6
+    )
 
 
 @pytest.mark.parametrize("bins,momentum,mu", [(10, 0.7, 0.02), (3, 0.0, 0.5)])
@@ -473,7 +522,7 @@ def iou_family_reference(b, t, kind, gamma=0.5, lam=1.0):
     union = w * h + wg * hg - inter
     iou = inter / (union + 1e-7)
     cw, ch = max(x2, u2) - min(x1, u1), max(y2, v2) - min(y1, v1)
-    c2 = cw ** 2 + ch ** 2 + 1e-7
+    c2 = cw**2 + ch**2 + 1e-7
     rho2 = ((x1 + x2) / 2 - (u1 + u2) / 2) ** 2 + ((y1 + y2) / 2 - (v1 + v2) / 2) ** 2
     if kind == "iou":
         return -math.log(max(iou, 1e-7))
@@ -484,20 +533,32 @@ def iou_family_reference(b, t, kind, gamma=0.5, lam=1.0):
     if kind == "diou":
         return 1 - iou + rho2 / c2
     if kind == "ciou":
-        v = 4 / math.pi ** 2 * (math.atan(wg / (hg + 1e-7)) - math.atan(w / (h + 1e-7))) ** 2
+        v = 4 / math.pi**2 * (math.atan(wg / (hg + 1e-7)) - math.atan(w / (h + 1e-7))) ** 2
         return 1 - iou + rho2 / c2 + v / (1 - iou + v + 1e-7) * v
-    eiou = 1 - iou + rho2 / c2 + (w - wg) ** 2 / (cw ** 2 + 1e-7) + (h - hg) ** 2 / (ch ** 2 + 1e-7)
+    eiou = 1 - iou + rho2 / c2 + (w - wg) ** 2 / (cw**2 + 1e-7) + (h - hg) ** 2 / (ch**2 + 1e-7)
     if kind == "eiou":
         return eiou
     if kind == "focal_eiou":
-        return iou ** gamma * eiou
-    corners = [math.dist((x1, y1), (u1, v1)), math.dist((x2, y1), (u2, v1)),
-               math.dist((x2, y2), (u2, v2)), math.dist((x1, y2), (u1, v2))]
+        return iou**gamma * eiou
+    corners = [
+        math.dist((x1, y1), (u1, v1)),
+        math.dist((x2, y1), (u2, v1)),
+        math.dist((x2, y2), (u2, v2)),
+        math.dist((x1, y2), (u1, v2)),
+    ]
     return 1 - iou + lam * sum(corners) / (4 * math.sqrt(c2))
 
 
-IOU_LOSSES = {"iou": L.IoULoss(), "iou_linear": L.IoULoss("linear"), "giou": L.GIoULoss(), "diou": L.DIoULoss(),
-              "ciou": L.CIoULoss(), "eiou": L.EIoULoss(), "focal_eiou": L.FocalEIoULoss(), "cdiou": L.CDIoULoss()}
+IOU_LOSSES = {
+    "iou": L.IoULoss(),
+    "iou_linear": L.IoULoss("linear"),
+    "giou": L.GIoULoss(),
+    "diou": L.DIoULoss(),
+    "ciou": L.CIoULoss(),
+    "eiou": L.EIoULoss(),
+    "focal_eiou": L.FocalEIoULoss(),
+    "cdiou": L.CDIoULoss(),
+}
 
 
 @pytest.mark.parametrize("kind", list(IOU_LOSSES))
@@ -509,14 +570,22 @@ def test_iou_family_matches_per_box_formula(kind):
     assert IOU_LOSSES[kind].input_space == "xyxy"
 
 
-@pytest.mark.parametrize("kind,library", [("giou", tvops.generalized_box_iou_loss), ("diou", tvops.distance_box_iou_loss),
-                                          ("ciou", tvops.complete_box_iou_loss)])
+@pytest.mark.parametrize(
+    "kind,library",
+    [
+        ("giou", tvops.generalized_box_iou_loss),
+        ("diou", tvops.distance_box_iou_loss),
+        ("ciou", tvops.complete_box_iou_loss),
+    ],
+)
 def test_iou_family_matches_torchvision(kind, library):
     pred, target = box_inputs()
     keep = torch.ones(len(pred), dtype=torch.bool)
     keep[1] = False  # torchvision divides by the zero height of the degenerate box's atan argument
     pred, target = pred[keep], target[keep]
-    torch.testing.assert_close(IOU_LOSSES[kind](pred, target, 1.0), library(pred, target, reduction="sum"), rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(
+        IOU_LOSSES[kind](pred, target, 1.0), library(pred, target, reduction="sum"), rtol=1e-6, atol=1e-5
+    )
 
 
 def newer_iou_reference(b, t, kind, alpha=3.0, theta=4.0, image=(200.0, 300.0)):
@@ -539,7 +608,7 @@ def newer_iou_reference(b, t, kind, alpha=3.0, theta=4.0, image=(200.0, 300.0)):
         if kind in ("alpha_diou", "alpha_ciou"):
             loss += power(rho2 / c2)
         if kind == "alpha_ciou":
-            v = 4 / math.pi ** 2 * (math.atan(wg / (hg + 1e-7)) - math.atan(w / (h + 1e-7))) ** 2
+            v = 4 / math.pi**2 * (math.atan(wg / (hg + 1e-7)) - math.atan(w / (h + 1e-7))) ** 2
             loss += power(v / (1 - iou + v) * v)
         return loss
     if kind == "siou":
@@ -558,9 +627,15 @@ def newer_iou_reference(b, t, kind, alpha=3.0, theta=4.0, image=(200.0, 300.0)):
     return 1 - (iou - d1 / (image[0] ** 2 + image[1] ** 2) - d2 / (image[0] ** 2 + image[1] ** 2))
 
 
-NEWER_IOU_LOSSES = {"alpha_iou": L.AlphaIoULoss(), "alpha_giou": L.AlphaIoULoss(base="giou"),
-                    "alpha_diou": L.AlphaIoULoss(base="diou"), "alpha_ciou": L.AlphaIoULoss(base="ciou"),
-                    "siou": L.SIoULoss(), "wiou1": L.WiseIoULoss(version=1), "mpdiou": L.MPDIoULoss()}
+NEWER_IOU_LOSSES = {
+    "alpha_iou": L.AlphaIoULoss(),
+    "alpha_giou": L.AlphaIoULoss(base="giou"),
+    "alpha_diou": L.AlphaIoULoss(base="diou"),
+    "alpha_ciou": L.AlphaIoULoss(base="ciou"),
+    "siou": L.SIoULoss(),
+    "wiou1": L.WiseIoULoss(version=1),
+    "mpdiou": L.MPDIoULoss(),
+}
 
 
 def call_box_loss(loss, pred, target, normalizer, image=(200.0, 300.0)):
@@ -581,8 +656,15 @@ def test_newer_iou_losses_match_their_papers(kind):
 def test_alpha_one_is_the_plain_loss():
     pred, target = box_inputs()
     pred, target = pred[3:], target[3:]
-    for base, plain in (("iou", L.IoULoss("linear")), ("giou", L.GIoULoss()), ("diou", L.DIoULoss()), ("ciou", L.CIoULoss())):
-        torch.testing.assert_close(L.AlphaIoULoss(1.0, base)(pred, target, 1.0), plain(pred, target, 1.0), rtol=1e-6, atol=1e-6)
+    for base, plain in (
+        ("iou", L.IoULoss("linear")),
+        ("giou", L.GIoULoss()),
+        ("diou", L.DIoULoss()),
+        ("ciou", L.CIoULoss()),
+    ):
+        torch.testing.assert_close(
+            L.AlphaIoULoss(1.0, base)(pred, target, 1.0), plain(pred, target, 1.0), rtol=1e-6, atol=1e-6
+        )
 
 
 def test_wise_iou_v3_follows_its_running_mean_over_batches_and_resumes_bit_identically():
@@ -593,10 +675,13 @@ def test_wise_iou_v3_follows_its_running_mean_over_batches_and_resumes_bit_ident
     values = []
     for seed in range(3):
         pred, target = box_inputs(p=12, seed=seed)
-        iou_loss = torch.tensor([iou_family_reference(b.tolist(), t.tolist(), "iou_linear") for b, t in zip(pred, target)],
-                                dtype=torch.float64)  # 1 − IoU
-        v1 = torch.tensor([newer_iou_reference(b.tolist(), t.tolist(), "wiou1") for b, t in zip(pred, target)],
-                          dtype=torch.float64)
+        iou_loss = torch.tensor(
+            [iou_family_reference(b.tolist(), t.tolist(), "iou_linear") for b, t in zip(pred, target)],
+            dtype=torch.float64,
+        )  # 1 − IoU
+        v1 = torch.tensor(
+            [newer_iou_reference(b.tolist(), t.tolist(), "wiou1") for b, t in zip(pred, target)], dtype=torch.float64
+        )
         mean = 0.5 * mean + 0.5 * float(iou_loss.mean())
         beta = iou_loss / mean
         expected = (beta / (3.0 * 1.9 ** (beta - 3.0)) * v1).sum() / 2.0
@@ -640,18 +725,27 @@ def test_newer_iou_weights_without_gradient():
 
     def v_of(p):
         g = geo(p)
-        return 4 / math.pi ** 2 * (torch.atan(g.w_gt / (g.h_gt + 1e-7)) - torch.atan(g.w / (g.h + 1e-7))) ** 2
+        return 4 / math.pi**2 * (torch.atan(g.w_gt / (g.h_gt + 1e-7)) - torch.atan(g.w / (g.h + 1e-7))) ** 2
 
-    b = (v_of(pred) / (1 - geo(pred).iou + v_of(pred) + 1e-7))
+    b = v_of(pred) / (1 - geo(pred).iou + v_of(pred) + 1e-7)
     expected = grad(lambda p: L.AlphaIoULoss(3.0, "diou")(p, target, 1.0) + ((b * v_of(p)).clamp(min=1e-7) ** 3).sum())
     torch.testing.assert_close(grad(lambda p: L.AlphaIoULoss(3.0, "ciou")(p, target, 1.0)), expected)
 
 
-BOX_LOSSES = [L.SmoothL1Loss(), L.L1Loss(), L.L2Loss(), L.HuberLoss(), L.BalancedL1Loss(), L.GHMRLoss(momentum=0.0),
-              *IOU_LOSSES.values(), *NEWER_IOU_LOSSES.values(), L.WiseIoULoss(version=3)]
+BOX_LOSSES = [
+    L.SmoothL1Loss(),
+    L.L1Loss(),
+    L.L2Loss(),
+    L.HuberLoss(),
+    L.BalancedL1Loss(),
+    L.GHMRLoss(momentum=0.0),
+    *IOU_LOSSES.values(),
+    *NEWER_IOU_LOSSES.values(),
+    L.WiseIoULoss(version=3),
+]
 
 
-@pytest.mark.parametrize("loss", BOX_LOSSES, ids=lambda l: type(l).__name__ + getattr(l, "mode", ""))
+@pytest.mark.parametrize("loss", BOX_LOSSES, ids=lambda loss: type(loss).__name__ + getattr(loss, "mode", ""))
 def test_box_gradcheck_and_empty_input(loss):
     empty = torch.zeros(0, 4, requires_grad=True)
     value = call_box_loss(loss, empty, torch.zeros(0, 4), 1.0)
@@ -675,16 +769,18 @@ def test_weights_without_gradient():
     pred, target = pred[3:], target[3:]
     grad = functools.partial(gradient_at, pred)
 
-    iou = torch.tensor([1 - iou_family_reference(b.tolist(), t.tolist(), "iou_linear") for b, t in zip(pred, target)],
-                       dtype=torch.float64)
-    per_box_eiou = lambda p: torch.stack([L.EIoULoss()(p[i:i + 1], target[i:i + 1], 1.0) for i in range(len(p))])
-    eiou_grad = grad(lambda p: per_box_eiou(p) * iou ** 0.5)
+    iou = torch.tensor(
+        [1 - iou_family_reference(b.tolist(), t.tolist(), "iou_linear") for b, t in zip(pred, target)],
+        dtype=torch.float64,
+    )
+    per_box_eiou = lambda p: torch.stack([L.EIoULoss()(p[i : i + 1], target[i : i + 1], 1.0) for i in range(len(p))])
+    eiou_grad = grad(lambda p: per_box_eiou(p) * iou**0.5)
     torch.testing.assert_close(grad(lambda p: L.FocalEIoULoss(0.5)(p, target, 1.0)), eiou_grad)
 
     def v_of(p):
         w, h = p[:, 2] - p[:, 0], p[:, 3] - p[:, 1]
         wg, hg = target[:, 2] - target[:, 0], target[:, 3] - target[:, 1]
-        return 4 / math.pi ** 2 * (torch.atan(wg / (hg + 1e-7)) - torch.atan(w / (h + 1e-7))) ** 2
+        return 4 / math.pi**2 * (torch.atan(wg / (hg + 1e-7)) - torch.atan(w / (h + 1e-7))) ** 2
 
     v = v_of(pred)
     alpha = v / (1 - iou + v + 1e-7)
@@ -702,27 +798,30 @@ def test_degenerate_boxes_give_finite_gradients():
 
 
 # ----------------------------------------------------------------------------- validation
-@pytest.mark.parametrize("build,message", [
-    (lambda: L.FocalStarLoss(gamma=0.0), "gamma must be > 0"),
-    (lambda: L.FocalStarLoss(alpha=-0.1), r"alpha must be in \[0, 1\]"),
-    (lambda: L.SigmoidCrossEntropyLoss(alpha=2.0), r"alpha must be in \[0, 1\]"),
-    (lambda: L.GHMCLoss(bins=0), "bins must be >= 1"),
-    (lambda: L.GHMCLoss(momentum=1.0), r"momentum must be in \[0, 1\)"),
-    (lambda: L.GHMRLoss(mu=0.0), "mu must be > 0"),
-    (lambda: L.GHMRLoss(bins=0), "bins must be >= 1"),
-    (lambda: L.OHEMLoss(batch_size_per_image=0), "batch_size_per_image must be >= 1"),
-    (lambda: L.HuberLoss(delta=0.0), "delta must be > 0"),
-    (lambda: L.BalancedL1Loss(alpha=0.0), "must be > 0"),
-    (lambda: L.IoULoss(mode="sqrt"), "mode must be"),
-    (lambda: L.FocalEIoULoss(gamma=-1.0), "gamma must be >= 0"),
-    (lambda: L.EqualizedFocalLoss(gamma=0.0), "gamma must be > 0 for EFL"),
-    (lambda: L.EqualizedFocalLoss(scale=-1.0), "scale must be >= 0"),
-    (lambda: L.AlphaIoULoss(alpha=0.0), "alpha must be > 0"),
-    (lambda: L.AlphaIoULoss(base="eiou"), r"base must be one of \['iou', 'giou', 'diou', 'ciou'\]"),
-    (lambda: L.SIoULoss(theta=0.0), "theta must be > 0"),
-    (lambda: L.WiseIoULoss(version=2), "version must be 1 or 3"),
-    (lambda: L.TverskyLoss(alpha=-1.0), "alpha >= 0"),
-])
+@pytest.mark.parametrize(
+    "build,message",
+    [
+        (lambda: L.FocalStarLoss(gamma=0.0), "gamma must be > 0"),
+        (lambda: L.FocalStarLoss(alpha=-0.1), r"alpha must be in \[0, 1\]"),
+        (lambda: L.SigmoidCrossEntropyLoss(alpha=2.0), r"alpha must be in \[0, 1\]"),
+        (lambda: L.GHMCLoss(bins=0), "bins must be >= 1"),
+        (lambda: L.GHMCLoss(momentum=1.0), r"momentum must be in \[0, 1\)"),
+        (lambda: L.GHMRLoss(mu=0.0), "mu must be > 0"),
+        (lambda: L.GHMRLoss(bins=0), "bins must be >= 1"),
+        (lambda: L.OHEMLoss(batch_size_per_image=0), "batch_size_per_image must be >= 1"),
+        (lambda: L.HuberLoss(delta=0.0), "delta must be > 0"),
+        (lambda: L.BalancedL1Loss(alpha=0.0), "must be > 0"),
+        (lambda: L.IoULoss(mode="sqrt"), "mode must be"),
+        (lambda: L.FocalEIoULoss(gamma=-1.0), "gamma must be >= 0"),
+        (lambda: L.EqualizedFocalLoss(gamma=0.0), "gamma must be > 0 for EFL"),
+        (lambda: L.EqualizedFocalLoss(scale=-1.0), "scale must be >= 0"),
+        (lambda: L.AlphaIoULoss(alpha=0.0), "alpha must be > 0"),
+        (lambda: L.AlphaIoULoss(base="eiou"), r"base must be one of \['iou', 'giou', 'diou', 'ciou'\]"),
+        (lambda: L.SIoULoss(theta=0.0), "theta must be > 0"),
+        (lambda: L.WiseIoULoss(version=2), "version must be 1 or 3"),
+        (lambda: L.TverskyLoss(alpha=-1.0), "alpha >= 0"),
+    ],
+)
 def test_invalid_hyperparameters_raise(build, message):
     with pytest.raises(ValueError, match=message):
         build()

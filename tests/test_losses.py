@@ -75,8 +75,9 @@ def test_focal_empty_input_is_zero():
     assert loss.item() == 0.0
 
 
-@pytest.mark.parametrize("kwargs,message", [({"gamma": -1.0}, "gamma must be >= 0"),
-                                            ({"alpha": 1.5}, r"alpha must be in \[0, 1\]")])
+@pytest.mark.parametrize(
+    "kwargs,message", [({"gamma": -1.0}, "gamma must be >= 0"), ({"alpha": 1.5}, r"alpha must be in \[0, 1\]")]
+)
 def test_focal_rejects_invalid_hyperparameters(kwargs, message):
     with pytest.raises(ValueError, match=message):
         FocalLoss(**kwargs)
@@ -92,7 +93,10 @@ def smooth_l1_reference(d, beta):
 @pytest.mark.parametrize("beta", [0.0, 0.11, 1.0])
 def test_smooth_l1_matches_formula_and_torch(beta):
     g = torch.Generator().manual_seed(1)
-    pred, target = torch.randn(50, 4, generator=g, dtype=torch.float64), torch.randn(50, 4, generator=g, dtype=torch.float64)
+    pred, target = (
+        torch.randn(50, 4, generator=g, dtype=torch.float64),
+        torch.randn(50, 4, generator=g, dtype=torch.float64),
+    )
     loss = SmoothL1Loss(beta)(pred, target, 4.0)
     torch.testing.assert_close(loss, smooth_l1_reference(pred - target, beta) / 4.0)
     torch.testing.assert_close(loss, F.smooth_l1_loss(pred, target, beta=beta, reduction="sum") / 4.0)
@@ -108,8 +112,11 @@ def test_smooth_l1_empty_is_exactly_zero_and_declares_deltas():
         SmoothL1Loss(beta=-0.1)
 
 
-@pytest.mark.parametrize("loss", [FocalLoss(), FocalLoss(0.75, 0.5), SigmoidCrossEntropyLoss(0.75), FocalStarLoss(4.0, 0.0),
-                                  GHMCLoss(30, 0.0)], ids=["focal", "focal_g05", "balanced_ce", "focal_star", "ghm_c"])
+@pytest.mark.parametrize(
+    "loss",
+    [FocalLoss(), FocalLoss(0.75, 0.5), SigmoidCrossEntropyLoss(0.75), FocalStarLoss(4.0, 0.0), GHMCLoss(30, 0.0)],
+    ids=["focal", "focal_g05", "balanced_ce", "focal_star", "ghm_c"],
+)
 def test_losses_computed_in_blocks_of_rows_equal_the_whole(loss, monkeypatch):
     """Blocks of 8 rows × 8 classes over 101 rows (the last block short): value and gradient equal the
     autograd sum of the element-wise terms. GHM-C's weights need all elements at once, so it stays whole."""

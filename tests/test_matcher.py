@@ -2,13 +2,13 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from detector.ops import blocks, matcher
-from detector.ops import ATSSMatcher
+from detector.ops import ATSSMatcher, blocks, matcher
 from detector.ops.matcher import BACKGROUND, IGNORE, IoUMatcher, blockwise_box_iou
 
 # Four 10×10 anchors side by side, and one far away.
-ANCHORS = torch.tensor([[0, 0, 10, 10], [10, 0, 20, 10], [20, 0, 30, 10], [30, 0, 40, 10], [100, 100, 110, 110]],
-                       dtype=torch.float32)
+ANCHORS = torch.tensor(
+    [[0, 0, 10, 10], [10, 0, 20, 10], [20, 0, 30, 10], [30, 0, 40, 10], [100, 100, 110, 110]], dtype=torch.float32
+)
 
 
 def match(gt, matcher=None, crowd=None):
@@ -41,7 +41,9 @@ def test_the_three_low_quality_modes_differ_where_the_references_do():
     assert modes["none"] == [BACKGROUND, BACKGROUND, IGNORE, BACKGROUND, BACKGROUND]
     assert modes["detectron"] == [BACKGROUND, BACKGROUND, 0, BACKGROUND, BACKGROUND]
     assert modes["detectron2"] == [1, BACKGROUND, 0, BACKGROUND, BACKGROUND]
-    with pytest.raises(ValueError, match=r"low_quality_matches must be one of \['none', 'detectron', 'detectron2'\], got True"):
+    with pytest.raises(
+        ValueError, match=r"low_quality_matches must be one of \['none', 'detectron', 'detectron2'\], got True"
+    ):
         IoUMatcher(low_quality_matches=True)
 
 
@@ -95,16 +97,18 @@ def test_iou_in_blocks_of_anchors_equals_one_box_iou_call(monkeypatch):
 
 # ----------------------------------------------------------------------------- ATSS
 # Level 0: four 10×10 anchors side by side (centres x = 5, 15, 25, 35); level 1: one 40×10 anchor (centre 20).
-ATSS_ANCHORS = torch.tensor([[0, 0, 10, 10], [10, 0, 20, 10], [20, 0, 30, 10], [30, 0, 40, 10], [0, 0, 40, 10]],
-                            dtype=torch.float32)
+ATSS_ANCHORS = torch.tensor(
+    [[0, 0, 10, 10], [10, 0, 20, 10], [20, 0, 30, 10], [30, 0, 40, 10], [0, 0, 40, 10]], dtype=torch.float32
+)
 ATSS_LEVELS = [4, 1]
 
 
 def atss(gt, topk=2, crowd=None, matcher=None):
     gt = torch.tensor(gt, dtype=torch.float32).view(1, -1, 4)
     crowd = torch.tensor(crowd).view(1, -1) if crowd is not None else None
-    return (matcher or ATSSMatcher(topk=topk))(ATSS_ANCHORS, gt, torch.ones(gt.shape[:2], dtype=torch.bool), crowd,
-                                               num_anchors_per_level=ATSS_LEVELS)[0].tolist()
+    return (matcher or ATSSMatcher(topk=topk))(
+        ATSS_ANCHORS, gt, torch.ones(gt.shape[:2], dtype=torch.bool), crowd, num_anchors_per_level=ATSS_LEVELS
+    )[0].tolist()
 
 
 def test_atss_by_hand():
@@ -126,8 +130,9 @@ def test_atss_by_hand():
 
 
 def test_atss_image_without_boxes_and_crowd_regions():
-    empty = ATSSMatcher()(ATSS_ANCHORS, torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.bool),
-                          num_anchors_per_level=ATSS_LEVELS)
+    empty = ATSSMatcher()(
+        ATSS_ANCHORS, torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.bool), num_anchors_per_level=ATSS_LEVELS
+    )
     assert empty.shape == (2, 5) and (empty == BACKGROUND).all()
     assert atss([[0, 0, 25, 10]], crowd=[True]) == [IGNORE, IGNORE, IGNORE, BACKGROUND, IGNORE]
     assert atss([[0, 0, 25, 10]], crowd=[True], matcher=ATSSMatcher(2, crowd="background")) == [BACKGROUND] * 5
@@ -146,7 +151,7 @@ def atss_per_image(anchors, boxes, levels, topk):
         chosen, start = [], 0
         for count in levels:
             order = sorted(range(start, start + count), key=lambda a: float(distance[a]))
-            chosen += order[:min(topk, count)]
+            chosen += order[: min(topk, count)]
             start += count
         values = iou[chosen]
         threshold = values.mean() + values.std()
@@ -160,6 +165,7 @@ def atss_per_image(anchors, boxes, levels, topk):
 
 def test_batched_atss_equals_a_per_image_loop():
     from detector.models import AnchorGenerator
+
     generator = AnchorGenerator()
     anchors = generator([torch.zeros(1, 1, 128 // s, 128 // s) for s in generator.strides])
     levels = [(128 // s) ** 2 * 9 for s in generator.strides]

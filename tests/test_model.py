@@ -1,18 +1,22 @@
 import math
+from functools import partial
 
 import pytest
 import torch
 import torchvision
 
 from detector.models import AnchorGenerator, ResNetBackbone, RetinaNet, RetinaNetFPN, RetinaNetHead
-from functools import partial
 
 
 def small_model(num_classes=3, prior_prob=0.01, p6_from="c5", **backbone):
-    return RetinaNet(num_classes, ResNetBackbone(depth=18, **{"norm": "bn", "frozen_stages": 0, **backbone}),
-                     partial(RetinaNetFPN, out_channels=32, p6_from=p6_from),
-                     partial(RetinaNetHead, num_convs=2, channels=32, norm="gn"),
-                     AnchorGenerator(), prior_prob=prior_prob)
+    return RetinaNet(
+        num_classes,
+        ResNetBackbone(depth=18, **{"norm": "bn", "frozen_stages": 0, **backbone}),
+        partial(RetinaNetFPN, out_channels=32, p6_from=p6_from),
+        partial(RetinaNetHead, num_convs=2, channels=32, norm="gn"),
+        AnchorGenerator(),
+        prior_prob=prior_prob,
+    )
 
 
 def test_output_shapes_and_levels_match_anchors():
@@ -83,6 +87,7 @@ def test_scores_under_bf16_autocast_keep_float32_resolution():
     collapse onto a few dozen values and tie in the COCO ranking."""
     from detector.ops import BoxCoder
     from detector.postprocess import RetinaNetPostProcessor
+
     torch.manual_seed(0)
     model = small_model(num_classes=3, prior_prob=0.3).eval()
     postprocess = RetinaNetPostProcessor(BoxCoder(), score_thresh=0.05, nms_thresh=1.0)

@@ -11,13 +11,13 @@ from detector.engine.optimizer import build_optimizer, parameter_groups
 class Small(nn.Module):
     def __init__(self):
         super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3)             # weight + bias
-        self.gn = nn.GroupNorm(2, 4)               # norm weight + bias
-        self.bn = nn.BatchNorm2d(4)                # norm weight + bias
+        self.conv = nn.Conv2d(3, 4, 3)  # weight + bias
+        self.gn = nn.GroupNorm(2, 4)  # norm weight + bias
+        self.bn = nn.BatchNorm2d(4)  # norm weight + bias
         self.frozen = nn.Conv2d(4, 4, 1, bias=False)
         self.frozen.weight.requires_grad_(False)
-        self.head = nn.Conv2d(4, 2, 1)             # weight + bias (the π-prior bias in RetinaNet)
-        self.tied = self.head                      # a module seen twice keeps its parameters once
+        self.head = nn.Conv2d(4, 2, 1)  # weight + bias (the π-prior bias in RetinaNet)
+        self.tied = self.head  # a module seen twice keeps its parameters once
 
 
 def by_name(groups):
@@ -26,8 +26,11 @@ def by_name(groups):
 
 def test_three_groups_with_their_decay_and_learning_rate():
     model = Small()
-    groups = by_name(parameter_groups(model, lr=0.01, weight_decay=1e-4, norm_weight_decay=0.0,
-                                      bias_weight_decay=0.0, bias_lr_factor=2.0))
+    groups = by_name(
+        parameter_groups(
+            model, lr=0.01, weight_decay=1e-4, norm_weight_decay=0.0, bias_weight_decay=0.0, bias_lr_factor=2.0
+        )
+    )
     ids = {name: {id(p) for p in g["params"]} for name, g in groups.items()}
     assert ids["weight"] == {id(model.conv.weight), id(model.head.weight)}
     assert ids["norm"] == {id(model.gn.weight), id(model.gn.bias), id(model.bn.weight), id(model.bn.bias)}
@@ -41,7 +44,9 @@ def test_null_decays_follow_weight_decay():
     assert {g["weight_decay"] for g in groups} == {0.05} and {g["lr"] for g in groups} == {0.1}
 
 
-@pytest.mark.parametrize("option,decay,bias_lr", [("sgd", 1e-4, 0.02), ("adamw", 0.05, 1e-4), ("adamw_scratch", 0.05, 2e-3)])
+@pytest.mark.parametrize(
+    "option,decay,bias_lr", [("sgd", 1e-4, 0.02), ("adamw", 0.05, 1e-4), ("adamw_scratch", 0.05, 2e-3)]
+)
 def test_each_recipe_leaves_norm_and_bias_undecayed(compose_cfg, option, decay, bias_lr):
     """Detectron (optim=sgd): no decay on biases, twice their LR, none on GroupNorm; the AdamW
     recipes: no decay on biases and norms (timm). The RetinaNet's prior bias is in the bias group."""
@@ -59,15 +64,26 @@ def test_adamw_decays_weights_only():
     norms and biases stay."""
     model = Small()
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    optimizer = build_optimizer(OmegaConf.create(
-        {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 0.1, "weight_decay": 0.5,
-         "norm_weight_decay": 0.0, "bias_weight_decay": 0.0}), model)
+    optimizer = build_optimizer(
+        OmegaConf.create(
+            {
+                "_target_": "torch.optim.AdamW",
+                "_partial_": True,
+                "lr": 0.1,
+                "weight_decay": 0.5,
+                "norm_weight_decay": 0.0,
+                "bias_weight_decay": 0.0,
+            }
+        ),
+        model,
+    )
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     optimizer.step()
     for name, p in model.named_parameters():
-        expected = before[name] * (0.95 if name.endswith("weight") and not name.startswith(("gn", "bn", "frozen"))
-                                   else 1.0)
+        expected = before[name] * (
+            0.95 if name.endswith("weight") and not name.startswith(("gn", "bn", "frozen")) else 1.0
+        )
         torch.testing.assert_close(p.detach(), expected, rtol=1e-6, atol=0, msg=name)
 
 

@@ -5,14 +5,19 @@ from detector.ops import BoxCoder
 from detector.postprocess import RetinaNetPostProcessor
 
 # level 0: three anchors, two overlapping heavily; level 1: one big anchor
-ANCHORS = torch.tensor([[10, 10, 50, 50], [12, 12, 52, 52], [100, 100, 140, 140], [0, 0, 200, 100]],
-                       dtype=torch.float32)
+ANCHORS = torch.tensor(
+    [[10, 10, 50, 50], [12, 12, 52, 52], [100, 100, 140, 140], [0, 0, 200, 100]], dtype=torch.float32
+)
 K = 4
 
 
 def predictions(batch=1):
-    return {"cls_logits": torch.full((batch, 4, K), -10.0), "box_deltas": torch.zeros(batch, 4, 4),
-            "anchors": ANCHORS, "num_anchors_per_level": [3, 1]}
+    return {
+        "cls_logits": torch.full((batch, 4, K), -10.0),
+        "box_deltas": torch.zeros(batch, 4, 4),
+        "anchors": ANCHORS,
+        "num_anchors_per_level": [3, 1],
+    }
 
 
 def test_known_boxes_scores_labels_and_nms():
@@ -62,8 +67,12 @@ def test_many_overlapping_candidates_cut_to_max_detections():
     g = torch.Generator().manual_seed(0)
     anchors = torch.rand(500, 2, generator=g) * 400
     anchors = torch.cat([anchors, anchors + 30], dim=1)
-    pred = {"cls_logits": torch.randn(1, 500, 2, generator=g) + 1, "box_deltas": torch.zeros(1, 500, 4),
-            "anchors": anchors, "num_anchors_per_level": [500]}
+    pred = {
+        "cls_logits": torch.randn(1, 500, 2, generator=g) + 1,
+        "box_deltas": torch.zeros(1, 500, 4),
+        "anchors": anchors,
+        "num_anchors_per_level": [500],
+    }
     det = RetinaNetPostProcessor(BoxCoder(), max_detections=100)(pred, [(500, 500)])[0]
     assert len(det["boxes"]) == 100
     assert (det["scores"][:-1] >= det["scores"][1:]).all()

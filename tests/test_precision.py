@@ -98,9 +98,19 @@ def test_trainer_runs_and_records_the_resolved_precision(monkeypatch, compose_cf
     train_set, _ = build_datasets(cfg.data)
     model, criterion, _ = build(cfg, train_set.num_classes)
     optimizer = build_optimizer(cfg.optim, model)
-    trainer = Trainer(model, criterion, optimizer, lambda_scheduler(optimizer, lambda it: 1.0),
-                      lambda start: infinite_train_batches(train_set, 2, 0, 0, start), validator=None,
-                      output_dir=tmp_path, max_iters=1, batch_size=2, device=CPU, amp="auto")
+    trainer = Trainer(
+        model,
+        criterion,
+        optimizer,
+        lambda_scheduler(optimizer, lambda it: 1.0),
+        lambda start: infinite_train_batches(train_set, 2, 0, 0, start),
+        validator=None,
+        output_dir=tmp_path,
+        max_iters=1,
+        batch_size=2,
+        device=CPU,
+        amp="auto",
+    )
     seen = {}
     model.head.register_forward_hook(lambda module, args, output: seen.update(head=output[0].dtype))
     trainer.train()
@@ -134,7 +144,9 @@ def test_benchmark_does_not_time_a_bf16_without_a_fast_path(monkeypatch):
     monkeypatch.setattr(benchmark, "bf16_fast_path", lambda device: (False, "CPU AVX2: 700 ms in bf16 against 50"))
     probe_gives(monkeypatch, 0.07)
     args = argparse.Namespace(device="cpu", precision=["fp32", "bf16"])
-    assert benchmark.untimed_precisions(args) == [{"precision": "bf16", "reason": "CPU AVX2: 700 ms in bf16 against 50"}]
+    assert benchmark.untimed_precisions(args) == [
+        {"precision": "bf16", "reason": "CPU AVX2: 700 ms in bf16 against 50"}
+    ]
     assert args.precision == ["fp32"]
     args = argparse.Namespace(device="cpu", precision=["auto", "fp32"])  # auto is fp32 here: timed once
     assert benchmark.untimed_precisions(args) == [] and args.precision == ["fp32"]

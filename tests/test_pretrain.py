@@ -25,8 +25,9 @@ def test_crops_follow_from_seed_and_index():
 
 def test_pretraining_writes_a_backbone_that_the_detector_loads_and_caches_it(tmp_path, monkeypatch):
     out = tmp_path / "resnet18-glyphs.pth"
-    settings = dict(depth=18, steps=3, batch_size=8, crop_size=32, warmup_steps=1, eval_crops=16, num_workers=0,
-                    progress=False)
+    settings = dict(
+        depth=18, steps=3, batch_size=8, crop_size=32, warmup_steps=1, eval_crops=16, num_workers=0, progress=False
+    )
     record = pretrain_backbone(out, **settings)
     assert out.is_file() and json.loads(out.with_suffix(".json").read_text()) == record
     assert record["settings"]["steps"] == 3 and 0.0 <= record["accuracy"] <= 1.0 and record["train_seconds"] > 0
@@ -44,8 +45,16 @@ def test_pretraining_writes_a_backbone_that_the_detector_loads_and_caches_it(tmp
 @pytest.mark.slow
 def test_pretrained_backbone_beats_a_random_init_on_held_out_crops(tmp_path):
     """A quarter of the default schedule (the loss leaves chance after about 200 steps of 128 crops)."""
-    record = pretrain_backbone(tmp_path / "r18.pth", steps=350, batch_size=64, crop_size=48, warmup_steps=25,
-                               eval_crops=512, num_workers=1, progress=False)
+    record = pretrain_backbone(
+        tmp_path / "r18.pth",
+        steps=350,
+        batch_size=64,
+        crop_size=48,
+        warmup_steps=25,
+        eval_crops=512,
+        num_workers=1,
+        progress=False,
+    )
     torch.manual_seed(1)
     random_accuracy, random_loss = evaluate_crops(torchvision.models.resnet18(num_classes=80), 48, 1, 512, 64)
     assert record["accuracy"] > 2 * max(random_accuracy, 1 / 80) and record["held_out_loss"] < random_loss - 0.05
@@ -54,8 +63,24 @@ def test_pretrained_backbone_beats_a_random_init_on_held_out_crops(tmp_path):
 def test_the_command_names_its_output_and_accuracy(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DETECTOR_CACHE", str(tmp_path))
     main = run_path(str(ROOT / "scripts" / "pretrain_backbone.py"))["main"]
-    record = main(["--steps", "2", "--batch-size", "4", "--crop-size", "32", "--warmup-steps", "1", "--eval-crops", "8",
-                   "--workers", "0", "--amp", "off"])
+    record = main(
+        [
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--crop-size",
+            "32",
+            "--warmup-steps",
+            "1",
+            "--eval-crops",
+            "8",
+            "--workers",
+            "0",
+            "--amp",
+            "off",
+        ]
+    )
     out = tmp_path / "pretrained" / "resnet18-glyphs.pth"
     assert out.is_file() and record["settings"]["crop_size"] == 32
     assert f"{out}: held-out accuracy" in capsys.readouterr().out

@@ -42,11 +42,14 @@ def test_aspect_ratio_groups_never_mix_and_keep_every_image():
     assert counts.min() >= 8
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"size": 3, "batch_size": 4}, "fewer than data.batch_size=4"),
-    ({"size": 10, "batch_size": 5, "world_size": 2}, "must be a positive multiple of the number of processes (2)"),
-    ({"size": 10, "batch_size": 2, "group_ids": [0, 1]}, "group_ids has 2 entries for 10 images"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"size": 3, "batch_size": 4}, "fewer than data.batch_size=4"),
+        ({"size": 10, "batch_size": 5, "world_size": 2}, "must be a positive multiple of the number of processes (2)"),
+        ({"size": 10, "batch_size": 2, "group_ids": [0, 1]}, "group_ids has 2 entries for 10 images"),
+    ],
+)
 def test_bad_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         TrainingBatchSampler(seed=0, **kwargs)

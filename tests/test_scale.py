@@ -25,8 +25,11 @@ def max_difference(a, b):
 
 
 def loss_lines(run_dir):
-    return [line.split(" - ", 1)[1].split("  lr ")[0] for line in (run_dir / "train.log").read_text().splitlines()
-            if "] - iter " in line]
+    return [
+        line.split(" - ", 1)[1].split("  lr ")[0]
+        for line in (run_dir / "train.log").read_text().splitlines()
+        if "] - iter " in line
+    ]
 
 
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path, cache_dir, compose_cfg):
@@ -35,15 +38,37 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     # (a conv bias before GroupNorm) into a full-size step, in any implementation.
     # A low LR (all 4 steps inside the warmup): GroupNorm over the smoke model's 1×1 P7 maps has no variance to
     # divide by and multiplies float noise; at the full LR the two runs part by 1e-4 after 4 steps.
-    common = ["debug=smoke", "model.backbone.norm=gn", "optim=sgd", "data.batch_size=4", "trainer.max_iters=4",
-              "schedule.warmup_iters=8", "trainer.diagnostics_period=2", f"data.cache_dir={cache_dir}"]
+    common = [
+        "debug=smoke",
+        "model.backbone.norm=gn",
+        "optim=sgd",
+        "data.batch_size=4",
+        "trainer.max_iters=4",
+        "schedule.warmup_iters=8",
+        "trainer.diagnostics_period=2",
+        f"data.cache_dir={cache_dir}",
+    ]
     one, two = tmp_path / "one", tmp_path / "two"
     result = run_script("train.py", *common, f"hydra.run.dir={one}")
     assert result.returncode == 0, result.stderr[-3000:]
     env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONWARNINGS": "ignore"}
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             "train.py", *common, f"hydra.run.dir={two}"], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "train.py",
+            *common,
+            f"hydra.run.dir={two}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
     assert max_difference(weights(one), weights(two)) < 1e-5
@@ -56,18 +81,29 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     assert len(writers) == 1  # one process wrote the events (its training log and its HParams record)
     assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     scored_one, scored_two = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
-    assert {k: scored_two[k] for k in ("AP", "AP50", "iteration")} == {k: scored_one[k] for k in ("AP", "AP50", "iteration")}
+    assert {k: scored_two[k] for k in ("AP", "AP50", "iteration")} == {
+        k: scored_one[k] for k in ("AP", "AP50", "iteration")
+    }
 
 
 def test_sigkill_then_resume_auto_ends_bit_identical_to_an_uninterrupted_run(tmp_path, cache_dir):
-    common = ["debug=smoke", "trainer.max_iters=12", "trainer.checkpoint_period=2", "trainer.eval_period=6",
-              f"data.cache_dir={cache_dir}"]
+    common = [
+        "debug=smoke",
+        "trainer.max_iters=12",
+        "trainer.checkpoint_period=2",
+        "trainer.eval_period=6",
+        f"data.cache_dir={cache_dir}",
+    ]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     result = run_script("train.py", *common, f"hydra.run.dir={straight}")
     assert result.returncode == 0, result.stderr[-3000:]
 
-    process = subprocess.Popen([sys.executable, "train.py", *common, f"hydra.run.dir={killed}"], cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "train.py", *common, f"hydra.run.dir={killed}"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     checkpoint, reached = killed / "checkpoints" / "last.pt", 0
     deadline = time.monotonic() + 300
     while reached < 4 and process.poll() is None and time.monotonic() < deadline:
@@ -96,9 +132,18 @@ def test_submitit_local_sweep_of_two_jobs_each_with_two_ddp_tasks(tmp_path, cach
     """The local executor of the launcher that drives SLURM: ranks come from submitit's environment.
     Slow tier (48 s on 2 cores); the fast tier keeps DDP under torchrun (gloo) and the parallel launcher."""
     sweep = tmp_path / "sweep"
-    result = run_script("train.py", "-m", "debug=smoke", "loss=focal,ce", "model.backbone.norm=gn", "data.batch_size=4",
-                        "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2", f"hydra.sweep.dir={sweep}",
-                        f"data.cache_dir={cache_dir}")
+    result = run_script(
+        "train.py",
+        "-m",
+        "debug=smoke",
+        "loss=focal,ce",
+        "model.backbone.norm=gn",
+        "data.batch_size=4",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.tasks_per_node=2",
+        f"hydra.sweep.dir={sweep}",
+        f"data.cache_dir={cache_dir}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     for job in ("0", "1"):
         assert json.loads((sweep / job / "metrics.json").read_text())["iteration"] == 4
@@ -106,8 +151,21 @@ def test_submitit_local_sweep_of_two_jobs_each_with_two_ddp_tasks(tmp_path, cach
 
 
 def test_cluster_launcher_preset_composes():
-    slurm = subprocess.run([sys.executable, "train.py", "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
-                            "--cfg", "hydra", "--resolve"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    slurm = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "hydra/launcher=slurm",
+            "hydra.launcher.partition=gpu",
+            "--cfg",
+            "hydra",
+            "--resolve",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert slurm.returncode == 0, slurm.stderr
     launcher = yaml.safe_load(slurm.stdout)["hydra"]["launcher"]
     assert launcher["_target_"].endswith("SlurmLauncher") and launcher["partition"] == "gpu"
@@ -117,8 +175,16 @@ def test_cluster_launcher_preset_composes():
 def test_parallel_launcher_runs_two_jobs_with_data_loader_workers(tmp_path, cache_dir):
     """joblib's loky processes default to a start method that cannot start DataLoader workers."""
     sweep = tmp_path / "sweep"
-    result = run_script("train.py", "-m", "debug=smoke", "loss=focal,ce", "data.num_workers=1", "hydra/launcher=parallel",
-                        f"hydra.sweep.dir={sweep}", f"data.cache_dir={cache_dir}")
+    result = run_script(
+        "train.py",
+        "-m",
+        "debug=smoke",
+        "loss=focal,ce",
+        "data.num_workers=1",
+        "hydra/launcher=parallel",
+        f"hydra.sweep.dir={sweep}",
+        f"data.cache_dir={cache_dir}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
     for job in ("0", "1"):
@@ -134,5 +200,17 @@ def test_sync_bn_on_cpu_under_ddp_is_refused_with_the_alternative(compose_cfg, c
     model, criterion, _ = build(cfg, 6)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     with pytest.raises(ValueError, match=r"trainer.sync_bn=true needs CUDA .*\(model.backbone.norm=gn\)"):
-        Trainer(model, criterion, optimizer, None, lambda start: iter(()), None, tmp_path, max_iters=1, batch_size=2,
-                device=torch.device("cpu"), distributed=Distributed(rank=0, world_size=2), sync_bn=True)
+        Trainer(
+            model,
+            criterion,
+            optimizer,
+            None,
+            lambda start: iter(()),
+            None,
+            tmp_path,
+            max_iters=1,
+            batch_size=2,
+            device=torch.device("cpu"),
+            distributed=Distributed(rank=0, world_size=2),
+            sync_bn=True,
+        )

@@ -68,16 +68,34 @@ def smoke_trainer(compose_cfg, cache_dir, output_dir, max_iters, schedule=None, 
     model, criterion, _ = build(cfg, train_set.num_classes)
     optimizer = build_optimizer(cfg.optim, model)
     schedule = schedule or WarmupCosine(max_iters=max_iters, warmup_iters=4)
-    return Trainer(model, criterion, optimizer, lambda_scheduler(optimizer, schedule),
-                   lambda start: infinite_train_batches(train_set, 2, 0, 0, start), validator=None,
-                   output_dir=output_dir, max_iters=max_iters, batch_size=2, device=torch.device("cpu"),
-                   checkpoint_period=4, **budget)
+    return Trainer(
+        model,
+        criterion,
+        optimizer,
+        lambda_scheduler(optimizer, schedule),
+        lambda start: infinite_train_batches(train_set, 2, 0, 0, start),
+        validator=None,
+        output_dir=output_dir,
+        max_iters=max_iters,
+        batch_size=2,
+        device=torch.device("cpu"),
+        checkpoint_period=4,
+        **budget,
+    )
 
 
-def test_time_budget_ends_the_schedule_on_time_and_a_rerun_with_its_count_is_identical(compose_cfg, cache_dir,
-                                                                                         tmp_path):
-    budgeted = smoke_trainer(compose_cfg, cache_dir, tmp_path / "budget", max_iters=50, time_budget=3.0,
-                             budget_probe_iters=3, clock=FakeClock(0.5))
+def test_time_budget_ends_the_schedule_on_time_and_a_rerun_with_its_count_is_identical(
+    compose_cfg, cache_dir, tmp_path
+):
+    budgeted = smoke_trainer(
+        compose_cfg,
+        cache_dir,
+        tmp_path / "budget",
+        max_iters=50,
+        time_budget=3.0,
+        budget_probe_iters=3,
+        clock=FakeClock(0.5),
+    )
     metrics = budgeted.train()
     assert metrics["iteration"] == 6 and metrics["time_budget"] == {"seconds": 3.0, "max_iters": 6, "probe_iters": 3}
     assert budgeted.scheduler.lr_lambdas[0].max_iters == 6
@@ -86,23 +104,45 @@ def test_time_budget_ends_the_schedule_on_time_and_a_rerun_with_its_count_is_ide
 
     rerun = smoke_trainer(compose_cfg, cache_dir, tmp_path / "rerun", max_iters=6)
     assert rerun.train()["iteration"] == 6 and "time_budget" not in json.loads(
-        (tmp_path / "rerun" / "metrics.json").read_text())
+        (tmp_path / "rerun" / "metrics.json").read_text()
+    )
     for name, value in budgeted.module.state_dict().items():
         torch.testing.assert_close(rerun.module.state_dict()[name], value, rtol=0, atol=0, msg=name)
 
 
 def test_time_budget_is_capped_by_max_iters_and_kept_on_resume(compose_cfg, cache_dir, tmp_path):
-    capped = smoke_trainer(compose_cfg, cache_dir, tmp_path / "capped", max_iters=4, time_budget=1e6,
-                           budget_probe_iters=3, clock=FakeClock(0.5))
+    capped = smoke_trainer(
+        compose_cfg,
+        cache_dir,
+        tmp_path / "capped",
+        max_iters=4,
+        time_budget=1e6,
+        budget_probe_iters=3,
+        clock=FakeClock(0.5),
+    )
     assert capped.train()["iteration"] == 4
 
-    first = smoke_trainer(compose_cfg, cache_dir, tmp_path / "first", max_iters=50, time_budget=2.5,
-                          budget_probe_iters=3, clock=FakeClock(0.5))
+    first = smoke_trainer(
+        compose_cfg,
+        cache_dir,
+        tmp_path / "first",
+        max_iters=50,
+        time_budget=2.5,
+        budget_probe_iters=3,
+        clock=FakeClock(0.5),
+    )
     first.train()  # 5 iterations
     state = torch.load(tmp_path / "first" / "checkpoints" / "last.pt", weights_only=True)
     assert state["max_iters"] == 5 and state["budget_fixed"]
-    resumed = smoke_trainer(compose_cfg, cache_dir, tmp_path / "first", max_iters=50, time_budget=2.5,
-                            budget_probe_iters=3, clock=FakeClock(5.0))  # a slower machine would fit one step
+    resumed = smoke_trainer(
+        compose_cfg,
+        cache_dir,
+        tmp_path / "first",
+        max_iters=50,
+        time_budget=2.5,
+        budget_probe_iters=3,
+        clock=FakeClock(5.0),
+    )  # a slower machine would fit one step
     resumed.resume(tmp_path / "first" / "checkpoints" / "last.pt")
     assert resumed.max_iters == 5 and resumed.scheduler.lr_lambdas[0].max_iters == 5
 
@@ -110,22 +150,44 @@ def test_time_budget_is_capped_by_max_iters_and_kept_on_resume(compose_cfg, cach
 def test_the_probe_times_its_last_three_quarters_and_keeps_milestones_out_of_it(compose_cfg, cache_dir, tmp_path):
     # steps 1-2 take 10 s (warm-up), the rest 0.5 s; the probe (8 iterations) times iterations 3-8:
     # 23 s spent, (26 - 23) / 0.5 = 6 more, N = 14. Timing all 8 (2.875 s/it) would give N = 9.
-    warm = smoke_trainer(compose_cfg, cache_dir, tmp_path / "warm", max_iters=1000, time_budget=26.0,
-                         budget_probe_iters=8, clock=WarmingClock(0.5, first=10.0, slow=2),
-                         schedule=WarmupCosine(max_iters=1000, warmup_iters=8))
+    warm = smoke_trainer(
+        compose_cfg,
+        cache_dir,
+        tmp_path / "warm",
+        max_iters=1000,
+        time_budget=26.0,
+        budget_probe_iters=8,
+        clock=WarmingClock(0.5, first=10.0, slow=2),
+        schedule=WarmupCosine(max_iters=1000, warmup_iters=8),
+    )
     assert warm.train()["iteration"] == 14 and warm.scheduler.lr_lambdas[0].max_iters == 14
 
     steps = WarmupMultiStep(max_iters=1000, milestones=(0.5, 0.9), warmup_iters=8)
-    stepped = smoke_trainer(compose_cfg, cache_dir, tmp_path / "steps", max_iters=1000, schedule=steps,
-                            time_budget=12.0, budget_probe_iters=8, clock=FakeClock(1.0))
+    stepped = smoke_trainer(
+        compose_cfg,
+        cache_dir,
+        tmp_path / "steps",
+        max_iters=1000,
+        schedule=steps,
+        time_budget=12.0,
+        budget_probe_iters=8,
+        clock=FakeClock(1.0),
+    )
     stepped.iteration, stepped.train_seconds = 8, 8.0  # as after the probe
     stepped._fit_to_budget()  # N = 12 would move the first drop to iteration 6, which ran at the full LR
     assert stepped.max_iters == 18 and steps.steps[0] == 9  # 13-17 round the drop to 6, 7 or 8
 
 
 def test_a_resume_follows_this_run_s_horizon_not_the_checkpoint_s(compose_cfg, cache_dir, tmp_path):
-    budgeted = smoke_trainer(compose_cfg, cache_dir, tmp_path / "run", max_iters=50, time_budget=2.5,
-                             budget_probe_iters=3, clock=FakeClock(0.5))
+    budgeted = smoke_trainer(
+        compose_cfg,
+        cache_dir,
+        tmp_path / "run",
+        max_iters=50,
+        time_budget=2.5,
+        budget_probe_iters=3,
+        clock=FakeClock(0.5),
+    )
     budgeted.train()  # 5 iterations, the cosine at 0 from iteration 5 on
     longer = smoke_trainer(compose_cfg, cache_dir, tmp_path / "run", max_iters=9)  # time_budget=null, 9 iterations
     longer.resume(tmp_path / "run" / "checkpoints" / "last.pt")

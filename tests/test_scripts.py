@@ -10,8 +10,13 @@ from tests.conftest import ROOT
 
 
 def test_plot_losses_writes_the_three_figures(tmp_path):
-    result = subprocess.run([sys.executable, "scripts/plot_losses.py", "--out", str(tmp_path)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "scripts/plot_losses.py", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     for name in ("focal_loss_vs_pt.png", "focal_star.png", "ghm_gradient_norm.png"):
         with Image.open(tmp_path / name) as image:
@@ -20,13 +25,32 @@ def test_plot_losses_writes_the_three_figures(tmp_path):
 
 def test_loss_benchmark_reports_every_loss_and_ghm_agreement(tmp_path):
     out = tmp_path / "bench.json"
-    result = subprocess.run([sys.executable, "scripts/benchmark_losses.py", "--anchors", "2000", "--classes", "8",
-                             "--boxes", "64", "--repeats", "2", "--json", str(out)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "scripts/benchmark_losses.py",
+            "--anchors",
+            "2000",
+            "--classes",
+            "8",
+            "--boxes",
+            "64",
+            "--repeats",
+            "2",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     names = {p.stem for group in ("loss", "box_loss") for p in (ROOT / "configs" / group).glob("*.yaml")}
-    timed = {k.split("=", 1)[1] for k in report["milliseconds"] if k.startswith(("loss=", "box_loss=")) and " " not in k}
+    timed = {
+        k.split("=", 1)[1] for k in report["milliseconds"] if k.startswith(("loss=", "box_loss=")) and " " not in k
+    }
     assert timed == names
     assert report["ghm_c_same_value"] is True
     assert report["focal_blocks_speedup"] > 0 and "focal, one block" in report["milliseconds"]
@@ -34,8 +58,13 @@ def test_loss_benchmark_reports_every_loss_and_ghm_agreement(tmp_path):
 
 def test_evaluation_benchmark_times_both_backends_with_identical_stats(tmp_path):
     out = tmp_path / "evaluation.json"
-    result = subprocess.run([sys.executable, "scripts/benchmark_evaluation.py", "--images", "40", "--repeats", "1",
-                             "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "scripts/benchmark_evaluation.py", "--images", "40", "--repeats", "1", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     assert report["identical_stats"] is True and set(report["seconds"]) == {"pycocotools", "faster_coco_eval"}
@@ -45,9 +74,25 @@ def test_evaluation_benchmark_times_both_backends_with_identical_stats(tmp_path)
 
 def test_loader_benchmark_reports_loader_and_training_throughput(tmp_path, cache_dir):
     out = tmp_path / "loader.json"
-    result = subprocess.run([sys.executable, "scripts/benchmark_loader.py", "debug=smoke", "data.num_workers=1",
-                             f"data.cache_dir={cache_dir}", "--batches", "3", "--steps", "2", "--json", str(out)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "scripts/benchmark_loader.py",
+            "debug=smoke",
+            "data.num_workers=1",
+            f"data.cache_dir={cache_dir}",
+            "--batches",
+            "3",
+            "--steps",
+            "2",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     assert report["num_workers"] == 1 and report["batch_size"] == 2
@@ -57,19 +102,45 @@ def test_loader_benchmark_reports_loader_and_training_throughput(tmp_path, cache
 
 def test_matcher_benchmark_times_blocks_against_one_call(tmp_path):
     out = tmp_path / "matcher.json"
-    result = subprocess.run([sys.executable, "scripts/benchmark_matcher.py", "--size", "256x256", "--boxes", "5",
-                             "--repeats", "1", "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "scripts/benchmark_matcher.py",
+            "--size",
+            "256x256",
+            "--boxes",
+            "5",
+            "--repeats",
+            "1",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     assert report["anchors"] == 9 * sum((256 // s) ** 2 for s in (8, 16, 32, 64, 128))
-    assert {"iou, one call", "IoUMatcher (default blocks)", "ATSSMatcher", "criterion, QFL, onehot targets",
-            "criterion, QFL, iou targets"} <= set(report["milliseconds"])
+    assert {
+        "iou, one call",
+        "IoUMatcher (default blocks)",
+        "ATSSMatcher",
+        "criterion, QFL, onehot targets",
+        "criterion, QFL, iou targets",
+    } <= set(report["milliseconds"])
     assert all(ms > 0 for ms in report["milliseconds"].values())
 
 
 def test_gpu_check_says_so_without_a_gpu(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU is here: scripts/gpu_check.sh runs the real check")
-    result = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), str(tmp_path / "out")], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh"), str(tmp_path / "out")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and "no CUDA GPU visible" in result.stderr

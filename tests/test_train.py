@@ -21,8 +21,22 @@ def test_smoke_training_writes_metrics_checkpoints_and_events_then_evaluates(tmp
     result = run_script("train.py", "debug=smoke", f"data.cache_dir={cache_dir}", f"hydra.run.dir={run}")
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class", "iteration", "precision", "machine",
-                            "skipped_steps", "replaced_images", "train_seconds", "images_per_second"}
+    assert set(metrics) == {
+        "AP",
+        "AP50",
+        "AP75",
+        "APs",
+        "APm",
+        "APl",
+        "per_class",
+        "iteration",
+        "precision",
+        "machine",
+        "skipped_steps",
+        "replaced_images",
+        "train_seconds",
+        "images_per_second",
+    }
     assert [row["class"] for row in metrics["per_class"]] == ["circle", "square", "triangle", "star", "cross", "ring"]
     assert sum(row["gt_boxes"] for row in metrics["per_class"]) > 8
     assert "per-class AP" in (run / "train.log").read_text()
@@ -35,7 +49,8 @@ def test_smoke_training_writes_metrics_checkpoints_and_events_then_evaluates(tmp
     assert {f"eval/detections_{i}" for i in range(4)} <= set(events.Tags()["images"])  # predicted and true boxes
     assert events.Images("eval/detections_0")[-1].width == 128
     session = plugin_data_pb2.HParamsPluginData.FromString(
-        events.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info.hparams
+        events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    ).session_start_info.hparams
     assert session["loss"].string_value == "FocalLoss" and session["loss.gamma"].number_value == 2.0
     assert session["overrides"].string_value == "debug=smoke" and session["model.backbone.depth"].number_value == 18
     assert events.Scalars("hparam/AP")[-1].value == pytest.approx(metrics["AP"])  # the final metrics beside them
@@ -45,8 +60,13 @@ def test_smoke_training_writes_metrics_checkpoints_and_events_then_evaluates(tmp
     assert state["iteration"] == 4 and state["config"]["loss"]["gamma"] == 2.0 and len(state["config"]["classes"]) == 6
 
     evaluation = tmp_path / "eval"
-    result = run_script("evaluate.py", f"checkpoint={run / 'checkpoints' / 'last.pt'}", f"hydra.run.dir={evaluation}",
-                        "postprocess.score_thresh=0.01", "per_class=true")
+    result = run_script(
+        "evaluate.py",
+        f"checkpoint={run / 'checkpoints' / 'last.pt'}",
+        f"hydra.run.dir={evaluation}",
+        "postprocess.score_thresh=0.01",
+        "per_class=true",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "class" in result.stdout and "triangle" in result.stdout  # the per-class table, printed
     scored = json.loads((evaluation / "metrics.json").read_text())
@@ -60,8 +80,13 @@ def test_smoke_training_writes_metrics_checkpoints_and_events_then_evaluates(tmp
     # a group option and a key inside it replace the saved data config: here, a COCO root that is not there;
     # evaluation looks only for the validation split
     missing = tmp_path / "no-coco"
-    result = run_script("evaluate.py", f"checkpoint={run / 'checkpoints' / 'last.pt'}", "data=coco",
-                        f"data.root={missing}", f"hydra.run.dir={tmp_path / 'eval2'}")
+    result = run_script(
+        "evaluate.py",
+        f"checkpoint={run / 'checkpoints' / 'last.pt'}",
+        "data=coco",
+        f"data.root={missing}",
+        f"hydra.run.dir={tmp_path / 'eval2'}",
+    )
     assert result.returncode != 0 and f"{missing}/annotations/instances_val2017.json" in result.stderr
     assert "train2017" not in result.stderr.split("Lay out")[0]
 
@@ -72,9 +97,18 @@ def test_training_lowers_the_loss(compose_cfg, cache_dir, tmp_path):
     train_set, _ = build_datasets(cfg.data)
     model, criterion, _ = build(cfg, train_set.num_classes)
     optimizer = build_optimizer(cfg.optim, model)
-    trainer = Trainer(model, criterion, optimizer, lambda_scheduler(optimizer, lambda it: 1.0),
-                      lambda start: infinite_train_batches(train_set, 2, 0, 0, start), validator=None, output_dir=tmp_path,
-                      max_iters=40, batch_size=2, device=torch.device("cpu"))
+    trainer = Trainer(
+        model,
+        criterion,
+        optimizer,
+        lambda_scheduler(optimizer, lambda it: 1.0),
+        lambda start: infinite_train_batches(train_set, 2, 0, 0, start),
+        validator=None,
+        output_dir=tmp_path,
+        max_iters=40,
+        batch_size=2,
+        device=torch.device("cpu"),
+    )
     model.train()
     losses = [trainer.step()["loss"] for _ in range(40)]
     first, last = sum(losses[:8]) / 8, sum(losses[-8:]) / 8
@@ -90,8 +124,18 @@ def test_gradient_diagnostics_do_not_change_the_step(compose_cfg, cache_dir, tmp
         torch.manual_seed(0)
         model, criterion, _ = build(cfg, train_set.num_classes)
         optimizer = build_optimizer(cfg.optim, model)
-        trainer = Trainer(model, criterion, optimizer, lambda_scheduler(optimizer, lambda it: 1.0), lambda start: iter([batch]),
-                          validator=None, output_dir=tmp_path, max_iters=1, batch_size=2, device=torch.device("cpu"))
+        trainer = Trainer(
+            model,
+            criterion,
+            optimizer,
+            lambda_scheduler(optimizer, lambda it: 1.0),
+            lambda start: iter([batch]),
+            validator=None,
+            output_dir=tmp_path,
+            max_iters=1,
+            batch_size=2,
+            device=torch.device("cpu"),
+        )
         model.train()
         losses = trainer.step(diagnose)
         results.append((losses, model.state_dict()))
@@ -111,9 +155,19 @@ def test_bf16_autocast_on_cpu_trains_with_float32_losses(compose_cfg, cache_dir,
     model, criterion, _ = build(cfg, train_set.num_classes)
     optimizer = build_optimizer(cfg.optim, model)
     batch = next(infinite_train_batches(train_set, 2, 0, 0, 0))
-    trainer = Trainer(model, criterion, optimizer, lambda_scheduler(optimizer, lambda it: 1.0),
-                      lambda start: itertools.repeat(batch), validator=None,
-                      output_dir=tmp_path, max_iters=8, batch_size=2, device=torch.device("cpu"), amp="bf16")
+    trainer = Trainer(
+        model,
+        criterion,
+        optimizer,
+        lambda_scheduler(optimizer, lambda it: 1.0),
+        lambda start: itertools.repeat(batch),
+        validator=None,
+        output_dir=tmp_path,
+        max_iters=8,
+        batch_size=2,
+        device=torch.device("cpu"),
+        amp="bf16",
+    )
     seen = {}
     model.head.register_forward_hook(lambda module, args, output: seen.update(head=output[0].dtype))  # returns None
     criterion.register_forward_hook(lambda module, args, output: seen.update(loss=output["loss_cls"].dtype))
@@ -142,8 +196,20 @@ def test_a_run_resumed_at_its_end_keeps_its_metrics_without_training_or_evaluati
     def trainer_for(validator, batches):
         model, criterion, _ = build(cfg, train_set.num_classes)
         optimizer = build_optimizer(cfg.optim, model)
-        return Trainer(model, criterion, optimizer, lambda_scheduler(optimizer, lambda it: 1.0), batches, validator,
-                       tmp_path, max_iters=2, batch_size=2, device=torch.device("cpu"), eval_period=0, log_period=1)
+        return Trainer(
+            model,
+            criterion,
+            optimizer,
+            lambda_scheduler(optimizer, lambda it: 1.0),
+            batches,
+            validator,
+            tmp_path,
+            max_iters=2,
+            batch_size=2,
+            device=torch.device("cpu"),
+            eval_period=0,
+            log_period=1,
+        )
 
     validator = CountingValidator()
     first = trainer_for(validator, lambda start: infinite_train_batches(train_set, 2, 0, 0, start)).train()

@@ -19,10 +19,12 @@ from detector.data.validation import DatasetError, validate
 
 log = logging.getLogger(__name__)
 
-COCO_LAYOUT_HELP = ("Lay out COCO 2017 as ROOT/annotations/instances_{train,val}2017.json and "
-                    "ROOT/{train,val}2017/*.jpg and pass data=coco data.root=ROOT (or set COCO_ROOT); for another "
-                    "COCO-format dataset pass data=coco_custom data.train_ann=… data.train_dir=… "
-                    "data.val_ann=… data.val_dir=…")
+COCO_LAYOUT_HELP = (
+    "Lay out COCO 2017 as ROOT/annotations/instances_{train,val}2017.json and "
+    "ROOT/{train,val}2017/*.jpg and pass data=coco data.root=ROOT (or set COCO_ROOT); for another "
+    "COCO-format dataset pass data=coco_custom data.train_ann=… data.train_dir=… "
+    "data.val_ann=… data.val_dir=…"
+)
 
 
 class CocoSplits(NamedTuple):
@@ -40,7 +42,10 @@ def coco_splits(train_ann: str, train_dir: str, val_ann: str, val_dir: str) -> C
 def check_split(splits: CocoSplits, split: str) -> tuple[str, str]:
     """(annotation file, image folder) of `split` ("train" or "val"), naming any that does not exist."""
     ann, image_dir = getattr(splits, f"{split}_ann"), getattr(splits, f"{split}_dir")
-    for key, path, exists in ((f"{split}_ann", ann, Path(ann).is_file()), (f"{split}_dir", image_dir, Path(image_dir).is_dir())):
+    for key, path, exists in (
+        (f"{split}_ann", ann, Path(ann).is_file()),
+        (f"{split}_dir", image_dir, Path(image_dir).is_dir()),
+    ):
         if not exists:
             kind = "annotation file" if key.endswith("_ann") else "image folder"
             raise FileNotFoundError(f"data.{key}: {kind} not found: {Path(path).resolve()}. {COCO_LAYOUT_HELP}")
@@ -55,11 +60,18 @@ def checked_coco(ann_file: str, image_dir: str) -> COCO:
     if report.errors:
         listed = "\n  ".join(str(p) for p in report.errors[:20])
         more = f"\n  … and {len(report.errors) - 20} more" if len(report.errors) > 20 else ""
-        raise DatasetError(f"{ann_file} cannot be used for training:\n  {listed}{more}\nFull report: "
-                           f"python scripts/validate_dataset.py {ann_file} {image_dir}")
+        raise DatasetError(
+            f"{ann_file} cannot be used for training:\n  {listed}{more}\nFull report: "
+            f"python scripts/validate_dataset.py {ann_file} {image_dir}"
+        )
     if any(p.severity in ("skip", "fix") for p in report.problems):
-        log.warning("%s: %d image(s) left out, %d annotation(s) dropped; what was done about each problem:\n%s",
-                    ann_file, len(report.skipped_images()), len(report.dropped_annotations()), report.summary())
+        log.warning(
+            "%s: %d image(s) left out, %d annotation(s) dropped; what was done about each problem:\n%s",
+            ann_file,
+            len(report.skipped_images()),
+            len(report.dropped_annotations()),
+            report.summary(),
+        )
         shown: Counter = Counter()
         for problem in report.problems:
             if problem.severity in ("skip", "fix"):
@@ -67,8 +79,12 @@ def checked_coco(ann_file: str, image_dir: str) -> COCO:
                 if shown[problem.kind] <= 10:
                     log.info("%s", problem)
                 elif shown[problem.kind] == 11:
-                    log.info("… more %s: python scripts/validate_dataset.py %s %s lists them all", problem.kind,
-                             ann_file, image_dir)
+                    log.info(
+                        "… more %s: python scripts/validate_dataset.py %s %s lists them all",
+                        problem.kind,
+                        ann_file,
+                        image_dir,
+                    )
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
@@ -103,11 +119,17 @@ class CocoDetection(Dataset):
         self.image_ids = sorted(self.coco.getImgIds())
         if filter_empty:
             kept = [i for i in self.image_ids if any(not a.get("iscrowd", 0) for a in self.coco.imgToAnns.get(i, []))]
-            log.info("%s: %d of %d images have no non-crowd box and are left out of training (data.filter_empty)",
-                     ann_file, len(self.image_ids) - len(kept), len(self.image_ids))
+            log.info(
+                "%s: %d of %d images have no non-crowd box and are left out of training (data.filter_empty)",
+                ann_file,
+                len(self.image_ids) - len(kept),
+                len(self.image_ids),
+            )
             if not kept:
-                raise ValueError(f"{ann_file}: no image has a non-crowd box, so data.filter_empty=true leaves "
-                                 "nothing to train on; annotate the images or set data.filter_empty=false")
+                raise ValueError(
+                    f"{ann_file}: no image has a non-crowd box, so data.filter_empty=true leaves "
+                    "nothing to train on; annotate the images or set data.filter_empty=false"
+                )
             self.image_ids = kept
 
     @property
@@ -159,8 +181,16 @@ class CocoDetection(Dataset):
                 failed.append(image_id)
                 continue
             if pixels.shape[:2] != (info["height"], info["width"]):
-                log.warning("image %s (%s) is %d×%d but %s says %d×%d; replaced by the next image", image_id, path,
-                            pixels.shape[1], pixels.shape[0], self.ann_file, info["width"], info["height"])
+                log.warning(
+                    "image %s (%s) is %d×%d but %s says %d×%d; replaced by the next image",
+                    image_id,
+                    path,
+                    pixels.shape[1],
+                    pixels.shape[0],
+                    self.ann_file,
+                    info["width"],
+                    info["height"],
+                )
                 failed.append(image_id)
                 continue
             return image_id, pixels, failed
@@ -173,5 +203,8 @@ class CocoDetection(Dataset):
             boxes.append([max(0.0, x), max(0.0, y), min(float(width), x + w), min(float(height), y + h)])
             labels.append(self.label_of[ann["category_id"]])
             crowd.append(bool(ann.get("iscrowd", 0)))
-        return (np.asarray(boxes, dtype=np.float32).reshape(-1, 4), np.asarray(labels, dtype=np.int64),
-                np.asarray(crowd, dtype=bool))
+        return (
+            np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+            np.asarray(labels, dtype=np.int64),
+            np.asarray(crowd, dtype=bool),
+        )

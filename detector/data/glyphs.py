@@ -36,35 +36,102 @@ from detector.data.coco import CocoSplits
 from detector.data.synthetic import background, coco_paths, finish_image, occlude, paint, write_once
 
 GLYPHS = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ") + tuple("123456789") + tuple("abefghijkmnprty")
-SHAPES = ("triangle", "square", "pentagon", "hexagon", "heptagon", "octagon", "star4", "star5", "star6", "star8",
-          "circle", "ring", "plus", "trefoil", "crescent", "arrow", "semicircle", "house", "kite", "bar",
-          "hollow_triangle", "hollow_square", "hollow_hexagon", "hollow_star", "ellipse", "trapezoid",
-          "parallelogram", "heart", "hourglass", "hollow_pentagon")
+SHAPES = (
+    "triangle",
+    "square",
+    "pentagon",
+    "hexagon",
+    "heptagon",
+    "octagon",
+    "star4",
+    "star5",
+    "star6",
+    "star8",
+    "circle",
+    "ring",
+    "plus",
+    "trefoil",
+    "crescent",
+    "arrow",
+    "semicircle",
+    "house",
+    "kite",
+    "bar",
+    "hollow_triangle",
+    "hollow_square",
+    "hollow_hexagon",
+    "hollow_star",
+    "ellipse",
+    "trapezoid",
+    "parallelogram",
+    "heart",
+    "hourglass",
+    "hollow_pentagon",
+)
 CLASSES = GLYPHS + SHAPES
 GENERATOR_VERSION = 1
-TURNS_FREELY = {"triangle", "square", "pentagon", "hexagon", "heptagon", "octagon", "star4", "star5", "star6",
-                "star8", "circle", "ring", "trefoil", "hollow_triangle", "hollow_square", "hollow_pentagon",
-                "hollow_hexagon", "hollow_star"}
+TURNS_FREELY = {
+    "triangle",
+    "square",
+    "pentagon",
+    "hexagon",
+    "heptagon",
+    "octagon",
+    "star4",
+    "star5",
+    "star6",
+    "star8",
+    "circle",
+    "ring",
+    "trefoil",
+    "hollow_triangle",
+    "hollow_square",
+    "hollow_pentagon",
+    "hollow_hexagon",
+    "hollow_star",
+}
 ELONGATED = {"bar": (3.0, 5.0), "ellipse": (2.2, 3.0)}  # aspect ranges of the long shapes
 SMALL_TURN = math.radians(15)
 
 
-def prepare_glyphs_coco(cache_dir: str, num_train: int = 4000, num_val: int = 500, image_size: int = 320,
-                        min_object_size: int = 11, max_object_size: int = 280, max_objects: int = 30,
-                        count_exponent: float = 2.2, class_exponent: float = 1.0, min_visible: float = 0.6,
-                        seed: int = 0) -> CocoSplits:
+def prepare_glyphs_coco(
+    cache_dir: str,
+    num_train: int = 4000,
+    num_val: int = 500,
+    image_size: int = 320,
+    min_object_size: int = 11,
+    max_object_size: int = 280,
+    max_objects: int = 30,
+    count_exponent: float = 2.2,
+    class_exponent: float = 1.0,
+    min_visible: float = 0.6,
+    seed: int = 0,
+) -> CocoSplits:
     """Generate the dataset into `cache_dir` if it is not there yet; return its COCO paths."""
-    params = dict(num_train=num_train, num_val=num_val, image_size=image_size, min_object_size=min_object_size,
-                  max_object_size=max_object_size, max_objects=max_objects, count_exponent=count_exponent,
-                  class_exponent=class_exponent, min_visible=min_visible, seed=seed, version=GENERATOR_VERSION)
+    params = dict(
+        num_train=num_train,
+        num_val=num_val,
+        image_size=image_size,
+        min_object_size=min_object_size,
+        max_object_size=max_object_size,
+        max_objects=max_objects,
+        count_exponent=count_exponent,
+        class_exponent=class_exponent,
+        min_visible=min_visible,
+        seed=seed,
+        version=GENERATOR_VERSION,
+    )
     if num_train < 1 or num_val < 1 or image_size < 64 or max_objects < 1:
         raise ValueError(f"glyph data needs num_train, num_val, max_objects >= 1 and image_size >= 64, got {params}")
     if not 4 <= min_object_size <= max_object_size < image_size:
-        raise ValueError("glyph data needs 4 <= min_object_size <= max_object_size < image_size, got "
-                         f"{min_object_size}, {max_object_size}, {image_size}")
+        raise ValueError(
+            "glyph data needs 4 <= min_object_size <= max_object_size < image_size, got "
+            f"{min_object_size}, {max_object_size}, {image_size}"
+        )
     if count_exponent < 0 or class_exponent < 0:
-        raise ValueError("glyph data needs count_exponent and class_exponent >= 0, got "
-                         f"{count_exponent}, {class_exponent}")
+        raise ValueError(
+            f"glyph data needs count_exponent and class_exponent >= 0, got {count_exponent}, {class_exponent}"
+        )
 
     def write(staging: Path) -> None:
         frequencies = class_frequencies(len(CLASSES), class_exponent, seed)
@@ -89,8 +156,9 @@ def object_count_probabilities(max_objects: int, exponent: float) -> np.ndarray:
     return weights / weights.sum()
 
 
-def _write_split(root: Path, split: str, count: int, rng: np.random.Generator, params: dict,
-                 frequencies: np.ndarray) -> None:
+def _write_split(
+    root: Path, split: str, count: int, rng: np.random.Generator, params: dict, frequencies: np.ndarray
+) -> None:
     (root / split).mkdir(parents=True)
     (root / "annotations").mkdir(exist_ok=True)
     size = params["image_size"]
@@ -102,17 +170,32 @@ def _write_split(root: Path, split: str, count: int, rng: np.random.Generator, p
         image.save(root / split / file_name, quality=90)
         images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
         for label, (x0, y0, x1, y1) in objects:
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": label + 1,
-                                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0})
-    categories = [{"id": i + 1, "name": name, "supercategory": "glyph" if name in GLYPHS else "shape"}
-                  for i, name in enumerate(CLASSES)]
-    coco = {"info": {"description": f"synthetic glyphs and shapes ({split})", "params": params},
-            "images": images, "annotations": annotations, "categories": categories}
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": label + 1,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": (x1 - x0) * (y1 - y0),
+                    "iscrowd": 0,
+                }
+            )
+    categories = [
+        {"id": i + 1, "name": name, "supercategory": "glyph" if name in GLYPHS else "shape"}
+        for i, name in enumerate(CLASSES)
+    ]
+    coco = {
+        "info": {"description": f"synthetic glyphs and shapes ({split})", "params": params},
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+    }
     (root / "annotations" / f"{split}.json").write_text(json.dumps(coco))
 
 
-def render_image(rng: np.random.Generator, size: int, params: dict, frequencies: np.ndarray,
-                 counts: np.ndarray) -> tuple[Image.Image, list]:
+def render_image(
+    rng: np.random.Generator, size: int, params: dict, frequencies: np.ndarray, counts: np.ndarray
+) -> tuple[Image.Image, list]:
     """One image and its objects as (label, xyxy box around the visible pixels)."""
     canvas = background(rng, size)
     owner = np.full((size, size), -1, dtype=np.int32)  # which object each pixel shows
@@ -156,7 +239,7 @@ def object_mask(rng: np.random.Generator, name: str, extent: float, size: int) -
         return None
     top, left = int(rng.integers(0, size - height + 1)), int(rng.integers(0, size - width + 1))
     mask = np.zeros((size, size), dtype=bool)
-    mask[top:top + height, left:left + width] = local
+    mask[top : top + height, left : left + width] = local
     return mask
 
 
@@ -172,8 +255,9 @@ def glyph_mask(rng: np.random.Generator, glyph: str, extent: float) -> np.ndarra
     font = _font(pixels)
     stroke = int(rng.integers(0, 3)) if pixels > 24 else 0
     canvas = Image.new("L", (pixels * 2, pixels * 2))
-    ImageDraw.Draw(canvas).text((pixels, pixels), glyph, fill=255, font=font, anchor="mm", stroke_width=stroke,
-                                stroke_fill=255)
+    ImageDraw.Draw(canvas).text(
+        (pixels, pixels), glyph, fill=255, font=font, anchor="mm", stroke_width=stroke, stroke_fill=255
+    )
     aspect = math.exp(rng.uniform(-0.25, 0.25))
     canvas = canvas.resize((max(1, int(canvas.width * aspect)), canvas.height), Image.BILINEAR)
     canvas = canvas.rotate(math.degrees(rng.uniform(-SMALL_TURN, SMALL_TURN)), resample=Image.BILINEAR, expand=True)
@@ -197,19 +281,28 @@ def shape_mask(rng: np.random.Generator, shape: str, extent: float) -> np.ndarra
 
     def place(points, scale=1.0):
         cos, sin = math.cos(angle), math.sin(angle)
-        return [(centre + scale * (half_w * x * cos - half_h * y * sin),
-                 centre + scale * (half_w * x * sin + half_h * y * cos)) for x, y in points]
+        return [
+            (
+                centre + scale * (half_w * x * cos - half_h * y * sin),
+                centre + scale * (half_w * x * sin + half_h * y * cos),
+            )
+            for x, y in points
+        ]
 
     if shape in ("circle", "ring", "crescent"):
         draw.ellipse(box, fill=255)
         if shape == "ring":
             inner = rng.uniform(0.45, 0.7)
-            draw.ellipse([centre - half_w * inner, centre - half_h * inner, centre + half_w * inner,
-                          centre + half_h * inner], fill=0)
+            draw.ellipse(
+                [centre - half_w * inner, centre - half_h * inner, centre + half_w * inner, centre + half_h * inner],
+                fill=0,
+            )
         elif shape == "crescent":
             shift = half_w * rng.uniform(0.35, 0.55)
-            draw.ellipse([centre - half_w + shift, centre - half_h * 0.95, centre + half_w + shift,
-                          centre + half_h * 0.95], fill=0)
+            draw.ellipse(
+                [centre - half_w + shift, centre - half_h * 0.95, centre + half_w + shift, centre + half_h * 0.95],
+                fill=0,
+            )
     elif shape == "semicircle":
         draw.pieslice(box, 180, 360, fill=255)
     elif shape == "trefoil":  # three discs of half the radius around the centre
@@ -236,8 +329,13 @@ def unit_outline(shape: str) -> list[tuple[float, float]]:
         return [(math.cos(start + 2 * math.pi * k / n), math.sin(start + 2 * math.pi * k / n)) for k in range(n)]
     if base in stars:
         n = stars[base]
-        return [((1.0 if k % 2 == 0 else 0.45) * math.cos(-math.pi / 2 + math.pi * k / n),
-                 (1.0 if k % 2 == 0 else 0.45) * math.sin(-math.pi / 2 + math.pi * k / n)) for k in range(2 * n)]
+        return [
+            (
+                (1.0 if k % 2 == 0 else 0.45) * math.cos(-math.pi / 2 + math.pi * k / n),
+                (1.0 if k % 2 == 0 else 0.45) * math.sin(-math.pi / 2 + math.pi * k / n),
+            )
+            for k in range(2 * n)
+        ]
     t = 0.33
     plus = [(-t, -1), (t, -1), (t, -t), (1, -t), (1, t), (t, t), (t, 1), (-t, 1), (-t, t), (-1, t), (-1, -t), (-t, -t)]
     outlines = {
@@ -250,8 +348,13 @@ def unit_outline(shape: str) -> list[tuple[float, float]]:
         "trapezoid": [(-0.5, -1), (0.5, -1), (1, 1), (-1, 1)],
         "parallelogram": [(-0.4, -1), (1, -1), (0.4, 1), (-1, 1)],
         "hourglass": [(-1, -1), (1, -1), (0.15, 0), (1, 1), (-1, 1), (-0.15, 0)],
-        "heart": [(16 * math.sin(u) ** 3 / 16, -(13 * math.cos(u) - 5 * math.cos(2 * u) - 2 * math.cos(3 * u)
-                                                   - math.cos(4 * u)) / 16) for u in np.linspace(0, 2 * math.pi, 40)],
+        "heart": [
+            (
+                16 * math.sin(u) ** 3 / 16,
+                -(13 * math.cos(u) - 5 * math.cos(2 * u) - 2 * math.cos(3 * u) - math.cos(4 * u)) / 16,
+            )
+            for u in np.linspace(0, 2 * math.pi, 40)
+        ],
     }
     return outlines[base]
 
@@ -261,7 +364,7 @@ def _fit(mask: np.ndarray, extent: float) -> np.ndarray:
     ys, xs = np.nonzero(mask)
     if len(ys) == 0:
         return np.zeros((1, 1), dtype=bool)
-    crop = mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    crop = mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
     scale = extent / max(crop.shape)
     height, width = max(1, int(round(crop.shape[0] * scale))), max(1, int(round(crop.shape[1] * scale)))
     resized = Image.fromarray(crop.astype(np.uint8) * 255).resize((width, height), Image.BILINEAR)

@@ -24,7 +24,7 @@ class PadCollate:
         width = -(-max(i.shape[2] for i in images) // d) * d
         padded = images[0].new_zeros(len(images), 3, height, width)
         for slot, image in zip(padded, images):
-            slot[:, :image.shape[1], :image.shape[2]].copy_(image)
+            slot[:, : image.shape[1], : image.shape[2]].copy_(image)
         return padded, list(targets)
 
 
@@ -38,19 +38,42 @@ def worker_context(num_workers: int):
     return multiprocessing.get_context("fork")
 
 
-def infinite_train_batches(dataset: Dataset, batch_size: int, num_workers: int, seed: int, start_iteration: int = 0,
-                           rank: int = 0, world_size: int = 1, group_ids: Sequence[int] | None = None,
-                           size_divisibility: int = 128, pin_memory: bool = False) -> Iterator:
+def infinite_train_batches(
+    dataset: Dataset,
+    batch_size: int,
+    num_workers: int,
+    seed: int,
+    start_iteration: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    group_ids: Sequence[int] | None = None,
+    size_divisibility: int = 128,
+    pin_memory: bool = False,
+) -> Iterator:
     """This process's batches of the global training stream (`TrainingBatchSampler`), forever,
     from iteration `start_iteration`; `batch_size` is the global batch over all processes."""
     sampler = TrainingBatchSampler(len(dataset), batch_size, seed, start_iteration, rank, world_size, group_ids)
-    return iter(DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
-                           collate_fn=PadCollate(size_divisibility), pin_memory=pin_memory,
-                           multiprocessing_context=worker_context(num_workers)))
+    return iter(
+        DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            num_workers=num_workers,
+            collate_fn=PadCollate(size_divisibility),
+            pin_memory=pin_memory,
+            multiprocessing_context=worker_context(num_workers),
+        )
+    )
 
 
-def eval_loader(dataset: Dataset, batch_size: int, num_workers: int, size_divisibility: int = 128,
-                pin_memory: bool = False) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      collate_fn=PadCollate(size_divisibility), pin_memory=pin_memory,
-                      multiprocessing_context=worker_context(num_workers))
+def eval_loader(
+    dataset: Dataset, batch_size: int, num_workers: int, size_divisibility: int = 128, pin_memory: bool = False
+) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=PadCollate(size_divisibility),
+        pin_memory=pin_memory,
+        multiprocessing_context=worker_context(num_workers),
+    )

@@ -27,13 +27,23 @@ class TrainingBatchSampler(Sampler[list[tuple[int, int]]]):
     global batch; `start` skips the first `start` global batches (resuming at that iteration).
     """
 
-    def __init__(self, size: int, batch_size: int, seed: int, start: int = 0, rank: int = 0,
-                 world_size: int = 1, group_ids: Sequence[int] | None = None):
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        seed: int,
+        start: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        group_ids: Sequence[int] | None = None,
+    ):
         if size < batch_size:
             raise ValueError(f"the training set has {size} images, fewer than data.batch_size={batch_size}")
         if batch_size < 1 or batch_size % world_size:
-            raise ValueError(f"data.batch_size (the global batch) must be a positive multiple of the number of "
-                             f"processes ({world_size}), got {batch_size}")
+            raise ValueError(
+                f"data.batch_size (the global batch) must be a positive multiple of the number of "
+                f"processes ({world_size}), got {batch_size}"
+            )
         if group_ids is not None and len(group_ids) != size:
             raise ValueError(f"group_ids has {len(group_ids)} entries for {size} images")
         self.size, self.batch_size, self.seed, self.start = size, batch_size, seed, start
@@ -60,4 +70,6 @@ class TrainingBatchSampler(Sampler[list[tuple[int, int]]]):
         begin = self.rank * share
         for number, batch in enumerate(self.global_batches()):
             if number >= self.start:
-                yield [(index, augmentation_seed(self.seed, position)) for index, position in batch[begin:begin + share]]
+                yield [
+                    (index, augmentation_seed(self.seed, position)) for index, position in batch[begin : begin + share]
+                ]

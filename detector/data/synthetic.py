@@ -31,18 +31,38 @@ CLASSES = ("circle", "square", "triangle", "star", "cross", "ring")
 GENERATOR_VERSION = 1
 
 
-def prepare_synthetic_coco(cache_dir: str, num_train: int = 3000, num_val: int = 200, image_size: int = 256,
-                           min_object_size: int = 10, max_object_size: int = 128, max_objects: int = 15,
-                           min_visible: float = 0.6, seed: int = 0) -> CocoSplits:
+def prepare_synthetic_coco(
+    cache_dir: str,
+    num_train: int = 3000,
+    num_val: int = 200,
+    image_size: int = 256,
+    min_object_size: int = 10,
+    max_object_size: int = 128,
+    max_objects: int = 15,
+    min_visible: float = 0.6,
+    seed: int = 0,
+) -> CocoSplits:
     """Generate the dataset into `cache_dir` if it is not there yet; return its COCO paths."""
-    params = dict(num_train=num_train, num_val=num_val, image_size=image_size, min_object_size=min_object_size,
-                  max_object_size=max_object_size, max_objects=max_objects, min_visible=min_visible, seed=seed,
-                  version=GENERATOR_VERSION)
+    params = dict(
+        num_train=num_train,
+        num_val=num_val,
+        image_size=image_size,
+        min_object_size=min_object_size,
+        max_object_size=max_object_size,
+        max_objects=max_objects,
+        min_visible=min_visible,
+        seed=seed,
+        version=GENERATOR_VERSION,
+    )
     if num_train < 1 or num_val < 1 or image_size < 32 or max_objects < 1:
-        raise ValueError(f"synthetic data needs num_train, num_val, max_objects >= 1 and image_size >= 32, got {params}")
+        raise ValueError(
+            f"synthetic data needs num_train, num_val, max_objects >= 1 and image_size >= 32, got {params}"
+        )
     if not 1 <= min_object_size <= max_object_size <= image_size:
-        raise ValueError("synthetic data needs 1 <= min_object_size <= max_object_size <= image_size, got "
-                         f"{min_object_size}, {max_object_size}, {image_size}")
+        raise ValueError(
+            "synthetic data needs 1 <= min_object_size <= max_object_size <= image_size, got "
+            f"{min_object_size}, {max_object_size}, {image_size}"
+        )
 
     def write(staging: Path) -> None:
         for split, count, split_seed in (("train", num_train, seed * 2), ("val", num_val, seed * 2 + 1)):
@@ -52,8 +72,12 @@ def prepare_synthetic_coco(cache_dir: str, num_train: int = 3000, num_val: int =
 
 
 def coco_paths(root: Path) -> CocoSplits:
-    return CocoSplits(train_ann=str(root / "annotations" / "train.json"), train_dir=str(root / "train"),
-                      val_ann=str(root / "annotations" / "val.json"), val_dir=str(root / "val"))
+    return CocoSplits(
+        train_ann=str(root / "annotations" / "train.json"),
+        train_dir=str(root / "train"),
+        val_ann=str(root / "annotations" / "val.json"),
+        val_dir=str(root / "val"),
+    )
 
 
 def write_once(cache_dir: str, prefix: str, params: dict, write) -> Path:
@@ -89,11 +113,23 @@ def _write_split(root: Path, split: str, count: int, rng: np.random.Generator, p
         image.save(root / split / file_name, quality=90)
         images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
         for label, (x0, y0, x1, y1) in objects:
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": label + 1,
-                                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": label + 1,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": (x1 - x0) * (y1 - y0),
+                    "iscrowd": 0,
+                }
+            )
     categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASSES)]
-    coco = {"info": {"description": f"synthetic shapes ({split})", "params": params},
-            "images": images, "annotations": annotations, "categories": categories}
+    coco = {
+        "info": {"description": f"synthetic shapes ({split})", "params": params},
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+    }
     (root / "annotations" / f"{split}.json").write_text(json.dumps(coco))
 
 
@@ -117,22 +153,24 @@ def render_image(rng: np.random.Generator, size: int, params: dict) -> tuple[Ima
     return finish_image(rng, canvas, owner, drawn)
 
 
-def occlude(owner: np.ndarray, drawn: list[tuple[int, int]], mask: np.ndarray, label: int,
-            min_visible: float) -> np.ndarray | None:
+def occlude(
+    owner: np.ndarray, drawn: list[tuple[int, int]], mask: np.ndarray, label: int, min_visible: float
+) -> np.ndarray | None:
     """`owner` (which object each pixel shows) with `mask` drawn over it as object len(drawn), and
     (label, its pixel count) appended to `drawn`; None, and nothing appended, when that would leave
     an earlier object less than `min_visible` of its pixels."""
     trial = owner.copy()
     trial[mask] = len(drawn)
-    visible = np.bincount(trial[trial >= 0], minlength=len(drawn) + 1)[:len(drawn)]
+    visible = np.bincount(trial[trial >= 0], minlength=len(drawn) + 1)[: len(drawn)]
     if any(v < min_visible * full for v, (_, full) in zip(visible, drawn)):
         return None
     drawn.append((label, int(mask.sum())))
     return trial
 
 
-def finish_image(rng: np.random.Generator, canvas: np.ndarray, owner: np.ndarray,
-                 drawn: list[tuple[int, int]]) -> tuple[Image.Image, list]:
+def finish_image(
+    rng: np.random.Generator, canvas: np.ndarray, owner: np.ndarray, drawn: list[tuple[int, int]]
+) -> tuple[Image.Image, list]:
     """Sensor noise and, on 30 % of the images, a slight blur; each object's box around its visible pixels."""
     canvas += rng.normal(0, rng.uniform(4, 14), canvas.shape)
     image = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))
@@ -150,7 +188,9 @@ def background(rng: np.random.Generator, size: int, max_strokes: int = 9) -> np.
     cells = int(rng.integers(2, 9))
     field = Image.fromarray(rng.integers(0, 256, (cells, cells, 3), dtype=np.uint8)).resize((size, size), Image.BICUBIC)
     canvas = np.asarray(field, dtype=np.float32) * rng.uniform(0.4, 1.0)
-    texture = Image.fromarray(rng.integers(0, 256, (size // 4, size // 4), dtype=np.uint8)).resize((size, size), Image.BILINEAR)
+    texture = Image.fromarray(rng.integers(0, 256, (size // 4, size // 4), dtype=np.uint8)).resize(
+        (size, size), Image.BILINEAR
+    )
     canvas += (np.asarray(texture, dtype=np.float32)[..., None] - 128) * rng.uniform(0.1, 0.4)
     clutter = Image.new("RGB", (size, size))
     draw = ImageDraw.Draw(clutter)
@@ -187,8 +227,9 @@ def _shape_mask(rng: np.random.Generator, shape: str, extent: float, size: int) 
     return mask if mask.sum() >= 12 else None
 
 
-def _polygon(shape: str, rng: np.random.Generator, half_w: float, half_h: float, angle: float,
-             cx: float, cy: float) -> list[tuple[float, float]]:
+def _polygon(
+    shape: str, rng: np.random.Generator, half_w: float, half_h: float, angle: float, cx: float, cy: float
+) -> list[tuple[float, float]]:
     if shape == "square":
         unit = [(-1, -1), (1, -1), (1, 1), (-1, 1)]
     elif shape == "triangle":
@@ -196,12 +237,30 @@ def _polygon(shape: str, rng: np.random.Generator, half_w: float, half_h: float,
         return [(cx + half_w * x, cy + half_h * y) for x, y in unit]
     elif shape == "star":
         inner = rng.uniform(0.35, 0.5)
-        unit = [((1 if k % 2 == 0 else inner) * math.cos(angle + k * math.pi / 5),
-                 (1 if k % 2 == 0 else inner) * math.sin(angle + k * math.pi / 5)) for k in range(10)]
+        unit = [
+            (
+                (1 if k % 2 == 0 else inner) * math.cos(angle + k * math.pi / 5),
+                (1 if k % 2 == 0 else inner) * math.sin(angle + k * math.pi / 5),
+            )
+            for k in range(10)
+        ]
         return [(cx + half_w * x, cy + half_h * y) for x, y in unit]
     else:  # cross: a plus sign with arms a third of its extent wide
         t = rng.uniform(0.25, 0.4)
-        unit = [(-t, -1), (t, -1), (t, -t), (1, -t), (1, t), (t, t), (t, 1), (-t, 1), (-t, t), (-1, t), (-1, -t), (-t, -t)]
+        unit = [
+            (-t, -1),
+            (t, -1),
+            (t, -t),
+            (1, -t),
+            (1, t),
+            (t, t),
+            (t, 1),
+            (-t, 1),
+            (-t, t),
+            (-1, t),
+            (-1, -t),
+            (-t, -t),
+        ]
     cos, sin = math.cos(angle), math.sin(angle)
     return [(cx + half_w * x * cos - half_h * y * sin, cy + half_w * x * sin + half_h * y * cos) for x, y in unit]
 

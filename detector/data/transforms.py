@@ -44,9 +44,12 @@ class ResizeShortestEdge(A.DualTransform):
 
 
 def _compose(steps: list) -> A.Compose:
-    return A.Compose([*steps, A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()],
-                     bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels", "iscrowd"],
-                                              clip=True, filter_invalid_bboxes=True))
+    return A.Compose(
+        [*steps, A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()],
+        bbox_params=A.BboxParams(
+            format="pascal_voc", label_fields=["labels", "iscrowd"], clip=True, filter_invalid_bboxes=True
+        ),
+    )
 
 
 def train_transforms(min_sizes: Sequence[int], max_size: int, flip_prob: float = 0.5) -> A.Compose:

@@ -55,8 +55,11 @@ class Problem:
         return ACTIONS[self.kind][0]
 
     def __str__(self) -> str:
-        ids = "".join(f" {name} {value}" for name, value in (("image", self.image_id), ("annotation", self.annotation_id))
-                      if value is not None)
+        ids = "".join(
+            f" {name} {value}"
+            for name, value in (("image", self.image_id), ("annotation", self.annotation_id))
+            if value is not None
+        )
         return f"[{self.severity}] {self.kind}:{ids} in {self.where}: {self.message} → {ACTIONS[self.kind][1]}"
 
 
@@ -117,8 +120,9 @@ def check_annotations(data: dict, ann_file: str | Path, report: Report) -> None:
     images = _unique_ids(data["images"], "image", "duplicate_image_id", ann_file, report)
     for image in images.values():
         if not isinstance(image.get("file_name"), str) or not all(_positive(image.get(k)) for k in ("width", "height")):
-            report.add("structure", ann_file, "an image needs 'file_name' and positive 'width' and 'height'",
-                       image.get("id"))
+            report.add(
+                "structure", ann_file, "an image needs 'file_name' and positive 'width' and 'height'", image.get("id")
+            )
     annotated, annotation_ids = set(), set()
     for ann in data["annotations"]:
         if not isinstance(ann, dict) or not isinstance(ann.get("id"), int):
@@ -126,29 +130,46 @@ def check_annotations(data: dict, ann_file: str | Path, report: Report) -> None:
             continue
         ann_id, image_id = ann["id"], ann.get("image_id")
         if ann_id in annotation_ids:
-            report.add("duplicate_annotation_id", ann_file, f"annotation id {ann_id} appears more than once",
-                       image_id, ann_id)
+            report.add(
+                "duplicate_annotation_id", ann_file, f"annotation id {ann_id} appears more than once", image_id, ann_id
+            )
         annotation_ids.add(ann_id)
         image = images.get(image_id)
         if image is None:
             report.add("orphan_annotation", ann_file, f"image_id {image_id} is not in 'images'", image_id, ann_id)
             continue
         if ann.get("category_id") not in categories:
-            report.add("unknown_category", ann_file, f"category_id {ann.get('category_id')} is not in 'categories'",
-                       image_id, ann_id)
+            report.add(
+                "unknown_category",
+                ann_file,
+                f"category_id {ann.get('category_id')} is not in 'categories'",
+                image_id,
+                ann_id,
+            )
             continue
         box = ann.get("bbox")
-        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) and math.isfinite(v)
-                                                                for v in box)):
-            report.add("invalid_box", ann_file, f"bbox must be 4 finite numbers [x, y, w, h], got {box}", image_id, ann_id)
+        if not (
+            isinstance(box, list)
+            and len(box) == 4
+            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in box)
+        ):
+            report.add(
+                "invalid_box", ann_file, f"bbox must be 4 finite numbers [x, y, w, h], got {box}", image_id, ann_id
+            )
             continue
         x, y, w, h = box
         if w <= 0 or h <= 0:
             report.add("empty_box", ann_file, f"bbox {box} has zero or negative width or height", image_id, ann_id)
             continue
         width, height = image.get("width"), image.get("height")
-        if _positive(width) and _positive(height) and (min(x + w, width) - max(x, 0) < 1 or min(y + h, height) - max(y, 0) < 1):
-            report.add("box_off_image", ann_file, f"bbox {box} is not inside the {width}×{height} image", image_id, ann_id)
+        if (
+            _positive(width)
+            and _positive(height)
+            and (min(x + w, width) - max(x, 0) < 1 or min(y + h, height) - max(y, 0) < 1)
+        ):
+            report.add(
+                "box_off_image", ann_file, f"bbox {box} is not inside the {width}×{height} image", image_id, ann_id
+            )
             continue
         if _positive(width) and _positive(height) and (x < 0 or y < 0 or x + w > width or y + h > height):
             report.add("box_outside_image", ann_file, f"bbox {box} leaves the {width}×{height} image", image_id, ann_id)
@@ -179,11 +200,17 @@ def check_files(data: dict, image_dir: str | Path, report: Report, decode: bool 
             report.add("unreadable_image", path, f"cannot be decoded: {error}", image.get("id"))
             continue
         for change in changes:
-            report.add("exif_orientation" if change.startswith("EXIF") else "converted_image", path, change, image.get("id"))
+            report.add(
+                "exif_orientation" if change.startswith("EXIF") else "converted_image", path, change, image.get("id")
+            )
         height, width = pixels.shape[:2]
         if (image.get("width"), image.get("height")) != (width, height):
-            report.add("size_mismatch", path, f"the JSON says {image.get('width')}×{image.get('height')}, the file is "
-                       f"{width}×{height}", image.get("id"))
+            report.add(
+                "size_mismatch",
+                path,
+                f"the JSON says {image.get('width')}×{image.get('height')}, the file is {width}×{height}",
+                image.get("id"),
+            )
 
 
 def validate(ann_file: str | Path, image_dir: str | Path, decode: bool = True) -> tuple[Report, dict | None]:
@@ -215,8 +242,12 @@ def _unique_ids(entries: list, name: str, duplicate_kind: str, ann_file, report:
             report.add("structure", ann_file, f"every {name} needs an integer 'id', got {entry!r:.80}")
             continue
         if entry["id"] in by_id:
-            report.add(duplicate_kind, ann_file, f"{name} id {entry['id']} appears more than once",
-                       entry["id"] if name == "image" else None)
+            report.add(
+                duplicate_kind,
+                ann_file,
+                f"{name} id {entry['id']} appears more than once",
+                entry["id"] if name == "image" else None,
+            )
         by_id[entry["id"]] = entry
     return by_id
 

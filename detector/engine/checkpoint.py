@@ -43,8 +43,10 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise CheckpointError(f"{path} holds objects other than tensors and plain containers; refusing to "
-                              f"load it (weights_only=True): {str(error).splitlines()[0]}") from None
+        raise CheckpointError(
+            f"{path} holds objects other than tensors and plain containers; refusing to "
+            f"load it (weights_only=True): {str(error).splitlines()[0]}"
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as error:
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {error}") from None
 
@@ -54,10 +56,17 @@ def capture_rng_state() -> dict:
     checkpoint holding them still loads with `weights_only=True`."""
     version, python_state, gauss = random.getstate()
     kind, keys, position, has_gauss, cached = np.random.get_state(legacy=True)
-    state = {"python": {"version": version, "state": torch.tensor(python_state, dtype=torch.int64), "gauss": gauss},
-             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
-                       "has_gauss": int(has_gauss), "cached": float(cached)},
-             "torch": torch.get_rng_state()}
+    state = {
+        "python": {"version": version, "state": torch.tensor(python_state, dtype=torch.int64), "gauss": gauss},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -66,8 +75,9 @@ def capture_rng_state() -> dict:
 def restore_rng_state(state: dict) -> None:
     python, numpy = state["python"], state["numpy"]
     random.setstate((python["version"], tuple(python["state"].tolist()), python["gauss"]))
-    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["position"],
-                         numpy["has_gauss"], numpy["cached"]))
+    np.random.set_state(
+        (numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["position"], numpy["has_gauss"], numpy["cached"])
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -93,20 +103,27 @@ def load_model_weights(model: torch.nn.Module, state: dict, path: str | Path, co
     if renamed:
         lines.append(f"classes {list(saved_classes)[:6]}… in the checkpoint, {list(classes)[:6]}… here")
     saved = state.get("config") or {}
-    differences = [f"{key}: {a!r} in the checkpoint, {b!r} here"
-                   for key, (a, b) in _config_differences(saved, config or {}).items()]
+    differences = [
+        f"{key}: {a!r} in the checkpoint, {b!r} here"
+        for key, (a, b) in _config_differences(saved, config or {}).items()
+    ]
     raise CheckpointError(
-        f"{path} was trained with a different model or classes and does not fit this one:\n  " + "\n  ".join(lines)
+        f"{path} was trained with a different model or classes and does not fit this one:\n  "
+        + "\n  ".join(lines)
         + ("\nSettings that differ:\n  " + "\n  ".join(differences[:10]) if differences else "")
         + f"\nTo fine-tune from it, start a new run with model.backbone.weights_path={path} (loads its backbone "
-          "only; the FPN and heads start fresh), or match the settings above to continue or evaluate it.")
+        "only; the FPN and heads start fresh), or match the settings above to continue or evaluate it."
+    )
 
 
 def _config_differences(saved: dict, current: dict) -> dict[str, tuple]:
     """Differing `model.*` values and class lists of two run configs."""
     flat_saved, flat_current = _flatten(saved.get("model", {}), "model"), _flatten(current.get("model", {}), "model")
-    differences = {k: (flat_saved.get(k), flat_current.get(k)) for k in sorted(flat_saved.keys() | flat_current.keys())
-                   if flat_saved.get(k) != flat_current.get(k)}
+    differences = {
+        k: (flat_saved.get(k), flat_current.get(k))
+        for k in sorted(flat_saved.keys() | flat_current.keys())
+        if flat_saved.get(k) != flat_current.get(k)
+    }
     if "classes" in saved and "classes" in current and list(saved["classes"]) != list(current["classes"]):
         differences["classes"] = (f"{len(saved['classes'])} classes", f"{len(current['classes'])} classes")
     return differences

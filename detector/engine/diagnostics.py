@@ -36,8 +36,14 @@ class Histogram:
         index = (g * bins).long().clamp(0, bins - 1)  # bin i holds i/bins ≤ g < (i+1)/bins, g = 1 in the last
         counts = torch.bincount(index, weights=weights, minlength=bins)
         empty = g.numel() == 0
-        return cls(counts.cpu(), float(weights.sum()), 0.0 if empty else float(g.min()),
-                   0.0 if empty else float(g.max()), float((weights * g).sum()), float((weights * g * g).sum()))
+        return cls(
+            counts.cpu(),
+            float(weights.sum()),
+            0.0 if empty else float(g.min()),
+            0.0 if empty else float(g.max()),
+            float((weights * g).sum()),
+            float((weights * g * g).sum()),
+        )
 
     def bucket_limits(self) -> list[float]:
         bins = len(self.counts)
@@ -52,8 +58,9 @@ class GradientStatistics:
     scalars: dict[str, float]  # easy_negative_fraction, _gradient_share and (sum losses only) _loss_share
 
 
-def gradient_statistics(loss_cls: Tensor, logits: Tensor, targets: Tensor, cls_loss: nn.Module,
-                        bins: int = 50) -> GradientStatistics:
+def gradient_statistics(
+    loss_cls: Tensor, logits: Tensor, targets: Tensor, cls_loss: nn.Module, bins: int = 50
+) -> GradientStatistics:
     """Statistics of one batch; `logits` ([M, K], in the graph of `loss_cls`) and `targets` are what
     the criterion passed to `cls_loss`. The graph is kept for the training step's backward.
 
@@ -67,13 +74,19 @@ def gradient_statistics(loss_cls: Tensor, logits: Tensor, targets: Tensor, cls_l
         negative = (targets == 0).flatten()
         easy = negative & (p.flatten() < EASY_NEGATIVE_P)
         magnitude = gradient.abs().flatten()
-        scalars = {"easy_negative_fraction": int(easy.sum()) / max(easy.numel(), 1),
-                   "easy_negative_gradient_share": _share(magnitude, easy)}
+        scalars = {
+            "easy_negative_fraction": int(easy.sum()) / max(easy.numel(), 1),
+            "easy_negative_gradient_share": _share(magnitude, easy),
+        }
         elementwise = getattr(cls_loss, "elementwise", None)
         if elementwise is not None and not getattr(cls_loss, "per_level", False):
             scalars["easy_negative_loss_share"] = _share(elementwise(logits.detach(), targets).flatten(), easy)
-        return GradientStatistics(Histogram.of(g[~negative], bins), Histogram.of(g[negative], bins),
-                                  Histogram.of(g, bins, weights=magnitude), scalars)
+        return GradientStatistics(
+            Histogram.of(g[~negative], bins),
+            Histogram.of(g[negative], bins),
+            Histogram.of(g, bins, weights=magnitude),
+            scalars,
+        )
 
 
 def _share(values: Tensor, subset: Tensor) -> float:

@@ -74,8 +74,13 @@ def _export_submitit_environment() -> None:
     if job.num_tasks <= 1:
         return
     port = 20000 + int(hashlib.sha1(str(job.job_id).encode()).hexdigest(), 16) % 20000  # the same on every task
-    os.environ.update(RANK=str(job.global_rank), WORLD_SIZE=str(job.num_tasks), LOCAL_RANK=str(job.local_rank),
-                      MASTER_ADDR=job.hostnames[0], MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(job.global_rank),
+        WORLD_SIZE=str(job.num_tasks),
+        LOCAL_RANK=str(job.local_rank),
+        MASTER_ADDR=job.hostnames[0],
+        MASTER_PORT=str(port),
+    )
 
 
 def sum_over_processes(value: torch.Tensor) -> torch.Tensor:

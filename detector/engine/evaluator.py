@@ -35,8 +35,10 @@ def resolve_backend(backend: str) -> str:
     if backend == "auto":
         return "faster_coco_eval" if importlib.util.find_spec("faster_coco_eval") else "pycocotools"
     if backend == "faster_coco_eval" and not importlib.util.find_spec("faster_coco_eval"):
-        raise ValueError("evaluation.backend=faster_coco_eval but the faster-coco-eval package is not installed; "
-                         "pip install faster-coco-eval, or use evaluation.backend=pycocotools")
+        raise ValueError(
+            "evaluation.backend=faster_coco_eval but the faster-coco-eval package is not installed; "
+            "pip install faster-coco-eval, or use evaluation.backend=pycocotools"
+        )
     return backend
 
 
@@ -70,8 +72,16 @@ class CocoEvaluator:
             boxes = det["boxes"].detach().float().cpu() * scale
             xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
             for box, score, label in zip(xywh, det["scores"].tolist(), det["labels"].tolist()):
-                self.results.append({"image_id": int(target["image_id"]), "category_id": self.category_ids[label],
-                                     "bbox": box, "score": score, "area": box[2] * box[3], "iscrowd": 0})
+                self.results.append(
+                    {
+                        "image_id": int(target["image_id"]),
+                        "category_id": self.category_ids[label],
+                        "bbox": box,
+                        "score": score,
+                        "area": box[2] * box[3],
+                        "iscrowd": 0,
+                    }
+                )
 
     def summarize(self) -> tuple[dict[str, float], str]:
         """(stats in percent keyed by STAT_NAMES, pycocotools' printed table); `self.seconds` then
@@ -92,10 +102,19 @@ class CocoEvaluator:
         self.seconds = {"load": loaded - start, "evaluate": time.perf_counter() - loaded}
         stats = {name: _percent(v) for name, v in zip(STAT_NAMES, evaluator.stats)}
         names = {c["id"]: c["name"] for c in self.coco_gt.dataset["categories"]}
-        counts = Counter(a["category_id"] for i in evaluator.params.imgIds for a in self.coco_gt.imgToAnns.get(i, [])
-                         if not a.get("iscrowd", 0))
-        self.per_class = per_class_ap(np.asarray(evaluator.eval["precision"]), list(evaluator.params.catIds),
-                                      np.asarray(evaluator.params.iouThrs), names, counts)
+        counts = Counter(
+            a["category_id"]
+            for i in evaluator.params.imgIds
+            for a in self.coco_gt.imgToAnns.get(i, [])
+            if not a.get("iscrowd", 0)
+        )
+        self.per_class = per_class_ap(
+            np.asarray(evaluator.eval["precision"]),
+            list(evaluator.params.catIds),
+            np.asarray(evaluator.params.iouThrs),
+            names,
+            counts,
+        )
         return stats, table.getvalue()
 
     def _load_results(self, coco_gt, coco_class):
@@ -108,16 +127,28 @@ class CocoEvaluator:
                 return coco_gt.loadRes([dict(result) for result in self.results])
         unknown = {result["image_id"] for result in self.results} - coco_gt.imgs.keys()
         if unknown:  # loadRes's check
-            raise ValueError(f"{len(unknown)} image ids of the detections are not in the ground truth, "
-                             f"e.g. {sorted(unknown)[:5]}")
+            raise ValueError(
+                f"{len(unknown)} image ids of the detections are not in the ground truth, e.g. {sorted(unknown)[:5]}"
+            )
         for index, result in enumerate(self.results, start=1):
             result["id"] = index
-        return _as(coco_class, {"images": list(coco_gt.dataset["images"]), "annotations": self.results,
-                                "categories": copy.deepcopy(coco_gt.dataset["categories"])})
+        return _as(
+            coco_class,
+            {
+                "images": list(coco_gt.dataset["images"]),
+                "annotations": self.results,
+                "categories": copy.deepcopy(coco_gt.dataset["categories"]),
+            },
+        )
 
 
-def per_class_ap(precision: np.ndarray, category_ids: list[int], iou_thresholds: np.ndarray, names: dict[int, str],
-                 gt_counts: dict[int, int]) -> list[dict]:
+def per_class_ap(
+    precision: np.ndarray,
+    category_ids: list[int],
+    iou_thresholds: np.ndarray,
+    names: dict[int, str],
+    gt_counts: dict[int, int],
+) -> list[dict]:
     """Per category: AP (mean over the IoU thresholds .5:.95 and the 101 recall points), AP50, AP75,
     in percent (−1 without ground truth), and its number of non-crowd ground-truth boxes. `precision`
     is COCOeval's accumulated [T, R, K, A, M] array (T thresholds, R recall points, K categories in
@@ -132,9 +163,16 @@ def per_class_ap(precision: np.ndarray, category_ids: list[int], iou_thresholds:
     rows = []
     for k, category in enumerate(category_ids):
         curve = precision[:, :, k, 0, -1]  # (T, R): all areas, 100 detections
-        rows.append({"class": names.get(category, str(category)), "category_id": int(category), "AP": mean(curve),
-                     "AP50": mean(curve[at[0.5]]), "AP75": mean(curve[at[0.75]]),
-                     "gt_boxes": int(gt_counts.get(category, 0))})
+        rows.append(
+            {
+                "class": names.get(category, str(category)),
+                "category_id": int(category),
+                "AP": mean(curve),
+                "AP50": mean(curve[at[0.5]]),
+                "AP75": mean(curve[at[0.75]]),
+                "gt_boxes": int(gt_counts.get(category, 0)),
+            }
+        )
     return rows
 
 
@@ -142,8 +180,10 @@ def format_per_class(rows: list[dict]) -> str:
     """A table of `per_class_ap`'s rows, the most frequent class first."""
     lines = [f"{'class':<20} {'boxes':>7} {'AP':>7} {'AP50':>7} {'AP75':>7}"]
     for row in sorted(rows, key=lambda r: -r["gt_boxes"]):
-        lines.append(f"{row['class'][:20]:<20} {row['gt_boxes']:>7} "
-                     + " ".join(f"{row[key]:>7.2f}" for key in ("AP", "AP50", "AP75")))
+        lines.append(
+            f"{row['class'][:20]:<20} {row['gt_boxes']:>7} "
+            + " ".join(f"{row[key]:>7.2f}" for key in ("AP", "AP50", "AP75"))
+        )
     return "\n".join(lines)
 
 
@@ -170,8 +210,9 @@ def _percent(value: float) -> float:
 
 
 @torch.no_grad()
-def run_inference(model, postprocessor, loader, device: torch.device, autocast_dtype: torch.dtype | None,
-                  evaluator: CocoEvaluator) -> None:
+def run_inference(
+    model, postprocessor, loader, device: torch.device, autocast_dtype: torch.dtype | None, evaluator: CocoEvaluator
+) -> None:
     """Predict every batch of `loader` and feed the detections to `evaluator`."""
     was_training = model.training
     model.eval()
@@ -199,9 +240,17 @@ class CocoValidator:
     gathered and scored on rank 0, and the other processes get None.
     """
 
-    def __init__(self, loader, coco_gt: COCO, category_ids: list[int], postprocessor, device: torch.device,
-                 autocast_dtype: torch.dtype | None = None, image_dir: str | Path | None = None,
-                 backend: str = "auto"):
+    def __init__(
+        self,
+        loader,
+        coco_gt: COCO,
+        category_ids: list[int],
+        postprocessor,
+        device: torch.device,
+        autocast_dtype: torch.dtype | None = None,
+        image_dir: str | Path | None = None,
+        backend: str = "auto",
+    ):
         self.loader = loader
         self.backend = resolve_backend(backend)
         self.image_dir = image_dir
@@ -222,7 +271,6 @@ class CocoValidator:
         stats, table = evaluator.summarize()
         return {**stats, "per_class": evaluator.per_class}, table, evaluator.results
 
-
     def pictures(self, detections: list[dict], count: int = 4, score_thresh: float = 0.3) -> list[torch.Tensor]:
         """The first `count` validation images with their detections above `score_thresh` (red, with
         class and score) and ground truth (green), as [3, H, W] uint8 tensors for TensorBoard."""
@@ -238,10 +286,16 @@ class CocoValidator:
                 continue
             mine = [d for d in detections if d["image_id"] == image_id and d["score"] >= score_thresh]
             truth = [a["bbox"] for a in self.coco_gt.imgToAnns.get(image_id, [])]
-            pictures.append(draw_detections(image, _xyxy([d["bbox"] for d in mine]),
-                                            torch.tensor([label_of[d["category_id"]] for d in mine], dtype=torch.long),
-                                            torch.tensor([d["score"] for d in mine]),
-                                            [names[c] for c in self.category_ids], _xyxy(truth)))
+            pictures.append(
+                draw_detections(
+                    image,
+                    _xyxy([d["bbox"] for d in mine]),
+                    torch.tensor([label_of[d["category_id"]] for d in mine], dtype=torch.long),
+                    torch.tensor([d["score"] for d in mine]),
+                    [names[c] for c in self.category_ids],
+                    _xyxy(truth),
+                )
+            )
         return pictures
 
 

@@ -54,5 +54,7 @@ def describe_machine() -> dict:
 def machine_line(machine: dict) -> str:
     """One line for logs and report headers."""
     accelerator = f", GPU {machine['cuda']}" if machine["cuda"] else ""
-    return (f"{machine['cpu']} ({machine['cpu_kind']}), {machine['cores']} cores, {machine['torch_threads']} torch "
-            f"threads, {machine['allocator']} allocator, torch {machine['torch']}{accelerator}")
+    return (
+        f"{machine['cpu']} ({machine['cpu_kind']}), {machine['cores']} cores, {machine['torch_threads']} torch "
+        f"threads, {machine['allocator']} allocator, torch {machine['torch']}{accelerator}"
+    )

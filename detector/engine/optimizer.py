@@ -10,12 +10,27 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 GROUP_KEYS = ("norm_weight_decay", "bias_weight_decay", "bias_lr_factor")
-NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm, nn.LayerNorm,
-         nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+NORMS = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+)
 
 
-def parameter_groups(model: nn.Module, lr: float, weight_decay: float, norm_weight_decay: float | None = None,
-                     bias_weight_decay: float | None = None, bias_lr_factor: float = 1.0) -> list[dict]:
+def parameter_groups(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    norm_weight_decay: float | None = None,
+    bias_weight_decay: float | None = None,
+    bias_lr_factor: float = 1.0,
+) -> list[dict]:
     """The trainable parameters as optimizer groups named "weight", "norm" and "bias" (empty ones left out).
 
     "norm": every parameter of a normalisation layer (BatchNorm, SyncBatchNorm, GroupNorm, LayerNorm,
@@ -32,15 +47,21 @@ def parameter_groups(model: nn.Module, lr: float, weight_decay: float, norm_weig
             if param.requires_grad and id(param) not in seen:
                 seen.add(id(param))
                 members["norm" if isinstance(module, NORMS) else "bias" if name == "bias" else "weight"].append(param)
-    settings = {"weight": (weight_decay, 1.0),
-                "norm": (weight_decay if norm_weight_decay is None else norm_weight_decay, 1.0),
-                "bias": (weight_decay if bias_weight_decay is None else bias_weight_decay, bias_lr_factor)}
-    return [{"name": kind, "params": members[kind], "weight_decay": decay, "lr": lr * factor}
-            for kind, (decay, factor) in settings.items() if members[kind]]
+    settings = {
+        "weight": (weight_decay, 1.0),
+        "norm": (weight_decay if norm_weight_decay is None else norm_weight_decay, 1.0),
+        "bias": (weight_decay if bias_weight_decay is None else bias_weight_decay, bias_lr_factor),
+    }
+    return [
+        {"name": kind, "params": members[kind], "weight_decay": decay, "lr": lr * factor}
+        for kind, (decay, factor) in settings.items()
+        if members[kind]
+    ]
 
 
-def check_group_settings(norm_weight_decay: float | None = None, bias_weight_decay: float | None = None,
-                         bias_lr_factor: float = 1.0) -> None:
+def check_group_settings(
+    norm_weight_decay: float | None = None, bias_weight_decay: float | None = None, bias_lr_factor: float = 1.0
+) -> None:
     if bias_lr_factor <= 0:
         raise ValueError(f"optim.bias_lr_factor must be > 0, got {bias_lr_factor}")
     for key, value in (("norm_weight_decay", norm_weight_decay), ("bias_weight_decay", bias_weight_decay)):

@@ -11,8 +11,14 @@ from torchvision.utils import draw_bounding_boxes
 PREDICTED, GROUND_TRUTH = (230, 40, 40), (40, 200, 60)
 
 
-def draw_detections(image: np.ndarray, boxes: Tensor, labels: Tensor, scores: Tensor, class_names: list[str],
-                    ground_truth: Tensor | None = None) -> Tensor:
+def draw_detections(
+    image: np.ndarray,
+    boxes: Tensor,
+    labels: Tensor,
+    scores: Tensor,
+    class_names: list[str],
+    ground_truth: Tensor | None = None,
+) -> Tensor:
     """[3, H, W] uint8 picture of an H × W × 3 uint8 image with xyxy boxes in its pixels."""
     picture = torch.tensor(image).permute(2, 0, 1)  # a copy: decoded arrays may be read-only
     width = max(1, round(max(image.shape[:2]) / 300))

@@ -68,8 +68,11 @@ def resolve_precision(amp: str | bool, device: torch.device) -> Precision:
     fast, why = bf16_fast_path(device)
     if amp == "bf16":
         if not fast:
-            log.warning("trainer.amp=bf16 on a machine without a fast bf16 path (%s): the model will run much slower "
-                        "than in fp32; trainer.amp=auto chooses for the machine", why)
+            log.warning(
+                "trainer.amp=bf16 on a machine without a fast bf16 path (%s): the model will run much slower "
+                "than in fp32; trainer.amp=auto chooses for the machine",
+                why,
+            )
         return Precision("bf16", "bf16", "as requested" + ("" if fast else f"; no fast path: {why}"))
     precision = Precision("bf16" if fast else "off", "auto", why)
     log.info("trainer.amp=auto: %s (%s)", precision.name, why)
@@ -86,13 +89,17 @@ def bf16_fast_path(device: torch.device) -> tuple[bool, str]:
         return False, f"no bf16 probe for device type {device.type}"
     speedup, fp32_ms, bf16_ms = bf16_conv_speedup()
     capability = torch.backends.cpu.get_cpu_capability()
-    evidence = (f"CPU {capability}: a 3×3 conv forward + backward takes {bf16_ms:.1f} ms in bf16 against "
-                f"{fp32_ms:.1f} ms in fp32")
+    evidence = (
+        f"CPU {capability}: a 3×3 conv forward + backward takes {bf16_ms:.1f} ms in bf16 against "
+        f"{fp32_ms:.1f} ms in fp32"
+    )
     return speedup >= FAST_SPEEDUP, evidence
 
 
 @functools.cache
-def bf16_conv_speedup(batch: int = 2, channels: int = 128, size: int = 32, repeats: int = 3) -> tuple[float, float, float]:
+def bf16_conv_speedup(
+    batch: int = 2, channels: int = 128, size: int = 32, repeats: int = 3
+) -> tuple[float, float, float]:
     """(fp32 time / bf16 time, fp32 ms, bf16 ms) of a channels-last 3×3 convolution, forward and
     backward, on the CPU: the best of `repeats` after a warm-up call. A bf16 call slower than twice
     the fp32 time ends the probe early (the fallback is 10× slower or more)."""

@@ -54,22 +54,47 @@ class GlyphCrops(Dataset):
         return (image - self.mean) / self.std, label
 
 
-def pretrain_backbone(out: str | Path, depth: int = 18, steps: int = 700, batch_size: int = 128, crop_size: int = 48,
-                      lr: float = 0.1, weight_decay: float = 1e-4, warmup_steps: int = 50, seed: int = 0,
-                      eval_crops: int = 2000, num_workers: int = 1, amp: str = "auto", device: str = "cpu",
-                      progress: bool = True) -> dict:
+def pretrain_backbone(
+    out: str | Path,
+    depth: int = 18,
+    steps: int = 700,
+    batch_size: int = 128,
+    crop_size: int = 48,
+    lr: float = 0.1,
+    weight_decay: float = 1e-4,
+    warmup_steps: int = 50,
+    seed: int = 0,
+    eval_crops: int = 2000,
+    num_workers: int = 1,
+    amp: str = "auto",
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict:
     """Train ResNet-`depth` (trainable BatchNorm) to classify glyph crops with SGD (momentum 0.9,
     Nesterov, no decay on norms and biases), linear warmup then cosine; write its state dict to
     `out` and the record to `out` with suffix .json; return the record. Defaults: 700 steps of
     128 crops of 48 px, LR 0.1 after 50 warmup steps, weight decay 1e-4."""
     out = Path(out).expanduser()
-    settings = dict(depth=depth, steps=steps, batch_size=batch_size, crop_size=crop_size, lr=lr,
-                    weight_decay=weight_decay, warmup_steps=warmup_steps, seed=seed, eval_crops=eval_crops,
-                    amp=amp, device=torch.device(device).type, classes=len(CLASSES),
-                    generator_version=GENERATOR_VERSION, version=PRETRAIN_VERSION)
+    settings = dict(
+        depth=depth,
+        steps=steps,
+        batch_size=batch_size,
+        crop_size=crop_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup_steps=warmup_steps,
+        seed=seed,
+        eval_crops=eval_crops,
+        amp=amp,
+        device=torch.device(device).type,
+        classes=len(CLASSES),
+        generator_version=GENERATOR_VERSION,
+        version=PRETRAIN_VERSION,
+    )
     if steps < 1 or batch_size < 1 or crop_size < 16 or not 0 <= warmup_steps < steps:
-        raise ValueError(f"pretraining needs steps, batch_size >= 1, crop_size >= 16 and 0 <= warmup_steps < steps, "
-                         f"got {settings}")
+        raise ValueError(
+            f"pretraining needs steps, batch_size >= 1, crop_size >= 16 and 0 <= warmup_steps < steps, got {settings}"
+        )
     with _exclusive(out.with_suffix(".lock")):
         cached = _cached_record(out, settings)
         if cached is not None:
@@ -80,11 +105,16 @@ def pretrain_backbone(out: str | Path, depth: int = 18, steps: int = 700, batch_
         precision = resolve_precision(amp, device)
         model = getattr(torchvision.models, f"resnet{depth}")(weights=None, num_classes=len(CLASSES))
         model.to(device, memory_format=torch.channels_last)
-        optimizer = torch.optim.SGD(parameter_groups(model, lr, weight_decay, 0.0, 0.0), lr=lr, momentum=0.9,
-                                    nesterov=True)
+        optimizer = torch.optim.SGD(
+            parameter_groups(model, lr, weight_decay, 0.0, 0.0), lr=lr, momentum=0.9, nesterov=True
+        )
         scheduler = lambda_scheduler(optimizer, WarmupCosine(steps, warmup_steps, warmup_factor=0.01))
-        loader = DataLoader(GlyphCrops(steps * batch_size, crop_size, seed * 2), batch_size=batch_size,
-                            num_workers=num_workers, persistent_workers=False)
+        loader = DataLoader(
+            GlyphCrops(steps * batch_size, crop_size, seed * 2),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            persistent_workers=False,
+        )
         start = time.perf_counter()
         model.train()
         bar = tqdm(loader, total=steps, desc=f"pretraining ResNet-{depth} on glyph crops", disable=not progress)
@@ -93,8 +123,9 @@ def pretrain_backbone(out: str | Path, depth: int = 18, steps: int = 700, batch_
                 logits = model(images.to(device).contiguous(memory_format=torch.channels_last))
             loss = F.cross_entropy(logits.float(), labels.to(device))
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"pretraining loss is {loss.item()} at step {scheduler.last_epoch}; "
-                                         f"lower lr={lr}")
+                raise FloatingPointError(
+                    f"pretraining loss is {loss.item()} at step {scheduler.last_epoch}; lower lr={lr}"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -103,13 +134,24 @@ def pretrain_backbone(out: str | Path, depth: int = 18, steps: int = 700, batch_
         seconds = time.perf_counter() - start
         accuracy, held_out_loss = evaluate_crops(model, crop_size, seed * 2 + 1, eval_crops, batch_size, device)
         save_checkpoint({k: v.detach().cpu() for k, v in model.state_dict().items()}, out)
-        record = {"settings": settings, "accuracy": accuracy, "held_out_loss": held_out_loss, "train_seconds": seconds,
-                  "precision": precision.name}
+        record = {
+            "settings": settings,
+            "accuracy": accuracy,
+            "held_out_loss": held_out_loss,
+            "train_seconds": seconds,
+            "precision": precision.name,
+        }
         staging = out.with_suffix(".json.tmp")
         staging.write_text(json.dumps(record, indent=1))
         os.replace(staging, out.with_suffix(".json"))
-        log.info("pretrained ResNet-%d in %.0f s: held-out accuracy %.1f %% over %d classes; written to %s", depth,
-                 seconds, 100 * accuracy, len(CLASSES), out)
+        log.info(
+            "pretrained ResNet-%d in %.0f s: held-out accuracy %.1f %% over %d classes; written to %s",
+            depth,
+            seconds,
+            100 * accuracy,
+            len(CLASSES),
+            out,
+        )
         return record
 
 
@@ -133,8 +175,9 @@ def _exclusive(lock_path: Path):
 
 
 @torch.no_grad()
-def evaluate_crops(model: torch.nn.Module, crop_size: int, seed: int, count: int, batch_size: int,
-                   device: torch.device | str = "cpu") -> tuple[float, float]:
+def evaluate_crops(
+    model: torch.nn.Module, crop_size: int, seed: int, count: int, batch_size: int, device: torch.device | str = "cpu"
+) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) of `model` on `count` crops drawn from `seed`."""
     was_training = model.training
     model.eval()

@@ -15,8 +15,14 @@ class WarmupMultiStep:
     (the FL paper: 60k and 80k of 90k, i.e. 0.666667 and 0.888889), so a schedule keeps its shape
     when `trainer.max_iters` changes, or when a time budget sets it (`max_iters` may be reassigned)."""
 
-    def __init__(self, max_iters: int, milestones: Sequence[float] = (0.666667, 0.888889), gamma: float = 0.1,
-                 warmup_iters: int = 500, warmup_factor: float = 0.001):
+    def __init__(
+        self,
+        max_iters: int,
+        milestones: Sequence[float] = (0.666667, 0.888889),
+        gamma: float = 0.1,
+        warmup_iters: int = 500,
+        warmup_factor: float = 0.001,
+    ):
         if any(not 0 < m < 1 for m in milestones) or list(milestones) != sorted(milestones):
             raise ValueError(f"schedule.milestones must be increasing fractions in (0, 1), got {list(milestones)}")
         _check_warmup(warmup_iters, warmup_factor)
@@ -40,8 +46,9 @@ class WarmupCosine:
     During warmup the factor does not depend on max_iters, so a time budget can set max_iters
     then and a rerun with that count is identical."""
 
-    def __init__(self, max_iters: int, warmup_iters: int = 500, warmup_factor: float = 0.001,
-                 final_factor: float = 0.0):
+    def __init__(
+        self, max_iters: int, warmup_iters: int = 500, warmup_factor: float = 0.001, final_factor: float = 0.0
+    ):
         _check_warmup(warmup_iters, warmup_factor)
         self.max_iters, self.warmup_iters, self.warmup_factor = max_iters, warmup_iters, warmup_factor
         self.final_factor = final_factor
@@ -55,8 +62,9 @@ class WarmupCosine:
 
 def _check_warmup(warmup_iters: int, warmup_factor: float) -> None:
     if warmup_iters < 0 or not 0 < warmup_factor <= 1:
-        raise ValueError(f"schedule needs warmup_iters >= 0 and warmup_factor in (0, 1], got {warmup_iters}, "
-                         f"{warmup_factor}")
+        raise ValueError(
+            f"schedule needs warmup_iters >= 0 and warmup_factor in (0, 1], got {warmup_iters}, {warmup_factor}"
+        )
 
 
 def _warmup(iteration: int, warmup_iters: int, warmup_factor: float) -> float:

@@ -17,8 +17,13 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from detector.engine.checkpoint import (capture_rng_state, load_checkpoint, load_model_weights, restore_rng_state,
-                                        save_checkpoint)
+from detector.engine.checkpoint import (
+    capture_rng_state,
+    load_checkpoint,
+    load_model_weights,
+    restore_rng_state,
+    save_checkpoint,
+)
 from detector.engine.diagnostics import GradientStatistics, gradient_statistics
 from detector.engine.distributed import Distributed, broadcast_from_main, gather_to_main, sum_over_processes
 from detector.engine.evaluator import STAT_NAMES, format_metrics, format_per_class
@@ -39,9 +44,17 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def check_settings(max_iters: int, eval_period: int, log_period: int, checkpoint_period: int,
-                   clip_grad_norm: float | None, diagnostics_period: int = 0, max_consecutive_nonfinite: int = 5,
-                   time_budget: float | None = None, budget_probe_iters: int = 20) -> None:
+def check_settings(
+    max_iters: int,
+    eval_period: int,
+    log_period: int,
+    checkpoint_period: int,
+    clip_grad_norm: float | None,
+    diagnostics_period: int = 0,
+    max_consecutive_nonfinite: int = 5,
+    time_budget: float | None = None,
+    budget_probe_iters: int = 20,
+) -> None:
     """Raise ValueError naming the trainer key whose value is out of range."""
     if max_iters < 1:
         raise ValueError(f"trainer.max_iters must be >= 1, got {max_iters}")
@@ -51,8 +64,12 @@ def check_settings(max_iters: int, eval_period: int, log_period: int, checkpoint
         raise ValueError(f"trainer.budget_probe_iters must be >= 1, got {budget_probe_iters}")
     if max_consecutive_nonfinite < 1:
         raise ValueError(f"trainer.max_consecutive_nonfinite must be >= 1, got {max_consecutive_nonfinite}")
-    for name, value in (("eval_period", eval_period), ("log_period", log_period),
-                        ("checkpoint_period", checkpoint_period), ("diagnostics_period", diagnostics_period)):
+    for name, value in (
+        ("eval_period", eval_period),
+        ("log_period", log_period),
+        ("checkpoint_period", checkpoint_period),
+        ("diagnostics_period", diagnostics_period),
+    ):
         if value < 0:
             raise ValueError(f"trainer.{name} must be >= 0 (0 turns it off), got {value}")
     if clip_grad_norm is not None and clip_grad_norm <= 0:
@@ -91,21 +108,52 @@ class Trainer:
     exactly: model, optimizer, scheduler, scaler, loss state, iteration and RNG states.
     """
 
-    def __init__(self, model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
-                 scheduler, batches: Callable[[int], Iterator], validator: Callable | None, output_dir: str | Path,
-                 max_iters: int, batch_size: int, device: torch.device, amp: str | Precision = "off",
-                 eval_period: int = 0, log_period: int = 20, checkpoint_period: int = 0,
-                 clip_grad_norm: float | None = None, channels_last: bool = False, diagnostics_period: int = 0,
-                 max_consecutive_nonfinite: int = 5, distributed: Distributed | None = None, sync_bn: bool = False,
-                 compile_model: bool = False, run_config: dict | None = None, time_budget: float | None = None,
-                 budget_probe_iters: int = 20, clock: Callable[[], float] = time.perf_counter,
-                 hparams: dict | None = None):
-        check_settings(max_iters, eval_period, log_period, checkpoint_period, clip_grad_norm, diagnostics_period,
-                       max_consecutive_nonfinite, time_budget, budget_probe_iters)
+    def __init__(
+        self,
+        model: nn.Module,
+        criterion: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler,
+        batches: Callable[[int], Iterator],
+        validator: Callable | None,
+        output_dir: str | Path,
+        max_iters: int,
+        batch_size: int,
+        device: torch.device,
+        amp: str | Precision = "off",
+        eval_period: int = 0,
+        log_period: int = 20,
+        checkpoint_period: int = 0,
+        clip_grad_norm: float | None = None,
+        channels_last: bool = False,
+        diagnostics_period: int = 0,
+        max_consecutive_nonfinite: int = 5,
+        distributed: Distributed | None = None,
+        sync_bn: bool = False,
+        compile_model: bool = False,
+        run_config: dict | None = None,
+        time_budget: float | None = None,
+        budget_probe_iters: int = 20,
+        clock: Callable[[], float] = time.perf_counter,
+        hparams: dict | None = None,
+    ):
+        check_settings(
+            max_iters,
+            eval_period,
+            log_period,
+            checkpoint_period,
+            clip_grad_norm,
+            diagnostics_period,
+            max_consecutive_nonfinite,
+            time_budget,
+            budget_probe_iters,
+        )
         self.distributed = distributed or Distributed()
         if sync_bn and self.distributed.enabled and device.type != "cuda":
-            raise ValueError("trainer.sync_bn=true needs CUDA (PyTorch's SyncBatchNorm is GPU-only); on CPU use "
-                             "trainer.sync_bn=false or a backbone without batch statistics (model.backbone.norm=gn)")
+            raise ValueError(
+                "trainer.sync_bn=true needs CUDA (PyTorch's SyncBatchNorm is GPU-only); on CPU use "
+                "trainer.sync_bn=false or a backbone without batch statistics (model.backbone.norm=gn)"
+            )
         self.module = model  # the bare model: what is saved, loaded and evaluated
         self.model = model  # what trains: the DistributedDataParallel wrapper once train() starts
         self.criterion = criterion
@@ -138,12 +186,23 @@ class Trainer:
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict:
-        return {"model": self.module.state_dict(), "criterion": self.criterion.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "iteration": self.iteration, "best_ap": self.best_ap,
-                "train_seconds": self.train_seconds, "skipped_steps": self.skipped_steps,
-                "nonfinite_in_a_row": self.nonfinite_in_a_row, "replaced_images": sorted(self.replaced_images), "rng": capture_rng_state(),
-                "max_iters": self.max_iters, "budget_fixed": self.budget_fixed, "config": self.run_config}
+        return {
+            "model": self.module.state_dict(),
+            "criterion": self.criterion.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "iteration": self.iteration,
+            "best_ap": self.best_ap,
+            "train_seconds": self.train_seconds,
+            "skipped_steps": self.skipped_steps,
+            "nonfinite_in_a_row": self.nonfinite_in_a_row,
+            "replaced_images": sorted(self.replaced_images),
+            "rng": capture_rng_state(),
+            "max_iters": self.max_iters,
+            "budget_fixed": self.budget_fixed,
+            "config": self.run_config,
+        }
 
     def resume(self, path: str | Path) -> None:
         state = load_checkpoint(path)
@@ -163,8 +222,11 @@ class Trainer:
         elif self.time_budget is not None and self.budget_probe_iters // 4 <= self.iteration < self.budget_probe_iters:
             self.probe_start = (self.iteration, self.train_seconds)  # time the probe's rest in this process
         if state.get("max_iters", self.max_iters) != self.max_iters:
-            log.warning("the checkpoint trained towards %d iterations; this run goes to %d and its schedule with it",
-                        state["max_iters"], self.max_iters)
+            log.warning(
+                "the checkpoint trained towards %d iterations; this run goes to %d and its schedule with it",
+                state["max_iters"],
+                self.max_iters,
+            )
         self._set_horizon(self.max_iters)  # the scheduler's state brought back the checkpoint's horizon
         if "rng" in state:
             restore_rng_state(state["rng"])
@@ -175,8 +237,10 @@ class Trainer:
     def train(self) -> dict:
         finished = broadcast_from_main(self._finished_metrics() if self.distributed.is_main else None)
         if finished is not None:
-            log.info("the run finished at iteration %d: its metrics.json stands, nothing to train or evaluate",
-                     self.iteration)
+            log.info(
+                "the run finished at iteration %d: its metrics.json stands, nothing to train or evaluate",
+                self.iteration,
+            )
             return finished
         self.module.to(self.device, memory_format=self.memory_format)
         self.criterion.to(self.device)
@@ -190,8 +254,13 @@ class Trainer:
         self.model.train()
         main = self.distributed.is_main
         writer = SummaryWriter(str(self.output_dir / "tb")) if main else None
-        bar = tqdm(total=self.max_iters, initial=self.iteration, disable=not (main and sys.stderr.isatty()),
-                   dynamic_ncols=True, desc="train")
+        bar = tqdm(
+            total=self.max_iters,
+            initial=self.iteration,
+            disable=not (main and sys.stderr.isatty()),
+            dynamic_ncols=True,
+            desc="train",
+        )
         try:
             with logging_redirect_tqdm():  # log lines print above the progress bar
                 metrics = self._loop(writer, bar)
@@ -250,8 +319,12 @@ class Trainer:
             loss_dict = self.criterion(outputs, targets, keep_cls_inputs=diagnose)
         gradients = None
         if diagnose:
-            gradients = gradient_statistics(loss_dict["loss_cls"], loss_dict.pop("cls_logits"),
-                                            loss_dict.pop("cls_targets"), self.criterion.cls_loss)
+            gradients = gradient_statistics(
+                loss_dict["loss_cls"],
+                loss_dict.pop("cls_logits"),
+                loss_dict.pop("cls_targets"),
+                self.criterion.cls_loss,
+            )
         loss = sum(v for k, v in loss_dict.items() if k.startswith("loss_"))
         losses = self._reduce({"loss": loss, **loss_dict})
         if not math.isfinite(losses["loss"]):  # the same verdict on every process
@@ -277,10 +350,18 @@ class Trainer:
         left = max(0, math.floor((self.time_budget - self.train_seconds) / per_iteration))
         fitted = self._first_horizon_keeping_the_past(min(self.max_iters, self.iteration + left))
         fitted = broadcast_from_main(fitted)  # every process stops together
-        log.info("trainer.time_budget=%gs at %.3fs/it (iterations %d-%d): %d iterations (upper bound %d); "
-                 "rerun exactly with trainer.max_iters=%d trainer.time_budget=null trainer.amp=%s", self.time_budget,
-                 per_iteration, start_iteration + 1, self.iteration, fitted, self.max_iters, fitted,
-                 self.precision.amp)
+        log.info(
+            "trainer.time_budget=%gs at %.3fs/it (iterations %d-%d): %d iterations (upper bound %d); "
+            "rerun exactly with trainer.max_iters=%d trainer.time_budget=null trainer.amp=%s",
+            self.time_budget,
+            per_iteration,
+            start_iteration + 1,
+            self.iteration,
+            fitted,
+            self.max_iters,
+            fitted,
+            self.precision.amp,
+        )
         self.budget_fixed = True
         self._set_horizon(fitted)
 
@@ -309,8 +390,13 @@ class Trainer:
         self.nonfinite_in_a_row += 1
         self.skipped_steps += 1
         terms = ", ".join(k for k, v in losses.items() if k.startswith("loss_") and not math.isfinite(v))
-        log.error("non-finite loss at iteration %d (%s): %s; step skipped, %d in a row", self.iteration + 1,
-                  terms, losses, self.nonfinite_in_a_row)  # scripts/ablation_table.py reads "non-finite loss"
+        log.error(
+            "non-finite loss at iteration %d (%s): %s; step skipped, %d in a row",
+            self.iteration + 1,
+            terms,
+            losses,
+            self.nonfinite_in_a_row,
+        )  # scripts/ablation_table.py reads "non-finite loss"
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         if self.nonfinite_in_a_row >= self.max_consecutive_nonfinite:
@@ -318,14 +404,17 @@ class Trainer:
                 f"non-finite loss for {self.nonfinite_in_a_row} iterations in a row (trainer.max_consecutive_nonfinite="
                 f"{self.max_consecutive_nonfinite}), the last at iteration {self.iteration + 1} in {terms}; training "
                 f"stopped. The last good checkpoint is {self.output_dir / 'checkpoints' / 'last.pt'}; try a lower "
-                "optim.lr, a longer schedule.warmup_iters or trainer.clip_grad_norm.")
+                "optim.lr, a longer schedule.warmup_iters or trainer.clip_grad_norm."
+            )
 
     def _reduce(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
         stacked = torch.stack([v.detach().float() for v in values.values()])
         if self.distributed.enabled:
             stacked = sum_over_processes(stacked)
         world = self.distributed.world_size
-        host = stacked.tolist()  # a wait for the device (the criterion's row counts are the other): the verdict needs them
+        host = (
+            stacked.tolist()
+        )  # a wait for the device (the criterion's row counts are the other): the verdict needs them
         return {name: v if name in ("num_pos", "num_neg") else v / world for name, v in zip(values, host)}
 
     def evaluate(self, writer: SummaryWriter | None = None) -> dict | None:
@@ -359,20 +448,41 @@ class Trainer:
         seconds_per_iter = self.train_seconds / max(self.iteration, 1)
         eta = seconds_per_iter * (self.max_iters - self.iteration)
         neg_per_pos = losses["num_neg"] / max(losses["num_pos"], 1.0)
-        log.info("iter %d/%d  loss %.4f  cls %.4f  box %.4f  pos %.1f  neg/pos %.0f  lr %.5f  %.3fs/it  eta %s",
-                 self.iteration, self.max_iters, losses["loss"], losses["loss_cls"], losses["loss_box"],
-                 losses["num_pos"], neg_per_pos, lr, seconds_per_iter, time.strftime("%H:%M:%S", time.gmtime(eta)))
+        log.info(
+            "iter %d/%d  loss %.4f  cls %.4f  box %.4f  pos %.1f  neg/pos %.0f  lr %.5f  %.3fs/it  eta %s",
+            self.iteration,
+            self.max_iters,
+            losses["loss"],
+            losses["loss_cls"],
+            losses["loss_box"],
+            losses["num_pos"],
+            neg_per_pos,
+            lr,
+            seconds_per_iter,
+            time.strftime("%H:%M:%S", time.gmtime(eta)),
+        )
         for key, value in losses.items():
             writer.add_scalar(f"train/{key}", value, self.iteration)
         writer.add_scalar("train/negatives_per_positive", neg_per_pos, self.iteration)
         writer.add_scalar("train/lr", lr, self.iteration)
 
     def _log_gradients(self, writer: SummaryWriter, gradients: GradientStatistics) -> None:
-        for name, histogram in (("g_positive", gradients.g_positive), ("g_negative", gradients.g_negative),
-                                ("gradient_by_g", gradients.gradient_by_g)):
-            writer.add_histogram_raw(f"gradients/{name}", histogram.min, histogram.max, histogram.total,
-                                     histogram.sum, histogram.sum_squares, histogram.bucket_limits(),
-                                     histogram.counts.tolist(), self.iteration)
+        for name, histogram in (
+            ("g_positive", gradients.g_positive),
+            ("g_negative", gradients.g_negative),
+            ("gradient_by_g", gradients.gradient_by_g),
+        ):
+            writer.add_histogram_raw(
+                f"gradients/{name}",
+                histogram.min,
+                histogram.max,
+                histogram.total,
+                histogram.sum,
+                histogram.sum_squares,
+                histogram.bucket_limits(),
+                histogram.counts.tolist(),
+                self.iteration,
+            )
         for name, value in gradients.scalars.items():
             writer.add_scalar(f"gradients/{name}", value, self.iteration)
 
@@ -391,18 +501,29 @@ class Trainer:
             metrics["per_class"] = stats["per_class"]
         replaced = sorted({i for ids in gather_to_main([sorted(self.replaced_images)]) or [] for i in ids})
         if self.time_budget is not None:
-            metrics["time_budget"] = {"seconds": self.time_budget, "max_iters": self.max_iters,
-                                      "probe_iters": self.budget_probe_iters}
-        metrics.update(iteration=self.iteration, precision=self.precision.as_dict(), machine=describe_machine(),
-                       skipped_steps=self.skipped_steps, replaced_images=replaced,
-                       train_seconds=round(self.train_seconds, 2),
-                       images_per_second=round(self.iteration * self.batch_size / max(self.train_seconds, 1e-9), 3))
+            metrics["time_budget"] = {
+                "seconds": self.time_budget,
+                "max_iters": self.max_iters,
+                "probe_iters": self.budget_probe_iters,
+            }
+        metrics.update(
+            iteration=self.iteration,
+            precision=self.precision.as_dict(),
+            machine=describe_machine(),
+            skipped_steps=self.skipped_steps,
+            replaced_images=replaced,
+            train_seconds=round(self.train_seconds, 2),
+            images_per_second=round(self.iteration * self.batch_size / max(self.train_seconds, 1e-9), 3),
+        )
         if not self.distributed.is_main:
             return metrics
         (self.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         if replaced:
-            log.warning("%d training images could not be used (see the warnings above) and were replaced by others: "
-                        "ids %s", len(replaced), replaced)
+            log.warning(
+                "%d training images could not be used (see the warnings above) and were replaced by others: ids %s",
+                len(replaced),
+                replaced,
+            )
         if stats:
             log.info("final COCO evaluation (iteration %d):\n%s", self.iteration, format_metrics(stats))
         return metrics

@@ -43,8 +43,9 @@ def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float | None = 0.
     return loss * alpha_weight(targets, alpha)
 
 
-def focal_value_and_gradient(logits: Tensor, targets: Tensor, alpha: float | None,
-                             gamma: float) -> tuple[Tensor, Tensor]:
+def focal_value_and_gradient(
+    logits: Tensor, targets: Tensor, alpha: float | None, gamma: float
+) -> tuple[Tensor, Tensor]:
     """Σ FL and ∂FL/∂x = α_t (1 − p_t)^γ [(p − y) − γ (2y − 1) p_t (−log p_t)] (Appendix B's
     gradient written with p − y), in a few element-wise passes and no autograd graph, for y ∈ {0, 1}."""
     sign = targets * 2.0 - 1.0  # y as ±1

@@ -7,8 +7,8 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
 from detector.losses.iou import box_geometry
-from detector.ops.box_coder import BoxCoder
 from detector.ops.atss import ATSSMatcher
+from detector.ops.box_coder import BoxCoder
 from detector.ops.matcher import IGNORE, IoUMatcher
 
 
@@ -47,27 +47,40 @@ class RetinaNetCriterion(nn.Module):
     "cls_logits" (still in the graph) and "cls_targets", for the gradient diagnostics.
     """
 
-    def __init__(self, cls_loss: nn.Module, box_loss: nn.Module, matcher: IoUMatcher | ATSSMatcher, box_coder: BoxCoder,
-                 cls_weight: float = 1.0, box_weight: float = 1.0, normalizer_momentum: float = 0.0,
-                 normalizer_init: float = 100.0, cls_target: str = "auto"):
+    def __init__(
+        self,
+        cls_loss: nn.Module,
+        box_loss: nn.Module,
+        matcher: IoUMatcher | ATSSMatcher,
+        box_coder: BoxCoder,
+        cls_weight: float = 1.0,
+        box_weight: float = 1.0,
+        normalizer_momentum: float = 0.0,
+        normalizer_init: float = 100.0,
+        cls_target: str = "auto",
+    ):
         super().__init__()
         if cls_target not in ("auto", "onehot", "iou"):
             raise ValueError(f"criterion cls_target must be 'auto', 'onehot' or 'iou', got {cls_target!r}")
         if cls_target == "auto":
             cls_target = "iou" if getattr(cls_loss, "soft_targets", False) else "onehot"
         if cls_target == "iou" and not getattr(cls_loss, "soft_targets", False):
-            raise ValueError(f"criterion.cls_target=iou gives each positive its IoU as a soft target, but "
-                             f"{type(cls_loss).__name__}'s formula assumes targets in {{0, 1}}; use a loss that takes "
-                             "soft targets (loss=qfl, loss=vfl) or criterion.cls_target=onehot")
+            raise ValueError(
+                f"criterion.cls_target=iou gives each positive its IoU as a soft target, but "
+                f"{type(cls_loss).__name__}'s formula assumes targets in {{0, 1}}; use a loss that takes "
+                "soft targets (loss=qfl, loss=vfl) or criterion.cls_target=onehot"
+            )
         input_space = getattr(box_loss, "input_space", None)
         if input_space not in ("deltas", "xyxy"):
-            raise ValueError(f"{type(box_loss).__name__} must declare input_space 'deltas' or 'xyxy', "
-                             f"got {input_space!r}")
+            raise ValueError(
+                f"{type(box_loss).__name__} must declare input_space 'deltas' or 'xyxy', got {input_space!r}"
+            )
         if not 0.0 <= normalizer_momentum < 1.0:
             raise ValueError(f"criterion normalizer_momentum must be in [0, 1), got {normalizer_momentum}")
         if cls_weight < 0 or box_weight < 0:
-            raise ValueError(f"criterion loss weights must be >= 0, got cls_weight={cls_weight}, "
-                             f"box_weight={box_weight}")
+            raise ValueError(
+                f"criterion loss weights must be >= 0, got cls_weight={cls_weight}, box_weight={box_weight}"
+            )
         self.cls_loss = cls_loss
         self.box_loss = box_loss
         self.matcher = matcher
@@ -85,8 +98,11 @@ class RetinaNetCriterion(nn.Module):
         anchors = outputs["anchors"]  # (A, 4)
         num_anchors = anchors.shape[0]
         gt_boxes, gt_labels, gt_valid, gt_crowd = pad_targets(targets, anchors.device)
-        levels_kw = {"num_anchors_per_level": list(outputs["num_anchors_per_level"])} if getattr(
-            self.matcher, "needs_levels", False) else {}  # ATSS picks its candidates per level
+        levels_kw = (
+            {"num_anchors_per_level": list(outputs["num_anchors_per_level"])}
+            if getattr(self.matcher, "needs_levels", False)
+            else {}
+        )  # ATSS picks its candidates per level
         matches = self.matcher(anchors, gt_boxes, gt_valid, gt_crowd, **levels_kw)  # (B, A)
         positive = matches >= 0
         kept = matches != IGNORE
@@ -112,15 +128,17 @@ class RetinaNetCriterion(nn.Module):
         target_value = (kept_labels >= 0).to(kept_logits.dtype)  # 1 on each positive's class
         if self.cls_target == "iou":  # instead, the IoU of the positive's predicted box with its ground truth
             quality = kept_logits.new_zeros(labels.shape)
-            quality[positive_rows] = box_geometry(self.box_coder.decode(pos_anchors, pos_deltas.detach()),
-                                                  matched_boxes).iou.clamp(0.0, 1.0)
+            quality[positive_rows] = box_geometry(
+                self.box_coder.decode(pos_anchors, pos_deltas.detach()), matched_boxes
+            ).iou.clamp(0.0, 1.0)
             target_value = quality[kept_rows]
         kept_targets = torch.zeros_like(kept_logits).scatter_(  # one-hot (or IoU-valued) rows, written in place
-            1, kept_labels.clamp(min=0).unsqueeze(1), target_value.unsqueeze(1))
-        cls_split = (kept_rows % num_anchors, levels, rows_per_level[:len(levels)])
+            1, kept_labels.clamp(min=0).unsqueeze(1), target_value.unsqueeze(1)
+        )
+        cls_split = (kept_rows % num_anchors, levels, rows_per_level[: len(levels)])
         loss_cls = self._call(self.cls_loss, cls_split, kept_logits, kept_targets, normalizer, **context)
 
-        box_split = (positive_rows % num_anchors, levels, rows_per_level[len(levels):])
+        box_split = (positive_rows % num_anchors, levels, rows_per_level[len(levels) :])
         if self.box_loss.input_space == "deltas":
             box_inputs = (pos_deltas, self.box_coder.encode(pos_anchors, matched_boxes))
         else:
@@ -130,15 +148,25 @@ class RetinaNetCriterion(nn.Module):
             box_context = {"image_size": image_sizes(targets, anchors.device)[positive_rows // num_anchors]}
         loss_box = self._call(self.box_loss, box_split, *box_inputs, normalizer, **box_context)
         num_neg = (counts[0] * cls_logits.shape[-1] - counts[1]).float()  # on the device: no second wait
-        result = {"loss_cls": self.cls_weight * loss_cls, "loss_box": self.box_weight * loss_box, "num_pos": num_pos,
-                  "num_neg": num_neg}
+        result = {
+            "loss_cls": self.cls_weight * loss_cls,
+            "loss_box": self.box_weight * loss_box,
+            "num_pos": num_pos,
+            "num_neg": num_neg,
+        }
         if keep_cls_inputs:
             result.update(cls_logits=kept_logits, cls_targets=kept_targets)
         return result
 
     @staticmethod
-    def _call(loss: nn.Module, split: tuple[Tensor, list[int], list[int]], inputs: Tensor, targets: Tensor,
-              normalizer: Tensor, **context: Tensor) -> Tensor:
+    def _call(
+        loss: nn.Module,
+        split: tuple[Tensor, list[int], list[int]],
+        inputs: Tensor,
+        targets: Tensor,
+        normalizer: Tensor,
+        **context: Tensor,
+    ) -> Tensor:
         """loss(inputs, targets, normalizer, **context), or, for a `per_level` loss, the sum of one
         call per level on that level's rows (in level order, as the official code's levels run)."""
         if not getattr(loss, "per_level", False):
@@ -159,7 +187,9 @@ class RetinaNetCriterion(nn.Module):
         total = self.reduce_num_pos(num_pos) if self.reduce_num_pos is not None else num_pos
         if self.normalizer_momentum == 0.0:
             return total.clamp(min=1.0)
-        smoothed = self.normalizer_momentum * self.normalizer_ema + (1 - self.normalizer_momentum) * total.clamp(min=1.0)
+        smoothed = self.normalizer_momentum * self.normalizer_ema + (1 - self.normalizer_momentum) * total.clamp(
+            min=1.0
+        )
         if self.training:
             self.normalizer_ema.copy_(smoothed.detach())
         return smoothed
@@ -198,8 +228,10 @@ def pad_targets(targets: list[dict], device: torch.device) -> tuple[Tensor, Tens
 def image_sizes(targets: list[dict], device: torch.device) -> Tensor:
     """[B, 2] (h, w) of each input image, from the targets' "size" (the loader sets it)."""
     if any("size" not in t for t in targets):
-        raise KeyError("a box loss that needs the image size (MPDIoU) needs each target's 'size' (h, w), which "
-                       "detector.data.coco.CocoDetection sets; add it to hand-made targets")
+        raise KeyError(
+            "a box loss that needs the image size (MPDIoU) needs each target's 'size' (h, w), which "
+            "detector.data.coco.CocoDetection sets; add it to hand-made targets"
+        )
     return _to_device(torch.tensor([tuple(t["size"]) for t in targets], dtype=torch.float32), torch.device(device))
 
 

@@ -26,10 +26,10 @@ ValueAndGradient = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 class _SummedWithGradient(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits: Tensor, targets: Tensor, value_and_gradient: ValueAndGradient,
-                in_blocks: bool) -> Tensor:
-        value, gradient = (in_row_blocks(value_and_gradient, logits, targets) if in_blocks
-                           else value_and_gradient(logits, targets))
+    def forward(ctx, logits: Tensor, targets: Tensor, value_and_gradient: ValueAndGradient, in_blocks: bool) -> Tensor:
+        value, gradient = (
+            in_row_blocks(value_and_gradient, logits, targets) if in_blocks else value_and_gradient(logits, targets)
+        )
         ctx.save_for_backward(gradient)
         return value
 
@@ -67,8 +67,9 @@ def log1p_exp(z: Tensor) -> Tensor:
     return z.clamp(min=0).add_(w.log_().sub_(correction))
 
 
-def summed_with_gradient(logits: Tensor, targets: Tensor, value_and_gradient: ValueAndGradient,
-                         in_blocks: bool = True) -> Tensor:
+def summed_with_gradient(
+    logits: Tensor, targets: Tensor, value_and_gradient: ValueAndGradient, in_blocks: bool = True
+) -> Tensor:
     """Σ loss as a scalar in the autograd graph of `logits`, its gradient the one that
     `value_and_gradient` returned with it (targets get none; no double backward). `in_blocks`:
     compute blocks of rows one at a time, correct only when each element's loss depends on its own

@@ -4,8 +4,9 @@ AAAI 2019): down-weight examples whose gradient norm falls in crowded regions of
 Both losses keep a per-bin EMA of example counts in a registered buffer (`acc_sum`, saved in
 checkpoints). Under DDP each process keeps its own EMA of its own counts, as the official code
 does. Both are `per_level` by default: the criterion calls them once per FPN level and sums, as the
-official code does (each level has its own N and advances the shared EMA once). Binning is vectorised and exact: ⌊g·bins⌋, then moved by one where the official code's edge
-comparisons (edges[i] ≤ g < edges[i+1]) disagree with the rounding.
+official code does (each level has its own N and advances the shared EMA once). Binning is
+vectorised and exact: ⌊g·bins⌋, then moved by one where the official code's edge comparisons
+(edges[i] ≤ g < edges[i+1]) disagree with the rounding.
 """
 
 from __future__ import annotations
@@ -42,8 +43,13 @@ def harmonizing_weights(g: Tensor, edges: Tensor, acc_sum: Tensor, momentum: flo
     """
     bins = len(edges) - 1
     index = bin_index(g, edges)
-    counts = torch.zeros(bins, dtype=torch.long, device=g.device).scatter_add_(  # bincount would sync on CUDA
-        0, index.flatten(), torch.ones((), dtype=torch.long, device=g.device).expand(index.numel())).to(acc_sum.dtype)
+    counts = (
+        torch.zeros(bins, dtype=torch.long, device=g.device)
+        .scatter_add_(  # bincount would sync on CUDA
+            0, index.flatten(), torch.ones((), dtype=torch.long, device=g.device).expand(index.numel())
+        )
+        .to(acc_sum.dtype)
+    )
     non_empty = counts > 0
     if momentum > 0:
         if update:

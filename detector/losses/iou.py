@@ -53,8 +53,10 @@ def box_geometry(pred: Tensor, target: Tensor) -> BoxGeometry:
     union = w * h + w_gt * h_gt - inter
     enclosing_w = torch.maximum(pred[:, 2], target[:, 2]) - torch.minimum(pred[:, 0], target[:, 0])
     enclosing_h = torch.maximum(pred[:, 3], target[:, 3]) - torch.minimum(pred[:, 1], target[:, 1])
-    center_dist2 = ((pred[:, 0] + pred[:, 2] - target[:, 0] - target[:, 2]) ** 2
-                    + (pred[:, 1] + pred[:, 3] - target[:, 1] - target[:, 3]) ** 2) / 4
+    center_dist2 = (
+        (pred[:, 0] + pred[:, 2] - target[:, 0] - target[:, 2]) ** 2
+        + (pred[:, 1] + pred[:, 3] - target[:, 1] - target[:, 3]) ** 2
+    ) / 4
     return BoxGeometry(inter / (union + EPS), union, enclosing_w, enclosing_h, center_dist2, w, h, w_gt, h_gt)
 
 
@@ -69,7 +71,7 @@ class _IoUFamilyLoss(nn.Module):
 
 
 def _diagonal2(geo: BoxGeometry) -> Tensor:
-    return geo.enclosing_w ** 2 + geo.enclosing_h ** 2 + EPS
+    return geo.enclosing_w**2 + geo.enclosing_h**2 + EPS
 
 
 class IoULoss(_IoUFamilyLoss):
@@ -105,7 +107,7 @@ class CIoULoss(_IoUFamilyLoss):
     computed without gradient as in the paper."""
 
     def per_box(self, pred, target, geo):
-        v = (4 / math.pi ** 2) * (torch.atan(geo.w_gt / (geo.h_gt + EPS)) - torch.atan(geo.w / (geo.h + EPS))) ** 2
+        v = (4 / math.pi**2) * (torch.atan(geo.w_gt / (geo.h_gt + EPS)) - torch.atan(geo.w / (geo.h + EPS))) ** 2
         with torch.no_grad():
             alpha = v / (1 - geo.iou + v + EPS)
         return 1 - geo.iou + geo.center_dist2 / _diagonal2(geo) + alpha * v
@@ -115,9 +117,13 @@ class EIoULoss(_IoUFamilyLoss):
     """1 − IoU + ρ²/c² + (w − w_gt)²/C_w² + (h − h_gt)²/C_h²."""
 
     def per_box(self, pred, target, geo):
-        return (1 - geo.iou + geo.center_dist2 / _diagonal2(geo)
-                + (geo.w - geo.w_gt) ** 2 / (geo.enclosing_w ** 2 + EPS)
-                + (geo.h - geo.h_gt) ** 2 / (geo.enclosing_h ** 2 + EPS))
+        return (
+            1
+            - geo.iou
+            + geo.center_dist2 / _diagonal2(geo)
+            + (geo.w - geo.w_gt) ** 2 / (geo.enclosing_w**2 + EPS)
+            + (geo.h - geo.h_gt) ** 2 / (geo.enclosing_h**2 + EPS)
+        )
 
 
 class FocalEIoULoss(EIoULoss):
@@ -147,7 +153,7 @@ class CDIoULoss(_IoUFamilyLoss):
         x1, y1, x2, y2 = pred.unbind(1)
         u1, v1, u2, v2 = target.unbind(1)
         corners = [(x1 - u1, y1 - v1), (x2 - u2, y1 - v1), (x2 - u2, y2 - v2), (x1 - u1, y2 - v2)]
-        distance = sum(torch.sqrt(dx ** 2 + dy ** 2 + 1e-12) for dx, dy in corners)  # finite gradient at 0
+        distance = sum(torch.sqrt(dx**2 + dy**2 + 1e-12) for dx, dy in corners)  # finite gradient at 0
         return 1 - geo.iou + self.lam * distance / (4 * torch.sqrt(_diagonal2(geo)))
 
 
@@ -179,7 +185,7 @@ class AlphaIoULoss(_IoUFamilyLoss):
         elif self.base in ("diou", "ciou"):
             loss = loss + self._power(geo.center_dist2 / _diagonal2(geo))
         if self.base == "ciou":
-            v = (4 / math.pi ** 2) * (torch.atan(geo.w_gt / (geo.h_gt + EPS)) - torch.atan(geo.w / (geo.h + EPS))) ** 2
+            v = (4 / math.pi**2) * (torch.atan(geo.w_gt / (geo.h_gt + EPS)) - torch.atan(geo.w / (geo.h + EPS))) ** 2
             with torch.no_grad():
                 beta = v / (1 - geo.iou + v + EPS)
             loss = loss + self._power(beta * v)
@@ -188,10 +194,10 @@ class AlphaIoULoss(_IoUFamilyLoss):
 
 class SIoULoss(_IoUFamilyLoss):
     """SIoU (Gevorgyan, arXiv 2205.12740): 1 − IoU + (Δ + Ω)/2 with
-        angle cost    Λ = 1 − 2 sin²(arcsin(sin α) − π/4) = sin 2α = 2 |dx·dy| / (dx² + dy²),
-                      (dx, dy) the offset between the centres, α its angle to either axis;
-        distance cost Δ = Σ_{t∈x,y} (1 − exp(−(2 − Λ) ρ_t)), ρ_x = (dx / C_w)², ρ_y = (dy / C_h)²;
-        shape cost    Ω = Σ_{t∈w,h} (1 − exp(−ω_t))^θ, ω_w = |w − w_gt| / max(w, w_gt), θ = 4 (default)."""
+    angle cost    Λ = 1 − 2 sin²(arcsin(sin α) − π/4) = sin 2α = 2 |dx·dy| / (dx² + dy²),
+                  (dx, dy) the offset between the centres, α its angle to either axis;
+    distance cost Δ = Σ_{t∈x,y} (1 − exp(−(2 − Λ) ρ_t)), ρ_x = (dx / C_w)², ρ_y = (dy / C_h)²;
+    shape cost    Ω = Σ_{t∈w,h} (1 − exp(−ω_t))^θ, ω_w = |w − w_gt| / max(w, w_gt), θ = 4 (default)."""
 
     def __init__(self, theta: float = 4.0):
         super().__init__()
@@ -204,8 +210,11 @@ class SIoULoss(_IoUFamilyLoss):
         dy = (pred[:, 1] + pred[:, 3] - target[:, 1] - target[:, 3]) / 2
         angle = 2 * (dx * dy).abs() / (dx * dx + dy * dy + EPS)
         gamma = 2 - angle
-        distance = (2 - torch.exp(-gamma * (dx / (geo.enclosing_w + EPS)) ** 2)
-                    - torch.exp(-gamma * (dy / (geo.enclosing_h + EPS)) ** 2))
+        distance = (
+            2
+            - torch.exp(-gamma * (dx / (geo.enclosing_w + EPS)) ** 2)
+            - torch.exp(-gamma * (dy / (geo.enclosing_h + EPS)) ** 2)
+        )
         omega_w = (geo.w - geo.w_gt).abs() / (torch.maximum(geo.w, geo.w_gt) + EPS)
         omega_h = (geo.h - geo.h_gt).abs() / (torch.maximum(geo.h, geo.h_gt) + EPS)
         shape = (1 - torch.exp(-omega_w)) ** self.theta + (1 - torch.exp(-omega_h)) ** self.theta
@@ -231,7 +240,7 @@ class WiseIoULoss(_IoUFamilyLoss):
 
     def per_box(self, pred, target, geo):
         iou_loss = 1 - geo.iou
-        focus = torch.exp(geo.center_dist2 / (geo.enclosing_w ** 2 + geo.enclosing_h ** 2 + EPS).detach())
+        focus = torch.exp(geo.center_dist2 / (geo.enclosing_w**2 + geo.enclosing_h**2 + EPS).detach())
         loss = focus * iou_loss
         if self.version == 1:
             return loss

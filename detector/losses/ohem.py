@@ -24,8 +24,9 @@ class OHEMLoss(nn.Module):
 
     needs_anchors = True
 
-    def __init__(self, batch_size_per_image: int = 128, neg_pos_ratio: float | None = None,
-                 nms_thresh: float | None = 0.5):
+    def __init__(
+        self, batch_size_per_image: int = 128, neg_pos_ratio: float | None = None, nms_thresh: float | None = 0.5
+    ):
         super().__init__()
         if batch_size_per_image < 1:
             raise ValueError(f"batch_size_per_image must be >= 1, got {batch_size_per_image}")
@@ -37,8 +38,9 @@ class OHEMLoss(nn.Module):
         self.neg_pos_ratio = neg_pos_ratio
         self.nms_thresh = nms_thresh
 
-    def forward(self, logits: Tensor, targets: Tensor, normalizer: Tensor | float, *, image_index: Tensor,
-                anchors: Tensor) -> Tensor:
+    def forward(
+        self, logits: Tensor, targets: Tensor, normalizer: Tensor | float, *, image_index: Tensor, anchors: Tensor
+    ) -> Tensor:
         ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").sum(dim=1)  # (M,)
         return ce[self.select(ce.detach(), targets.amax(dim=1) > 0, image_index, anchors)].sum() / normalizer
 

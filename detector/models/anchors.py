@@ -26,23 +26,40 @@ class AnchorGenerator(nn.Module):
     Anchors are cached per set of feature-map sizes and device.
     """
 
-    def __init__(self, sizes: Sequence[float] = (32, 64, 128, 256, 512), scales_per_octave: int = 3,
-                 ratios: Sequence[float] = (0.5, 1.0, 2.0), strides: Sequence[int] = (8, 16, 32, 64, 128),
-                 offset: float = 0.0, round: bool = False, stride_from_image_size: bool = False):
+    def __init__(
+        self,
+        sizes: Sequence[float] = (32, 64, 128, 256, 512),
+        scales_per_octave: int = 3,
+        ratios: Sequence[float] = (0.5, 1.0, 2.0),
+        strides: Sequence[int] = (8, 16, 32, 64, 128),
+        offset: float = 0.0,
+        round: bool = False,
+        stride_from_image_size: bool = False,
+    ):
         super().__init__()
         if len(sizes) != len(strides):
-            raise ValueError(f"anchors need one size per pyramid level: {len(sizes)} sizes for "
-                             f"{len(strides)} strides {list(strides)}")
+            raise ValueError(
+                f"anchors need one size per pyramid level: {len(sizes)} sizes for "
+                f"{len(strides)} strides {list(strides)}"
+            )
         scales = [2.0 ** (i / scales_per_octave) for i in range(max(scales_per_octave, 1))]
-        level_sizes = [[size * s for s in scales] if isinstance(size, (int, float)) else [float(v) for v in size]
-                       for size in sizes]
+        level_sizes = [
+            [size * s for s in scales] if isinstance(size, (int, float)) else [float(v) for v in size] for size in sizes
+        ]
         if len({len(level) for level in level_sizes}) != 1:
             raise ValueError(f"every level needs the same number of anchor sizes, got {[list(v) for v in level_sizes]}")
-        if (min(min(level) for level in level_sizes) <= 0 or min(strides) <= 0 or scales_per_octave < 1 or not ratios
-                or min(ratios) <= 0):
-            raise ValueError("anchor sizes, strides and ratios must be positive and scales_per_octave >= 1; "
-                             f"got sizes={list(sizes)}, strides={list(strides)}, ratios={list(ratios)}, "
-                             f"scales_per_octave={scales_per_octave}")
+        if (
+            min(min(level) for level in level_sizes) <= 0
+            or min(strides) <= 0
+            or scales_per_octave < 1
+            or not ratios
+            or min(ratios) <= 0
+        ):
+            raise ValueError(
+                "anchor sizes, strides and ratios must be positive and scales_per_octave >= 1; "
+                f"got sizes={list(sizes)}, strides={list(strides)}, ratios={list(ratios)}, "
+                f"scales_per_octave={scales_per_octave}"
+            )
         if not 0.0 <= offset < 1.0:
             raise ValueError(f"anchor offset must be in [0, 1), got {offset}")
         self.strides = tuple(int(s) for s in strides)
@@ -63,8 +80,12 @@ class AnchorGenerator(nn.Module):
         cell = torch.tensor(boxes, dtype=torch.float64)
         return cell.round() if round else cell
 
-    def grid_anchors(self, grid_sizes: Sequence[tuple[int, int]], device: torch.device,
-                     strides: Sequence[tuple[int, int]] | None = None) -> Tensor:
+    def grid_anchors(
+        self,
+        grid_sizes: Sequence[tuple[int, int]],
+        device: torch.device,
+        strides: Sequence[tuple[int, int]] | None = None,
+    ) -> Tensor:
         """[sum over levels of H·W·A, 4] anchors (float32) for feature maps of `grid_sizes`, with
         (y, x) `strides` per level (default: the nominal ones)."""
         strides = tuple(strides or ((s, s) for s in self.strides))

@@ -21,8 +21,12 @@ def _norm_layer(norm: str):
     return lambda channels: nn.GroupNorm(32, channels)
 
 
-IMAGENET_FILES = {18: "resnet18-f37072fd.pth", 34: "resnet34-b627a593.pth", 50: "resnet50-0676ba61.pth",
-                  101: "resnet101-63fe2227.pth"}  # torchvision's IMAGENET1K_V1 files
+IMAGENET_FILES = {
+    18: "resnet18-f37072fd.pth",
+    34: "resnet34-b627a593.pth",
+    50: "resnet50-0676ba61.pth",
+    101: "resnet101-63fe2227.pth",
+}  # torchvision's IMAGENET1K_V1 files
 
 
 class ResNetBackbone(nn.Module):
@@ -38,8 +42,9 @@ class ResNetBackbone(nn.Module):
             caches under $TORCH_HOME/hub/checkpoints/); None trains from scratch. Never downloads.
     """
 
-    def __init__(self, depth: int = 50, norm: str = "frozen_bn", frozen_stages: int = 2,
-                 weights_path: str | None = None):
+    def __init__(
+        self, depth: int = 50, norm: str = "frozen_bn", frozen_stages: int = 2, weights_path: str | None = None
+    ):
         super().__init__()
         if depth not in _RESNETS:
             raise ValueError(f"backbone depth must be one of {sorted(_RESNETS)}, got {depth}")
@@ -74,11 +79,13 @@ def frozen_without_weights(depth: int, norm: str, frozen_stages: int, weights_pa
     if weights_path is not None or (norm != "frozen_bn" and frozen_stages == 0):
         return None
     frozen = [f"norm={norm}"] * (norm == "frozen_bn") + [f"frozen_stages={frozen_stages}"] * (frozen_stages > 0)
-    return (f"model.backbone has {' and '.join(frozen)} but no weights_path: training would freeze randomly "
-            f"initialised layers{' and an identity BatchNorm' if norm == 'frozen_bn' else ''}. Place torchvision's "
-            f"ImageNet ResNet-{depth} state dict ({IMAGENET_FILES.get(depth, f'resnet{depth}-*.pth')}) on disk and set "
-            "model.backbone.weights_path=/path/to/it, or train from scratch with model.backbone.norm=bn (or gn) "
-            "model.backbone.frozen_stages=0 (model=retinanet_r18_cpu does).")
+    return (
+        f"model.backbone has {' and '.join(frozen)} but no weights_path: training would freeze randomly "
+        f"initialised layers{' and an identity BatchNorm' if norm == 'frozen_bn' else ''}. Place torchvision's "
+        f"ImageNet ResNet-{depth} state dict ({IMAGENET_FILES.get(depth, f'resnet{depth}-*.pth')}) on disk and set "
+        "model.backbone.weights_path=/path/to/it, or train from scratch with model.backbone.norm=bn (or gn) "
+        "model.backbone.frozen_stages=0 (model=retinanet_r18_cpu does)."
+    )
 
 
 def load_torchvision_resnet_weights(body: resnet.ResNet, weights_path: str) -> None:
@@ -88,7 +95,8 @@ def load_torchvision_resnet_weights(body: resnet.ResNet, weights_path: str) -> N
     if not path.is_file():
         raise FileNotFoundError(
             f"model.backbone.weights_path={weights_path}: no such file. Place a torchvision ResNet "
-            "state dict there (e.g. resnet50-0676ba61.pth), or set it to null to train from scratch.")
+            "state dict there (e.g. resnet50-0676ba61.pth), or set it to null to train from scratch."
+        )
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state.get("model"), dict):
         state = _backbone_of_checkpoint(state["model"])
@@ -99,13 +107,21 @@ def load_torchvision_resnet_weights(body: resnet.ResNet, weights_path: str) -> N
         raise ValueError(f"{path} is not a torchvision ResNet of this depth: {str(error)[:300]}") from None
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:
-        raise ValueError(f"{path} is not a torchvision ResNet of this depth: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+        raise ValueError(
+            f"{path} is not a torchvision ResNet of this depth: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
 
 
 def _backbone_of_checkpoint(model_state: dict) -> dict:
     """torchvision ResNet keys of the `backbone.*` tensors of a RetinaNet state dict."""
-    prefixes = {"backbone.stem.0.": "conv1.", "backbone.stem.1.": "bn1.",
-                **{f"backbone.stages.{i}.": f"layer{i + 1}." for i in range(4)}}
-    return {target + key[len(prefix):]: value for key, value in model_state.items()
-            for prefix, target in prefixes.items() if key.startswith(prefix)}
+    prefixes = {
+        "backbone.stem.0.": "conv1.",
+        "backbone.stem.1.": "bn1.",
+        **{f"backbone.stages.{i}.": f"layer{i + 1}." for i in range(4)},
+    }
+    return {
+        target + key[len(prefix) :]: value
+        for key, value in model_state.items()
+        for prefix, target in prefixes.items()
+        if key.startswith(prefix)
+    }

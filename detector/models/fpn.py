@@ -21,8 +21,7 @@ class RetinaNetFPN(nn.Module):
 
     strides = (8, 16, 32, 64, 128)
 
-    def __init__(self, in_channels: list[int], out_channels: int = 256, p6_from: str = "c5",
-                 norm: str | None = None):
+    def __init__(self, in_channels: list[int], out_channels: int = 256, p6_from: str = "c5", norm: str | None = None):
         super().__init__()
         if p6_from not in ("c5", "p5"):
             raise ValueError(f"fpn p6_from must be 'c5' or 'p5', got {p6_from!r}")
@@ -33,8 +32,7 @@ class RetinaNetFPN(nn.Module):
         extra = LastLevelP6P7(in_channels[-1] if p6_from == "c5" else out_channels, out_channels)
         extra.use_P5 = p6_from == "p5"  # explicit: torchvision otherwise infers it from channel counts
         norm_layer = (lambda channels: nn.GroupNorm(32, channels)) if norm == "gn" else None
-        self.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=extra,
-                                         norm_layer=norm_layer)
+        self.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=extra, norm_layer=norm_layer)
         self.out_channels = out_channels
 
     def forward(self, features: list[Tensor]) -> list[Tensor]:

@@ -33,8 +33,16 @@ class RetinaNetHead(nn.Module):
     Training keeps it in the autocast dtype (the losses cast its rows to float32).
     """
 
-    def __init__(self, in_channels: int, num_anchors: int, num_classes: int, num_convs: int = 4,
-                 channels: int = 256, norm: str | None = None, prior_prob: float = 0.01):
+    def __init__(
+        self,
+        in_channels: int,
+        num_anchors: int,
+        num_classes: int,
+        num_convs: int = 4,
+        channels: int = 256,
+        norm: str | None = None,
+        prior_prob: float = 0.01,
+    ):
         super().__init__()
         if not 0.0 < prior_prob < 1.0:
             raise ValueError(f"model prior_prob must be in (0, 1), got {prior_prob}")

@@ -32,17 +32,27 @@ class RetinaNet(nn.Module):
         num_anchors_per_level list[int] (rows per level, in order P3…P7).
     """
 
-    def __init__(self, num_classes: int, backbone: ResNetBackbone, fpn: Callable[..., nn.Module],
-                 head: Callable[..., nn.Module], anchor_generator: AnchorGenerator, prior_prob: float = 0.01):
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: ResNetBackbone,
+        fpn: Callable[..., nn.Module],
+        head: Callable[..., nn.Module],
+        anchor_generator: AnchorGenerator,
+        prior_prob: float = 0.01,
+    ):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
         self.backbone = backbone
         self.fpn = fpn(in_channels=backbone.out_channels)
-        self.head = head(in_channels=self.fpn.out_channels,
-                         num_anchors=anchor_generator.num_anchors_per_location, num_classes=num_classes,
-                         prior_prob=prior_prob)
+        self.head = head(
+            in_channels=self.fpn.out_channels,
+            num_anchors=anchor_generator.num_anchors_per_location,
+            num_classes=num_classes,
+            prior_prob=prior_prob,
+        )
         self.anchor_generator = anchor_generator
 
     def forward(self, images: Tensor) -> dict:

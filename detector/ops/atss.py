@@ -32,15 +32,24 @@ class ATSSMatcher:
             raise ValueError(f"matcher crowd_ioa must be in (0, 1], got {crowd_ioa}")
         self.topk, self.crowd, self.crowd_ioa = topk, crowd, crowd_ioa
 
-    def __call__(self, anchors: Tensor, gt_boxes: Tensor, gt_valid: Tensor, gt_crowd: Tensor | None = None, *,
-                 num_anchors_per_level: list[int]) -> Tensor:
+    def __call__(
+        self,
+        anchors: Tensor,
+        gt_boxes: Tensor,
+        gt_valid: Tensor,
+        gt_crowd: Tensor | None = None,
+        *,
+        num_anchors_per_level: list[int],
+    ) -> Tensor:
         """Args as `IoUMatcher`'s, plus the rows per level (P3…P7 order, summing to A). Returns
         matches [B, A]: ground-truth index, BACKGROUND or IGNORE."""
         batch, num_gt = gt_valid.shape
         num_anchors = anchors.shape[0]
         if sum(num_anchors_per_level) != num_anchors:
-            raise ValueError(f"num_anchors_per_level {num_anchors_per_level} sums to {sum(num_anchors_per_level)}, "
-                             f"not to the {num_anchors} anchors")
+            raise ValueError(
+                f"num_anchors_per_level {num_anchors_per_level} sums to {sum(num_anchors_per_level)}, "
+                f"not to the {num_anchors} anchors"
+            )
         if num_gt == 0:
             return torch.full((batch, num_anchors), BACKGROUND, dtype=torch.long, device=anchors.device)
         crowd = gt_crowd & gt_valid if gt_crowd is not None else torch.zeros_like(gt_valid)
@@ -48,13 +57,16 @@ class ATSSMatcher:
         iou = blockwise_box_iou(gt_boxes.reshape(-1, 4), anchors).view(batch, num_gt, num_anchors)
         anchor_centres = (anchors[:, :2] + anchors[:, 2:]) / 2  # (A, 2)
         gt_centres = (gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2  # (B, G, 2)
-        distance = torch.cdist(gt_centres.reshape(-1, 2), anchor_centres,  # differences, not |a|² + |b|² − 2ab
-                               compute_mode="donot_use_mm_for_euclid_dist").view(batch, num_gt, num_anchors)
+        distance = torch.cdist(
+            gt_centres.reshape(-1, 2),
+            anchor_centres,  # differences, not |a|² + |b|² − 2ab
+            compute_mode="donot_use_mm_for_euclid_dist",
+        ).view(batch, num_gt, num_anchors)
         candidates = []
         starts = [sum(num_anchors_per_level[:level]) for level in range(len(num_anchors_per_level))]
         for start, count in zip(starts, num_anchors_per_level):
             k = min(self.topk, count)
-            nearest = distance[..., start:start + count].topk(k, dim=-1, largest=False).indices  # (B, G, k)
+            nearest = distance[..., start : start + count].topk(k, dim=-1, largest=False).indices  # (B, G, k)
             candidates.append(nearest + start)
         candidates = torch.cat(candidates, dim=-1)  # (B, G, C)
         candidate_iou = iou.gather(2, candidates)

@@ -28,8 +28,9 @@ class BoxCoder:
         wx, wy, ww, wh = self.weights
         aw, ah, ax, ay = _size_center(anchors)
         bw, bh, bx, by = _size_center(boxes)
-        return torch.stack([wx * (bx - ax) / aw, wy * (by - ay) / ah,
-                            ww * torch.log(bw / aw), wh * torch.log(bh / ah)], dim=-1)
+        return torch.stack(
+            [wx * (bx - ax) / aw, wy * (by - ay) / ah, ww * torch.log(bw / aw), wh * torch.log(bh / ah)], dim=-1
+        )
 
     def decode(self, anchors: Tensor, deltas: Tensor) -> Tensor:
         """anchors [..., 4] xyxy, deltas [..., 4] (broadcastable) → boxes [..., 4] xyxy."""

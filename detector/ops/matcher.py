@@ -34,13 +34,20 @@ class IoUMatcher:
         crowd annotations from training.
     """
 
-    def __init__(self, fg_iou: float = 0.5, bg_iou: float = 0.4, low_quality_matches: str = "none",
-                 crowd: str = "ignore", crowd_ioa: float = 0.5):
+    def __init__(
+        self,
+        fg_iou: float = 0.5,
+        bg_iou: float = 0.4,
+        low_quality_matches: str = "none",
+        crowd: str = "ignore",
+        crowd_ioa: float = 0.5,
+    ):
         if not 0.0 <= bg_iou <= fg_iou <= 1.0:
             raise ValueError(f"matcher needs 0 <= bg_iou <= fg_iou <= 1, got bg_iou={bg_iou}, fg_iou={fg_iou}")
         if low_quality_matches not in LOW_QUALITY_MODES:
-            raise ValueError(f"matcher low_quality_matches must be one of {list(LOW_QUALITY_MODES)}, "
-                             f"got {low_quality_matches!r}")
+            raise ValueError(
+                f"matcher low_quality_matches must be one of {list(LOW_QUALITY_MODES)}, got {low_quality_matches!r}"
+            )
         if crowd not in CROWD_MODES:
             raise ValueError(f"matcher crowd must be one of {list(CROWD_MODES)}, got {crowd!r}")
         if not 0.0 < crowd_ioa <= 1.0:
@@ -70,8 +77,9 @@ class IoUMatcher:
         iou = blockwise_box_iou(gt_boxes.reshape(-1, 4), anchors).view(batch, num_gt, num_anchors)
         iou.masked_fill_(~matchable.unsqueeze(-1), -1.0)  # (B, G, A)
         best_iou, best_gt = iou.max(dim=1)  # (B, A)
-        matches = torch.where(best_iou >= self.fg_iou, best_gt,
-                              torch.where(best_iou >= self.bg_iou, IGNORE, BACKGROUND))
+        matches = torch.where(
+            best_iou >= self.fg_iou, best_gt, torch.where(best_iou >= self.bg_iou, IGNORE, BACKGROUND)
+        )
         if self.low_quality_matches != "none":
             best_per_gt = iou.max(dim=2, keepdim=True).values  # (B, G, 1)
             is_best = ((iou == best_per_gt) & (best_per_gt > 0)).any(dim=1)  # (B, A)
@@ -103,7 +111,7 @@ def blockwise_box_iou(boxes: Tensor, anchors: Tensor, block_elements: int | None
         return box_iou(boxes, anchors)
     iou = boxes.new_empty(len(boxes), len(anchors))
     for start in range(0, len(anchors), rows):
-        iou[:, start:start + rows] = box_iou(boxes, anchors[start:start + rows])
+        iou[:, start : start + rows] = box_iou(boxes, anchors[start : start + rows])
     return iou
 
 
