@@ -5,7 +5,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from detector.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from detector.engine.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+    upgrade_training_state,
+)
 from detector.engine.inference import load_for_inference
 from detector.models import ResNetBackbone
 from tests.conftest import run_script
@@ -36,6 +42,18 @@ def test_load_for_inference_round_trips_a_checkpoint_without_its_pretrained_back
     assert loaded.postprocessor.score_thresh == 0.3 and loaded.config.postprocess.score_thresh == 0.3
     for name, value in model.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[name], value), name
+
+
+def test_checkpoint_formats_older_ones_upgraded_newer_ones_refused():
+    old = {"model": {}, "iteration": 700, "train_seconds": 12.0}  # format 1: no "format" key
+    upgraded = upgrade_training_state(old, "old.pt", max_iters=1400)
+    assert upgraded["format"] == CHECKPOINT_FORMAT == 2 and upgraded["iteration"] == 700
+    assert (upgraded["skipped_steps"], upgraded["nonfinite_in_a_row"], upgraded["replaced_images"]) == (0, 0, [])
+    assert upgraded["max_iters"] == 1400 and upgraded["budget_fixed"] is False and upgraded["rng"] is None
+    current = {**upgraded, "skipped_steps": 3, "max_iters": 900}
+    assert upgrade_training_state(current, "now.pt", max_iters=1400) == current  # nothing to fill in
+    with pytest.raises(CheckpointError, match="new.pt has checkpoint format 3; this code reads formats up to 2"):
+        upgrade_training_state({**current, "format": 3}, "new.pt", max_iters=1400)
 
 
 def test_truncated_checkpoint_is_refused(tmp_path):

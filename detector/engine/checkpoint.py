@@ -12,6 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# The layout of a training checkpoint (Trainer.state_dict). 1: before the run's status (skipped
+# steps, non-finite steps in a row, replaced images), its horizon (max_iters, budget_fixed) and the
+# generators' states were saved; `upgrade_training_state` fills them in.
+CHECKPOINT_FORMAT = 2
+
 
 class CheckpointError(RuntimeError):
     pass
@@ -49,6 +54,30 @@ def load_checkpoint(path: str | Path) -> dict:
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as error:
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {error}") from None
+
+
+def upgrade_training_state(state: dict, path: str | Path, max_iters: int) -> dict:
+    """`state` in the current CHECKPOINT_FORMAT: an older training checkpoint gets what its format
+    lacked (no steps skipped, none non-finite, no images replaced, this run's horizon, no generator
+    state); one written by a newer version of this code is refused."""
+    version = state.get("format", 1)
+    if version > CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} has checkpoint format {version}; this code reads formats up to {CHECKPOINT_FORMAT}. "
+            "Update the code (git pull) to resume from it."
+        )
+    if version == 1:
+        state = {
+            "skipped_steps": 0,
+            "nonfinite_in_a_row": 0,
+            "replaced_images": [],
+            "max_iters": max_iters,
+            "budget_fixed": False,
+            "rng": None,
+            **state,
+            "format": CHECKPOINT_FORMAT,
+        }
+    return state
 
 
 def capture_rng_state() -> dict:

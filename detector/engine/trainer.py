@@ -18,11 +18,13 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from detector.engine.checkpoint import (
+    CHECKPOINT_FORMAT,
     capture_rng_state,
     load_checkpoint,
     load_model_weights,
     restore_rng_state,
     save_checkpoint,
+    upgrade_training_state,
 )
 from detector.engine.diagnostics import GradientStatistics, gradient_statistics
 from detector.engine.distributed import Distributed, broadcast_from_main, gather_to_main, sum_over_processes
@@ -187,6 +189,7 @@ class Trainer:
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict:
         return {
+            "format": CHECKPOINT_FORMAT,
             "model": self.module.state_dict(),
             "criterion": self.criterion.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -205,7 +208,7 @@ class Trainer:
         }
 
     def resume(self, path: str | Path) -> None:
-        state = load_checkpoint(path)
+        state = upgrade_training_state(load_checkpoint(path), path, self.max_iters)
         load_model_weights(self.module, state, path, self.run_config)
         self.criterion.load_state_dict(state["criterion"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -213,22 +216,21 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.iteration, self.best_ap = state["iteration"], state["best_ap"]
         self.train_seconds = state["train_seconds"]
-        # checkpoints written before these were saved resume without them
-        self.skipped_steps, self.nonfinite_in_a_row = state.get("skipped_steps", 0), state.get("nonfinite_in_a_row", 0)
-        self.replaced_images = set(state.get("replaced_images", ()))
-        if self.time_budget is not None and state.get("budget_fixed", False):
+        self.skipped_steps, self.nonfinite_in_a_row = state["skipped_steps"], state["nonfinite_in_a_row"]
+        self.replaced_images = set(state["replaced_images"])
+        if self.time_budget is not None and state["budget_fixed"]:
             self.budget_fixed = True
             self.max_iters = state["max_iters"]  # the count the budget fixed before the interruption
         elif self.time_budget is not None and self.budget_probe_iters // 4 <= self.iteration < self.budget_probe_iters:
             self.probe_start = (self.iteration, self.train_seconds)  # time the probe's rest in this process
-        if state.get("max_iters", self.max_iters) != self.max_iters:
+        if state["max_iters"] != self.max_iters:
             log.warning(
                 "the checkpoint trained towards %d iterations; this run goes to %d and its schedule with it",
                 state["max_iters"],
                 self.max_iters,
             )
         self._set_horizon(self.max_iters)  # the scheduler's state brought back the checkpoint's horizon
-        if "rng" in state:
+        if state["rng"] is not None:
             restore_rng_state(state["rng"])
         self.stream = None  # the data stream restarts at the restored iteration
         log.info("resumed from %s at iteration %d", path, self.iteration)
