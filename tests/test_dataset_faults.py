@@ -118,6 +118,21 @@ def test_validate_dataset_names_every_defect_with_its_id(defective):
     assert "10 images and 11 annotations usable" in result.stdout
 
 
+def test_a_blocking_problem_does_not_hide_the_others(defective, tmp_path):
+    """A duplicate image id blocks training; the same pass still names every file problem
+    (missing, truncated, wrongly sized, converted) and every annotation problem."""
+    ann_file, images_dir = defective
+    data = json.loads(ann_file.read_text())
+    data["images"].append({**data["images"][0], "file_name": "1.jpg"})  # image id 1 twice
+    duplicated = tmp_path / "duplicated.json"
+    duplicated.write_text(json.dumps(data))
+    result = validate_script(duplicated, images_dir)
+    assert result.returncode == 1 and "training cannot proceed" in result.stdout
+    assert "] duplicate_image_id: image 1 " in result.stdout
+    for kind, ids in EXPECTED.items():
+        assert len([line for line in result.stdout.splitlines() if f"] {kind}:" in line]) == len(ids), kind
+
+
 def test_the_fixes_are_real(defective):
     _, images_dir = defective
     gray, changes = read_rgb(images_dir / "5.png")

@@ -185,7 +185,7 @@ def check_annotations(data: dict, ann_file: str | Path, report: Report) -> None:
 def check_files(data: dict, image_dir: str | Path, report: Report, decode: bool = True) -> None:
     """Existence of every image file; with `decode`, that it decodes, its mode, orientation and size."""
     for image in data["images"]:
-        name = image.get("file_name")
+        name = image.get("file_name") if isinstance(image, dict) else None
         if not isinstance(name, str):
             continue
         path = Path(image_dir) / name
@@ -220,9 +220,9 @@ def validate(ann_file: str | Path, image_dir: str | Path, decode: bool = True) -
     if data is None:
         return report, None
     check_annotations(data, ann_file, report)
+    check_files(data, image_dir, report, decode)  # also after a blocking problem: every problem in one pass
     if report.errors:
         return report, None
-    check_files(data, image_dir, report, decode)
     skipped, dropped = report.skipped_images(), report.dropped_annotations()
     usable = [image for image in data["images"] if image["id"] not in skipped]
     if not usable:
