@@ -44,6 +44,16 @@ def test_classification_prior_bias(prior):
     assert abs(torch.sigmoid(cls).mean().item() - prior) < 0.01
 
 
+def test_head_init_std_sets_every_conv_and_keeps_the_prior():
+    """64 channels at std 0.02 keep the paper's per-conv gain of 0.01 at 256 channels: 0.02·√576 = 0.01·√2304."""
+    head = RetinaNetHead(in_channels=64, num_anchors=9, num_classes=80, channels=64, init_std=0.02)
+    for module in (m for m in head.modules() if isinstance(m, torch.nn.Conv2d)):
+        assert abs(module.weight.std().item() - 0.02) < 0.002, module
+    torch.testing.assert_close(torch.sigmoid(head.cls_logits.bias), torch.full((720,), 0.01))
+    with pytest.raises(ValueError, match="init_std must be > 0"):
+        RetinaNetHead(16, 9, 3, init_std=0.0)
+
+
 def test_invalid_prior_raises():
     with pytest.raises(ValueError, match=r"prior_prob must be in \(0, 1\)"):
         RetinaNetHead(16, 9, 3, prior_prob=1.0)
