@@ -27,6 +27,7 @@ from detector.engine.hparams import run_hparams
 from detector.engine.inference import load_for_inference
 from detector.engine.machine import describe_machine, machine_line
 from detector.engine.optimizer import GROUP_KEYS, build_optimizer, check_group_settings
+from detector.engine.pictures import pr_curve_figure
 from detector.engine.precision import resolve_precision
 from detector.engine.schedule import lambda_scheduler
 from detector.engine.trainer import Trainer, check_settings, resolve_device
@@ -286,7 +287,11 @@ def evaluate(cfg: DictConfig) -> dict:
         machine=describe_machine(),
         checkpoint=str(Path(cfg.checkpoint).resolve()),
         per_class=stats["per_class"],
+        pr_curves=stats["pr_curves"],
     )
+    figure = pr_curve_figure(stats["pr_curves"], f"{Path(cfg.checkpoint).name}, iteration {loaded.iteration}")
+    if figure is not None:
+        figure.savefig(out / "pr_curves.png", dpi=110)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     log.info("evaluation of %s:\n%s", cfg.checkpoint, table.rstrip())
     log.info("per-class AP:\n%s", format_per_class(stats["per_class"]))

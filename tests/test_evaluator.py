@@ -139,9 +139,17 @@ def test_per_class_ap_of_constructed_detections(backend):
             }
         ],
     )
-    evaluator.summarize()
+    stats, _ = evaluator.summarize()
     rows = {row["class"]: row for row in evaluator.per_class}
     a = round((51 + 50 * 2 / 3) / 101 * 100, 3)
+    # PR curves, the mean over a and b (c has no ground truth): at IoU .5 a is 1 then 2/3 past recall .5,
+    # b is 1; at IoU .75 b is 0. Each curve's mean is the summary's AP50 / AP75.
+    curves = evaluator.pr_curves
+    assert curves["recall"] == [round(r / 100, 4) for r in range(101)]
+    assert curves["AP50"] == [100.0] * 51 + [round((2 / 3 + 1) / 2 * 100, 3)] * 50
+    assert curves["AP75"] == [50.0] * 51 + [round(2 / 3 / 2 * 100, 3)] * 50
+    assert sum(curves["AP50"]) / 101 == pytest.approx(stats["AP50"], abs=1e-3)
+    assert sum(curves["AP75"]) / 101 == pytest.approx(stats["AP75"], abs=1e-3)
     assert (rows["a"]["AP"], rows["a"]["AP50"], rows["a"]["AP75"], rows["a"]["gt_boxes"]) == (a, a, a, 2)
     assert (rows["b"]["AP"], rows["b"]["AP50"], rows["b"]["AP75"], rows["b"]["gt_boxes"]) == (40.0, 100.0, 0.0, 1)
     assert (rows["c"]["AP"], rows["c"]["gt_boxes"]) == (-1.0, 0)

@@ -29,6 +29,7 @@ def test_smoke_training_writes_metrics_checkpoints_and_events_then_evaluates(tmp
         "APm",
         "APl",
         "per_class",
+        "pr_curves",
         "iteration",
         "precision",
         "machine",
@@ -48,6 +49,9 @@ def test_smoke_training_writes_metrics_checkpoints_and_events_then_evaluates(tmp
     events.Reload()
     assert {f"eval/detections_{i}" for i in range(4)} <= set(events.Tags()["images"])  # predicted and true boxes
     assert events.Images("eval/detections_0")[-1].width == 128
+    assert "eval/pr_curves" in events.Tags()["images"] and (run / "pr_curves.png").is_file()
+    assert len(metrics["pr_curves"]["AP50"]) == 101
+    assert sum(metrics["pr_curves"]["AP50"]) / 101 == pytest.approx(metrics["AP50"], abs=0.01)
     session = plugin_data_pb2.HParamsPluginData.FromString(
         events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     ).session_start_info.hparams
@@ -70,7 +74,8 @@ def test_smoke_training_writes_metrics_checkpoints_and_events_then_evaluates(tmp
     assert result.returncode == 0, result.stderr[-3000:]
     assert "class" in result.stdout and "triangle" in result.stdout  # the per-class table, printed
     scored = json.loads((evaluation / "metrics.json").read_text())
-    assert len(scored["per_class"]) == 6
+    assert len(scored["per_class"]) == 6 and (evaluation / "pr_curves.png").is_file()
+    assert len(scored["pr_curves"]["AP75"]) == 101
     assert scored["iteration"] == 4 and set(scored) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
     detections = json.loads((evaluation / "detections.json").read_text())
     assert isinstance(detections, list)

@@ -108,13 +108,9 @@ class CocoEvaluator:
             for a in self.coco_gt.imgToAnns.get(i, [])
             if not a.get("iscrowd", 0)
         )
-        self.per_class = per_class_ap(
-            np.asarray(evaluator.eval["precision"]),
-            list(evaluator.params.catIds),
-            np.asarray(evaluator.params.iouThrs),
-            names,
-            counts,
-        )
+        precision, iou_thresholds = np.asarray(evaluator.eval["precision"]), np.asarray(evaluator.params.iouThrs)
+        self.per_class = per_class_ap(precision, list(evaluator.params.catIds), iou_thresholds, names, counts)
+        self.pr_curves = pr_curves(precision, iou_thresholds, np.asarray(evaluator.params.recThrs))
         return stats, table.getvalue()
 
     def _load_results(self, coco_gt, coco_class):
@@ -174,6 +170,20 @@ def per_class_ap(
             }
         )
     return rows
+
+
+def pr_curves(precision: np.ndarray, iou_thresholds: np.ndarray, recall_points: np.ndarray) -> dict:
+    """Precision at COCO's 101 recall points, averaged over the categories with ground truth, at IoU
+    .5 and .75 (all areas, 100 detections), in percent: {"recall": [...], "AP50": [...], "AP75": [...]}.
+    Each curve's mean is the summary's AP50 / AP75 (the same slice of the same array)."""
+    curves = {"recall": [round(float(r), 4) for r in recall_points]}
+    for name, threshold in (("AP50", 0.5), ("AP75", 0.75)):
+        at = precision[int(np.argmin(np.abs(iou_thresholds - threshold))), :, :, 0, -1]  # (R, K)
+        valid = at > -1
+        counted = valid.sum(axis=1)
+        mean = np.where(counted > 0, np.where(valid, at, 0.0).sum(axis=1) / np.maximum(counted, 1), -1.0)
+        curves[name] = [round(float(v) * 100, 3) if v > -1 else -1.0 for v in mean]
+    return curves
 
 
 def format_per_class(rows: list[dict]) -> str:
@@ -269,7 +279,7 @@ class CocoValidator:
         evaluator.image_ids = [image_id for ids, _ in shares for image_id in ids]
         evaluator.results = [result for _, results in shares for result in results]
         stats, table = evaluator.summarize()
-        return {**stats, "per_class": evaluator.per_class}, table, evaluator.results
+        return {**stats, "per_class": evaluator.per_class, "pr_curves": evaluator.pr_curves}, table, evaluator.results
 
     def pictures(self, detections: list[dict], count: int = 4, score_thresh: float = 0.3) -> list[torch.Tensor]:
         """The first `count` validation images with their detections above `score_thresh` (red, with

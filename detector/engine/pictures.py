@@ -1,5 +1,5 @@
 """Detections drawn on images (torchvision's `draw_bounding_boxes`): predictions in red with
-class name and score, ground truth in green."""
+class name and score, ground truth in green; precision–recall curves as a matplotlib figure."""
 
 from __future__ import annotations
 
@@ -28,3 +28,24 @@ def draw_detections(
         captions = [f"{class_names[int(label)]} {float(score):.2f}" for label, score in zip(labels, scores)]
         picture = draw_bounding_boxes(picture, boxes.float(), captions, colors=PREDICTED, width=width)
     return picture
+
+
+def pr_curve_figure(curves: dict, title: str):
+    """A matplotlib figure of `detector.engine.evaluator.pr_curves` (precision against recall at IoU
+    .5 and .75, the mean over classes, with each curve's AP), or None without matplotlib."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    figure = Figure(figsize=(5, 4), layout="tight")
+    axes = figure.subplots()
+    for name, style in (("AP50", "-"), ("AP75", "--")):
+        points = [(r, p) for r, p in zip(curves["recall"], curves[name]) if p > -1]
+        if points:
+            recall, precision = zip(*points)
+            label = f"IoU 0.{name[2:]}: AP {sum(precision) / len(precision):.1f}"
+            axes.plot(recall, precision, style, label=label)
+    axes.set(xlabel="recall", ylabel="precision (%), mean over classes", xlim=(0, 1), ylim=(0, 100), title=title)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="upper right")
+    return figure

@@ -31,6 +31,7 @@ from detector.engine.distributed import Distributed, broadcast_from_main, gather
 from detector.engine.evaluator import STAT_NAMES, format_metrics, format_per_class
 from detector.engine.hparams import log_hparams
 from detector.engine.machine import describe_machine
+from detector.engine.pictures import pr_curve_figure
 from detector.engine.precision import Precision, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -433,6 +434,12 @@ class Trainer:
                 writer.add_scalar(f"eval/{name}", stats[name], self.iteration)
             for row in stats.get("per_class", []):
                 writer.add_scalar(f"eval_per_class/{row['class']}", row["AP"], self.iteration)
+            figure = (
+                pr_curve_figure(stats["pr_curves"], f"iteration {self.iteration}") if "pr_curves" in stats else None
+            )
+            if figure is not None:
+                figure.savefig(self.output_dir / "pr_curves.png", dpi=110)  # the latest evaluation's
+                writer.add_figure("eval/pr_curves", figure, self.iteration)
             for index, picture in enumerate(getattr(self.validator, "pictures", lambda _: [])(detections)):
                 writer.add_image(f"eval/detections_{index}", picture, self.iteration)  # red: predicted, green: truth
         if stats["AP"] > self.best_ap:
@@ -499,8 +506,9 @@ class Trainer:
 
     def _write_metrics(self, stats: dict) -> dict:
         metrics = {name: stats[name] for name in STAT_NAMES[:6] if name in stats}
-        if "per_class" in stats:
-            metrics["per_class"] = stats["per_class"]
+        for key in ("per_class", "pr_curves"):
+            if key in stats:
+                metrics[key] = stats[key]
         replaced = sorted({i for ids in gather_to_main([sorted(self.replaced_images)]) or [] for i in ids})
         if self.time_budget is not None:
             metrics["time_budget"] = {
