@@ -166,3 +166,38 @@ def test_missing_coco_root_says_where_it_looked_and_how_to_lay_it_out(tmp_path):
     assert result.returncode != 0
     assert f"{root}/annotations/instances_train2017.json" in result.stderr
     assert "ROOT/annotations/instances_{train,val}2017.json" in result.stderr
+
+
+DESIGN_KEYS = [  # ../shared/DESIGN.md, "Command line and config groups" and "Data": what users type
+    ["loss=focal_star", "loss.gamma=2", "loss.beta=1"],
+    ["loss=focal", "loss.gamma=2", "loss.alpha=0.25", "box_loss=giou"],
+    ["box_loss=smooth_l1", "box_loss.beta=0.11"],
+    ["model=retinanet_r50"],
+    ["model=retinanet_r18"],
+    ["model=retinanet_r18_cpu"],
+    ["data=synthetic", "data.num_train=10", "data.num_val=5", "data.image_size=128"],
+    ["data=coco", "data.root=/datasets/coco"],
+    ["data=coco", "data.train_ann=a.json", "data.train_dir=a", "data.val_ann=b.json", "data.val_dir=b"],
+    ["optim=sgd", "schedule=multistep"],
+    ["experiment=coco_r50_1x"],
+    ["experiment=paper_cpu"],
+    ["sweep=fl_table1a", "experiment=ablation_cpu"],
+    ["debug=smoke"],
+    ["trainer.max_iters=10", "trainer.eval_period=5", "trainer.log_period=1", "trainer.checkpoint_period=5"],
+    ["trainer.amp=auto", "trainer.device=cpu", "data.batch_size=2", "data.num_workers=0", "seed=3"],
+]
+
+
+@pytest.mark.parametrize("overrides", DESIGN_KEYS, ids=" ".join)
+def test_every_user_facing_key_of_the_design_composes_as_typed(compose_cfg, overrides):
+    cfg = compose_cfg(overrides)
+    for override in overrides:
+        key, value = override.split("=", 1)
+        if "." in key or key == "seed":  # a value: read back as typed
+            assert str(OmegaConf.select(cfg, key)) == value, override
+    assert cfg.trainer.amp in ("auto", "off", "bf16", "fp16") and cfg.trainer.device in ("auto", "cpu", "cuda")
+
+
+def test_evaluate_takes_a_checkpoint_and_overrides_of_the_saved_config(compose_cfg):
+    cfg = compose_cfg(["checkpoint=/runs/x/checkpoints/last.pt", "data=coco", "data.root=/datasets/coco"], "evaluate")
+    assert cfg.checkpoint == "/runs/x/checkpoints/last.pt" and cfg.data.val_ann.startswith("/datasets/coco/")
