@@ -48,6 +48,22 @@ def test_every_stored_sweep_composes_at_every_scale(compose_cfg, name, preset):
             assert cfg.model.backbone.norm == "frozen_bn" and cfg.model.backbone.weights_path == cfg.pretrain.out
 
 
+def test_modern_losses_rows_swap_the_loss_and_the_matcher(compose_cfg):
+    rows = {}
+    for row in (row for row in sweep_rows("modern_losses") if not row.startswith("seed=")):
+        cfg = compose_cfg(["sweep=modern_losses", "experiment=paper_cpu", row])
+        rows[row.split("=")[1]] = (cfg.loss._target_.rsplit(".")[-1], cfg.criterion.matcher._target_.rsplit(".")[-1])
+    assert rows == {
+        "focal": ("FocalLoss", "IoUMatcher"),
+        "qfl": ("QualityFocalLoss", "IoUMatcher"),
+        "vfl": ("VarifocalLoss", "IoUMatcher"),
+        "poly1_focal": ("Poly1Loss", "IoUMatcher"),
+        "efl": ("EqualizedFocalLoss", "IoUMatcher"),
+        "atss_focal": ("FocalLoss", "ATSSMatcher"),
+        "atss_qfl": ("QualityFocalLoss", "ATSSMatcher"),
+    }
+
+
 def test_every_stored_sweep_runs_three_seeds_a_row():
     assert all({f"seed={seed}" for seed in range(3)} <= set(sweep_rows(name)) for name in SWEEPS)
 
