@@ -142,7 +142,7 @@ def _row(label: str, jobs: list[dict], table: dict | None) -> dict:
     finished = [job for job in jobs if job["status"] == "ok"]
     row = {
         "row": label,
-        "runs": _runs(jobs),
+        "runs": runs_column(jobs),
         "n": len(finished),
         "seeds": " ".join(str(job["config"].get("seed")) for job in jobs),
     }
@@ -162,7 +162,7 @@ def _row(label: str, jobs: list[dict], table: dict | None) -> dict:
     return row
 
 
-def _runs(jobs: list[dict]) -> str:
+def runs_column(jobs: list[dict]) -> str:
     """ "3 ok", or "2 ok, 1 diverged (seed 2)": every run that did not finish stays visible."""
     parts = [f"{sum(job['status'] == 'ok' for job in jobs)} ok"]
     for status in ("diverged", "failed"):

@@ -282,3 +282,97 @@ def test_two_job_smoke_multirun_completes_and_tabulates(tmp_path, cache_dir):
         "| FL",
         "| CE",
     ]
+
+
+def fake_run(root, name, overrides, ap, per_class, shares, losses, seed=0):
+    """A run directory as training writes it: .hydra/, metrics.json (with per_class and pr_curves)
+    and TensorBoard events with the training loss and the gradient diagnostics."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    run = root / name
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([*overrides, f"seed={seed}"]))
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"seed": seed}))
+    (run / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": {}}}}))
+    if ap is not None:
+        rows = [{"class": c, "AP": v, "AP50": v, "AP75": v, "gt_boxes": n} for c, (v, n) in per_class.items()]
+        curve = {"recall": [r / 100 for r in range(101)], "AP50": [ap + 20] * 101, "AP75": [ap] * 101}
+        (run / "metrics.json").write_text(json.dumps({**metrics(ap), "per_class": rows, "pr_curves": curve}))
+    writer = SummaryWriter(str(run / "tb"))
+    for step, value in enumerate(losses, start=1):
+        writer.add_scalar("train/loss", value, step * 10)
+    for name_, value in shares.items():
+        writer.add_scalar(f"gradients/{name_}", value, 10)
+    writer.close()
+    return run
+
+
+def test_compare_runs_reports_two_runs_and_a_multirun_with_seeds(tmp_path):
+    """Two runs: FL (AP 20) and CE (AP 15), CE the baseline. Then a multirun: FL with seeds 0, 1
+    (AP 20, 22), CE with seed 0 (AP 15) and seed 1 failed (killed: no metrics)."""
+    fl = fake_run(
+        tmp_path,
+        "fl",
+        ["loss=focal"],
+        20.0,
+        {"cat": (30.0, 5), "dog": (10.0, 50)},
+        {"easy_negative_gradient_share": 0.2},
+        [2.0, 1.0],
+    )
+    ce = fake_run(
+        tmp_path,
+        "ce",
+        ["loss=ce"],
+        15.0,
+        {"cat": (20.0, 5), "dog": (12.0, 50)},
+        {"easy_negative_gradient_share": 0.7},
+        [3.0, 2.5],
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "scripts/compare_runs.py",
+            str(fl),
+            str(ce),
+            "--baseline",
+            "loss=ce",
+            "--out",
+            str(tmp_path / "report"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert report.startswith("# Runs compared (baseline: loss=ce)")
+    assert "| loss=focal | 1 ok | 20.00 | 40.00 | 21.00 | 1.00 | 2.00 | -1.00 | +5.00 |" in report
+    assert "| loss=ce | 1 ok | 15.00 | 35.00 | 16.00 | 1.00 | 2.00 | -1.00 | +0.00 |" in report
+    per_class = report.split("## Per-class AP")[1].split("##")[0].splitlines()
+    assert [line.split(" | ")[0] for line in per_class if line.startswith("| ") and "---" not in line][1:] == [
+        "| dog",
+        "| cat",
+    ]  # the most frequent class first
+    assert "| dog | 50 | 12.00 | -2.00 |" in report and "| cat | 5 | 20.00 | +10.00 |" in report
+    assert "| loss=focal | – | 0.20 | – |" in report and "| loss=ce | – | 0.70 | – |" in report
+    for picture in ("pr_curves.png", "losses.png"):
+        assert f"![{picture}]({picture})" in report and (tmp_path / "report" / picture).stat().st_size > 5000
+
+    multirun = tmp_path / "multirun"
+    for index, (loss, seed, ap) in enumerate(
+        [("focal", 0, 20.0), ("focal", 1, 22.0), ("ce", 0, 15.0), ("ce", 1, None)]
+    ):
+        fake_run(multirun, str(index), [f"loss={loss}"], ap, {"cat": (ap or 0.0, 5)}, {}, [1.0], seed=seed)
+    result = subprocess.run(
+        [sys.executable, "scripts/compare_runs.py", str(multirun)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    report = (multirun / "report" / "report.md").read_text()
+    assert "| loss=focal | 2 ok | 21.00 |" in report and report.splitlines()[0].endswith("(baseline: loss=focal)")
+    assert "| loss=ce | 1 ok, 1 failed (seed 1) | 15.00 |" in report and "| -6.00 |" in report
+    assert "| cat | 5 | 21.00 | -6.00 |" in report
