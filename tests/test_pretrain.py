@@ -84,3 +84,58 @@ def test_the_command_names_its_output_and_accuracy(tmp_path, monkeypatch, capsys
     out = tmp_path / "pretrained" / "resnet18-glyphs.pth"
     assert out.is_file() and record["settings"]["crop_size"] == 32
     assert f"{out}: held-out accuracy" in capsys.readouterr().out
+
+
+def test_the_paper_preset_builds_its_backbone_on_first_use_and_loads_it(compose_cfg, tmp_path):
+    """experiment=paper_cpu's `pretrain` node (shrunk here) writes the file its model reads."""
+    from hydra.utils import instantiate
+
+    out = tmp_path / "pretrained" / "resnet18-glyphs.pth"
+    cfg = compose_cfg(
+        [
+            "experiment=paper_cpu",
+            f"pretrain.out={out}",
+            "pretrain.steps=2",
+            "pretrain.batch_size=4",
+            "pretrain.crop_size=32",
+            "pretrain.warmup_steps=1",
+            "+pretrain.eval_crops=8",
+            "+pretrain.num_workers=0",
+            "+pretrain.progress=false",
+        ]
+    )
+    assert cfg.model.backbone.weights_path == str(out) and not out.exists()
+    record = instantiate(cfg.pretrain)
+    assert out.is_file() and record["settings"]["steps"] == 2
+    model = instantiate(cfg.model, num_classes=80)
+    saved = torch.load(out, weights_only=True)
+    assert torch.equal(model.backbone.stages[3][1].conv2.weight, saved["layer4.1.conv2.weight"])
+    assert torch.equal(model.backbone.stem[1].running_mean, saved["bn1.running_mean"])
+
+
+def test_train_builds_the_preset_backbone_before_it_checks_the_model(compose_cfg, tmp_path):
+    """train() runs the `pretrain` node first, so the weights file the model names exists when the
+    model's values are checked (here a head of 0 channels stops it right after)."""
+    from hydra.errors import InstantiationException
+
+    from detector.cli import train
+
+    out = tmp_path / "resnet18-glyphs.pth"
+    cfg = compose_cfg(
+        [
+            "experiment=paper_cpu",
+            f"pretrain.out={out}",
+            "pretrain.steps=2",
+            "pretrain.batch_size=4",
+            "pretrain.crop_size=32",
+            "pretrain.warmup_steps=1",
+            "+pretrain.eval_crops=8",
+            "+pretrain.num_workers=0",
+            "+pretrain.progress=false",
+            "model.head.channels=0",
+            f"data.cache_dir={tmp_path / 'data'}",
+        ]
+    )
+    with pytest.raises(InstantiationException, match="head needs num_convs >= 0 and channels >= 1"):
+        train(cfg)
+    assert out.is_file() and not (tmp_path / "data").exists()  # built; no data work yet
