@@ -13,7 +13,6 @@ Runs are labelled by the overrides in which they differ (e.g. `+row/fl_table3=ce
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -28,8 +27,7 @@ from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E4
     EventAccumulator,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablation_table import row_labels  # noqa: E402
+from detector.tools.ablation_table import row_labels  # noqa: E402
 
 HISTOGRAM_TAGS = ("gradients/g_negative", "gradients/g_positive", "gradients/gradient_by_g")
 SHARE_TAGS = (

@@ -62,7 +62,7 @@ def checked_coco(ann_file: str, image_dir: str) -> COCO:
         more = f"\n  … and {len(report.errors) - 20} more" if len(report.errors) > 20 else ""
         raise DatasetError(
             f"{ann_file} cannot be used for training:\n  {listed}{more}\nFull report: "
-            f"python scripts/validate_dataset.py {ann_file} {image_dir}"
+            f"detector validate-data {ann_file} {image_dir}"
         )
     if any(p.severity in ("skip", "fix") for p in report.problems):
         log.warning(
@@ -80,7 +80,7 @@ def checked_coco(ann_file: str, image_dir: str) -> COCO:
                     log.info("%s", problem)
                 elif shown[problem.kind] == 11:
                     log.info(
-                        "… more %s: python scripts/validate_dataset.py %s %s lists them all",
+                        "… more %s: detector validate-data %s %s lists them all",
                         problem.kind,
                         ann_file,
                         image_dir,

@@ -1,5 +1,5 @@
 """Checks of a COCO-format dataset: each problem with its file, image or annotation id, and what
-training does about it. `scripts/validate_dataset.py` runs every check (decoding every image);
+training does about it. `detector validate-data` runs every check (decoding every image);
 training runs the cheap ones (the JSON and the files' existence) before it starts."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""A trained model from its checkpoint: the one loading path of evaluate.py, scripts/predict.py and
-scripts/export_onnx.py."""
+"""A trained model from its checkpoint: the one loading path of evaluate.py, detector predict and
+detector export-onnx."""
 
 from __future__ import annotations
 

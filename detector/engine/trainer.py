@@ -399,7 +399,7 @@ class Trainer:
             terms,
             losses,
             self.nonfinite_in_a_row,
-        )  # scripts/ablation_table.py reads "non-finite loss"
+        )  # detector ablation-table reads "non-finite loss"
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         if self.nonfinite_in_a_row >= self.max_consecutive_nonfinite:

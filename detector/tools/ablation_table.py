@@ -1,0 +1,342 @@
+"""Turn a finished Hydra multirun (a stored sweep) into a table, with the paper's numbers beside ours.
+
+    python scripts/ablation_table.py MULTIRUN_DIR [--paper docs/paper_tables.yaml] [--no-picture]
+
+Reads every job folder's `.hydra/` (overrides, config, the sweep it belongs to) and
+`metrics.json`. Jobs that differ only in their seed form one row: each metric is shown as
+mean ± sample std over the seeds that finished, and the row's runs column counts them. A job
+without metrics stays visible there: "diverged" if its log reports a non-finite loss, "failed"
+otherwise (crashed, killed or still running).
+
+When the sweep is one of the papers' tables, the published AP of the matching row stands beside
+ours, with the Spearman rank correlation ρ between our mean AP and the paper's, and its 95 %
+bootstrap interval: each row's seeds are resampled with replacement (2,000 times, a fixed
+generator). Pairs of rows whose AP differs by less than the noise (Welch's t-test, p ≥ 0.05;
+rows with one seed cannot be told apart from noise) are listed.
+
+Writes into MULTIRUN_DIR: `table.md` (printed too), `table.csv` (a line per row), `runs.csv`
+(a line per job) and `table.png` (our AP with ± std bars beside the paper's, row by row).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
+from scipy.stats import spearmanr, ttest_ind
+
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+DEFAULT_PAPER = Path(__file__).resolve().parents[2] / "docs" / "paper_tables.yaml"
+
+
+def read_job(job_dir: Path) -> dict:
+    """A job folder's overrides, config, sweep, metrics and status. A job killed before Hydra wrote
+    all of `.hydra/` is kept as failed, under the overrides it has (or its folder name)."""
+    hydra_dir = job_dir / ".hydra"
+
+    def load(name: str):
+        return OmegaConf.load(hydra_dir / name) if (hydra_dir / name).is_file() else None
+
+    saved = load("overrides.yaml")
+    overrides = None if saved is None else list(saved)
+    hydra = load("hydra.yaml")
+    config = load("config.yaml") or OmegaConf.from_dotlist([o.lstrip("+") for o in overrides or []])
+    job = {
+        "dir": job_dir,
+        "overrides": overrides,
+        "config": config,
+        "sweep": hydra.hydra.runtime.choices.get("sweep") if hydra is not None else None,
+        "metrics": None,
+        "status": "failed",
+    }
+    metrics_file = job_dir / "metrics.json"
+    if metrics_file.is_file():
+        job["metrics"] = json.loads(metrics_file.read_text())
+        job["status"] = "ok" if "AP" in job["metrics"] else "failed"
+    elif any("non-finite loss" in log.read_text(errors="replace") for log in job_dir.glob("*.log")):
+        job["status"] = "diverged"
+    return job
+
+
+def find_jobs(multirun_dir: Path) -> list[dict]:
+    """Every job folder: one with a `.hydra/` folder, or named by its job number."""
+    folders = [p for p in multirun_dir.iterdir() if p.is_dir() and ((p / ".hydra").is_dir() or p.name.isdigit())]
+    folders.sort(key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+    return [read_job(folder) for folder in folders]
+
+
+def row_labels(jobs: list[dict], ignore: tuple[str, ...] = ()) -> list[str]:
+    """The overrides that differ between jobs (the swept ones), or all of them for a single job;
+    overrides of the keys in `ignore` (e.g. the seed) are left out. A job without overrides.yaml
+    is named by its folder."""
+    kept = [
+        None
+        if job["overrides"] is None
+        else [o for o in job["overrides"] if o.split("=", 1)[0].lstrip("+") not in ignore]
+        for job in jobs
+    ]
+    known = [set(k) for k in kept if k is not None]
+    shared = set.intersection(*known) if len(known) > 1 else set()
+    return [
+        f"job {job['dir'].name} (no .hydra/overrides.yaml)"
+        if k is None
+        else " ".join(o for o in k if o not in shared) or "(defaults)"
+        for job, k in zip(jobs, kept)
+    ]
+
+
+def _same(value, expected) -> bool:
+    if isinstance(expected, list):
+        return isinstance(value, list) and len(value) == len(expected) and all(map(_same, value, expected))
+    if isinstance(expected, float) or isinstance(value, float):
+        return value is not None and expected is not None and math.isclose(float(value), float(expected), rel_tol=1e-6)
+    return value == expected
+
+
+def paper_row(job: dict, table: dict) -> dict | None:
+    for row in table["rows"]:
+        if all(_same(_plain(OmegaConf.select(job["config"], key)), value) for key, value in row["match"].items()):
+            return row
+    return None
+
+
+def _plain(value):
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+
+def build_table(multirun_dir: Path, paper_file: Path = DEFAULT_PAPER) -> tuple[str, list[dict], list[dict]]:
+    """(markdown, one dict per row, one dict per job)."""
+    jobs = find_jobs(multirun_dir)
+    if not jobs:
+        raise SystemExit(f"{multirun_dir}: no job folders (numbered, or with .hydra/); is this a multirun directory?")
+    sweep = next((job["sweep"] for job in jobs if job["sweep"]), None)
+    tables = OmegaConf.to_container(OmegaConf.load(paper_file)) if paper_file.is_file() else {}
+    table = tables.get(sweep) if sweep else None
+    groups: dict[str, list[dict]] = {}
+    runs = []
+    for job, label in zip(jobs, row_labels(jobs, ignore=("seed",))):
+        groups.setdefault(label, []).append(job)
+        metrics = job["metrics"] or {}
+        runs.append(
+            {
+                "row": label,
+                "seed": job["config"].get("seed"),
+                "status": job["status"],
+                **{m: metrics.get(m) for m in METRICS},
+                "iterations": metrics.get("iteration"),
+                "train_seconds": metrics.get("train_seconds"),
+                "dir": job["dir"].name,
+            }
+        )
+    rows = [_row(label, members, table) for label, members in groups.items()]
+    return _markdown(multirun_dir, sweep, table, rows), rows, runs
+
+
+def _row(label: str, jobs: list[dict], table: dict | None) -> dict:
+    finished = [job for job in jobs if job["status"] == "ok"]
+    row = {
+        "row": label,
+        "runs": runs_column(jobs),
+        "n": len(finished),
+        "seeds": " ".join(str(job["config"].get("seed")) for job in jobs),
+    }
+    for metric in METRICS:
+        values = [float(job["metrics"][metric]) for job in finished]
+        row[metric] = float(np.mean(values)) if values else None
+        row[f"{metric}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
+    row["AP_values"] = [float(job["metrics"]["AP"]) for job in finished]
+    row["iterations"] = _single([job["metrics"].get("iteration") for job in finished])
+    seconds = [
+        job["metrics"].get("train_seconds") for job in finished if job["metrics"].get("train_seconds") is not None
+    ]
+    row["train_seconds"] = float(np.mean(seconds)) if seconds else None
+    if table is not None:
+        published = paper_row(jobs[0], table)
+        row["paper_AP"] = published["AP"] if published else None
+    return row
+
+
+def runs_column(jobs: list[dict]) -> str:
+    """ "3 ok", or "2 ok, 1 diverged (seed 2)": every run that did not finish stays visible."""
+    parts = [f"{sum(job['status'] == 'ok' for job in jobs)} ok"]
+    for status in ("diverged", "failed"):
+        seeds = [str(job["config"].get("seed")) for job in jobs if job["status"] == status]
+        if seeds:
+            parts.append(f"{len(seeds)} {status} (seed {', '.join(seeds)})")
+    return ", ".join(parts)
+
+
+def _single(values: list):
+    distinct = sorted(set(v for v in values if v is not None))
+    return distinct[0] if len(distinct) == 1 else ("/".join(map(str, distinct)) if distinct else None)
+
+
+def spearman_with_interval(
+    rows: list[dict], resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, float, int] | None:
+    """(ρ of the mean APs against the paper's, 2.5 and 97.5 percentiles of ρ over bootstrap resamples
+    of each row's seeds, number of rows), over the rows with a finished run and a paper value;
+    None below 3 such rows. A resample whose means tie everywhere has no ρ and is left out."""
+    rows = [r for r in rows if r["n"] and r.get("paper_AP") is not None]
+    if len(rows) < 3:
+        return None
+    paper = [r["paper_AP"] for r in rows]
+    rho = float(spearmanr([r["AP"] for r in rows], paper).statistic)
+    generator = np.random.default_rng(seed)
+    samples = []
+    for _ in range(resamples):
+        means = [float(np.mean(generator.choice(r["AP_values"], size=len(r["AP_values"])))) for r in rows]
+        value = spearmanr(means, paper).statistic
+        if np.isfinite(value):
+            samples.append(value)
+    low, high = np.percentile(samples, [2.5, 97.5]) if samples else (math.nan, math.nan)
+    return rho, float(low), float(high), len(rows)
+
+
+def pairs_within_noise(rows: list[dict], alpha: float = 0.05) -> tuple[list[tuple[str, str, float]], list[str]]:
+    """([(row a, row b, p)] for the pairs whose AP Welch's t-test cannot separate, p ≥ alpha;
+    [rows with fewer than 2 finished seeds, which no test can separate from noise])."""
+    testable = [r for r in rows if r["n"] >= 2]
+    close = []
+    for i, a in enumerate(testable):
+        for b in testable[i + 1 :]:
+            if np.std(a["AP_values"]) == 0 and np.std(b["AP_values"]) == 0:
+                p = 1.0 if a["AP"] == b["AP"] else 0.0
+            else:
+                p = float(ttest_ind(a["AP_values"], b["AP_values"], equal_var=False).pvalue)
+            if p >= alpha:
+                close.append((a["row"], b["row"], p))
+    return close, [r["row"] for r in rows if r["n"] < 2]
+
+
+def _markdown(multirun_dir: Path, sweep: str | None, table: dict | None, rows: list[dict]) -> str:
+    columns = ["row", "runs", *METRICS, "iterations", "train_seconds"] + (["paper_AP"] if table else [])
+    lines = [f"# {sweep or 'multirun'}: {multirun_dir}", ""]
+    if table:
+        lines += [f"Paper: {table['source']}", ""]
+    lines += ["Metrics: mean ± sample std over the seeds that finished (the runs column counts them).", ""]
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [_metric(row, c) if c in METRICS else _cell(row.get(c)) for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    if table:
+        result = spearman_with_interval(rows)
+        if result is None:
+            finished = sum(1 for r in rows if r["n"] and r.get("paper_AP") is not None)
+            lines += [
+                "",
+                f"Spearman rank correlation: needs at least 3 finished rows with a paper value, has {finished}",
+            ]
+        else:
+            rho, low, high, count = result
+            interval = (
+                f"95 % bootstrap interval over seeds [{low:.3f}, {high:.3f}]"
+                if any(r["n"] > 1 for r in rows)
+                else "no interval: one seed a row"
+            )
+            lines += [
+                "",
+                f"Spearman rank correlation of the mean AP with the paper's AP over {count} rows: ρ = {rho:.3f}, "
+                + interval,
+            ]
+    close, single = pairs_within_noise(rows)
+    if close:
+        lines += [
+            "",
+            "Rows whose AP lies within the noise of each other (Welch's t-test, p ≥ 0.05): "
+            + "; ".join(f"{a} ~ {b} (p = {p:.2f})" for a, b, p in close),
+        ]
+    if single:
+        lines += [
+            "",
+            "Rows with fewer than 2 finished seeds (no test can separate them from noise): " + "; ".join(single),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _metric(row: dict, metric: str) -> str:
+    if row.get(metric) is None:
+        return "–"
+    std = row.get(f"{metric}_std")
+    return f"{row[metric]:.2f}" + (f" ± {std:.2f}" if std is not None else "")
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def draw(rows: list[dict], title: str, path: Path) -> None:
+    """Our mean AP with ± std bars (left axis) and the paper's AP (right axis), row by row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.arange(len(rows))
+    figure, ours = plt.subplots(figsize=(max(6.0, 0.9 * len(rows) + 2), 4.2))
+    means = [r["AP"] if r["AP"] is not None else np.nan for r in rows]
+    stds = [r["AP_std"] or 0.0 for r in rows]
+    ours.errorbar(x, means, yerr=stds, fmt="o", color="tab:blue", capsize=4, label="ours (mean ± std)")
+    for i, r in enumerate(rows):
+        if r["n"] == 0:
+            ours.annotate(r["runs"].split(", ", 1)[-1], (i, 0), ha="center", va="bottom", color="tab:red", fontsize=8)
+    ours.set_ylabel("our AP", color="tab:blue")
+    ours.set_xticks(x, [r["row"].split("=")[-1] for r in rows], rotation=30, ha="right")
+    if any(r.get("paper_AP") is not None for r in rows):
+        paper = ours.twinx()
+        paper.plot(
+            x,
+            [r.get("paper_AP") if r.get("paper_AP") is not None else np.nan for r in rows],
+            "s",
+            color="tab:orange",
+            label="paper",
+        )
+        paper.set_ylabel("paper AP", color="tab:orange")
+        figure.legend(loc="upper right")
+    ours.set_title(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> str:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("multirun_dir", type=Path)
+    parser.add_argument("--paper", type=Path, default=DEFAULT_PAPER, help="published values, keyed by sweep name")
+    parser.add_argument("--no-picture", action="store_true", help="do not draw table.png (needs matplotlib)")
+    args = parser.parse_args(argv)
+    markdown, rows, runs = build_table(args.multirun_dir, args.paper)
+    (args.multirun_dir / "table.md").write_text(markdown)
+    _write_csv(args.multirun_dir / "table.csv", [{k: v for k, v in r.items() if k != "AP_values"} for r in rows])
+    _write_csv(args.multirun_dir / "runs.csv", runs)
+    if not args.no_picture:
+        try:
+            draw(rows, markdown.splitlines()[0].lstrip("# "), args.multirun_dir / "table.png")
+        except ImportError:
+            print(
+                "table.png not drawn: matplotlib is not installed (pip install matplotlib, or --no-picture)",
+                file=sys.stderr,
+            )
+    print(markdown)
+    return markdown
+
+
+def _write_csv(path: Path, records: list[dict]) -> None:
+    with open(path, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+
+
+if __name__ == "__main__":
+    main()
