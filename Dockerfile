@@ -25,8 +25,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 # Dependencies first, from the pinned constraints, so that source edits do not reinstall them.
 COPY pyproject.toml constraints.txt README.md ./
-RUN mkdir detector && touch detector/__init__.py \
-    && pip install -c constraints.txt . \
+COPY detector/__init__.py detector/__init__.py
+RUN pip install -c constraints.txt . \
     && pip uninstall -y detector && rm -rf detector build detector.egg-info
 
 COPY detector/ detector/
@@ -34,7 +34,8 @@ COPY configs/ configs/
 COPY scripts/ scripts/
 COPY train.py evaluate.py ./
 COPY docker/entrypoint.sh /usr/local/bin/entrypoint.sh
-RUN pip install --no-deps . && chmod 0755 /usr/local/bin/entrypoint.sh
+# Editable: the tools find configs/ and docs/ beside the package (detector convert-torchvision, ablation-table)
+RUN pip install --no-deps -e . && chmod 0755 /usr/local/bin/entrypoint.sh
 
 RUN useradd --create-home --uid 1000 detector && mkdir -p /runs /weights && chown detector /runs /weights
 USER 1000:1000
