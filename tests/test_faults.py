@@ -1,5 +1,6 @@
 """Faults during training: a non-finite loss skips its step; K in a row stop with a clear error."""
 
+import json
 import logging
 
 import pytest
@@ -85,3 +86,11 @@ def test_k_nans_in_a_row_stop_with_the_documented_message_and_a_good_checkpoint(
     state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert state["iteration"] == 3 and state["skipped_steps"] == 1  # written after the first skip, weights intact
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    metrics = json.loads((tmp_path / "metrics.json").read_text())  # the run's status, for scripts to read
+    assert metrics["status"] == "diverged" and metrics["iteration"] == 3 and metrics["skipped_steps"] == 2
+    assert "non-finite loss for 2 iterations in a row" in metrics["error"] and "AP" not in metrics
+    again = make_trainer(set(), max_iters=8)  # a sweep rerun with trainer.resume=auto: stops again, untrained
+    again.resume(tmp_path / "checkpoints" / "last.pt")
+    with pytest.raises(FloatingPointError, match="this run diverged at iteration 3 .* delete its metrics.json"):
+        again.train()
+    assert again.iteration == 3

@@ -30,6 +30,7 @@ def test_smoke_training_writes_metrics_checkpoints_and_events_then_evaluates(tmp
         "APl",
         "per_class",
         "pr_curves",
+        "status",
         "iteration",
         "precision",
         "machine",
@@ -42,7 +43,7 @@ def test_smoke_training_writes_metrics_checkpoints_and_events_then_evaluates(tmp
     assert sum(row["gt_boxes"] for row in metrics["per_class"]) > 8
     assert "per-class AP" in (run / "train.log").read_text()
     assert metrics["precision"] == {"used": "fp32", "requested": "off", "reason": "as requested"}  # debug=smoke
-    assert metrics["iteration"] == 4 and metrics["images_per_second"] > 0
+    assert metrics["iteration"] == 4 and metrics["images_per_second"] > 0 and metrics["status"] == "finished"
     assert all(0.0 <= metrics[k] <= 100.0 or metrics[k] == -1.0 for k in ("AP", "AP50", "APl"))
     assert (run / "checkpoints" / "last.pt").is_file() and (run / "checkpoints" / "best.pt").is_file()
     events = EventAccumulator(str(run / "tb"), size_guidance={IMAGES: 0})

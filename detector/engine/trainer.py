@@ -269,11 +269,14 @@ class Trainer:
                 metrics = self._loop(writer, bar)
             if writer is not None and self.hparams:
                 log_hparams(writer, self.hparams, metrics or {})
+        except FloatingPointError as error:  # diverged: the status goes to metrics.json, then the error on
+            self._write_metrics({}, status="diverged", error=str(error))
+            raise
         finally:
             bar.close()
             if writer is not None:
                 writer.close()
-        return self._write_metrics(metrics or {})
+        return self._write_metrics(metrics or {}, status="finished")
 
     def _loop(self, writer: SummaryWriter | None, bar: tqdm) -> dict | None:
         metrics, evaluated = None, False
@@ -497,15 +500,27 @@ class Trainer:
 
     def _finished_metrics(self) -> dict | None:
         """metrics.json of a run resumed at its end (a sweep rerun with trainer.resume=auto keeps
-        its finished jobs without evaluating them again); None otherwise."""
+        its finished jobs without evaluating them again); None otherwise. A run that diverged stops
+        again with its error, without training."""
         path = self.output_dir / "metrics.json"
-        if self.iteration < self.max_iters or not path.is_file():
+        if not path.is_file():
             return None
         metrics = json.loads(path.read_text())
-        return metrics if metrics.get("iteration") == self.iteration and "AP" in metrics else None
+        if metrics.get("status") == "diverged":
+            raise FloatingPointError(
+                f"this run diverged at iteration {metrics['iteration']} ({path}: {metrics.get('error')}); delete "
+                "its metrics.json to train it again"
+            )
+        finished = self.iteration >= self.max_iters and metrics.get("iteration") == self.iteration
+        return metrics if finished and "AP" in metrics else None
 
-    def _write_metrics(self, stats: dict) -> dict:
+    def _write_metrics(self, stats: dict, status: str, error: str | None = None) -> dict:
+        """metrics.json: the COCO stats, the run's `status` ("finished" or "diverged", with its
+        `error`), and how the run went."""
         metrics = {name: stats[name] for name in STAT_NAMES[:6] if name in stats}
+        metrics["status"] = status
+        if error is not None:
+            metrics["error"] = error
         for key in ("per_class", "pr_curves"):
             if key in stats:
                 metrics[key] = stats[key]

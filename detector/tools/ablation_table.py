@@ -1,12 +1,13 @@
 """Turn a finished Hydra multirun (a stored sweep) into a table, with the paper's numbers beside ours.
 
-    python scripts/ablation_table.py MULTIRUN_DIR [--paper docs/paper_tables.yaml] [--no-picture]
+    detector ablation-table MULTIRUN_DIR [--paper docs/paper_tables.yaml] [--no-picture]
 
 Reads every job folder's `.hydra/` (overrides, config, the sweep it belongs to) and
 `metrics.json`. Jobs that differ only in their seed form one row: each metric is shown as
 mean ± sample std over the seeds that finished, and the row's runs column counts them. A job
-without metrics stays visible there: "diverged" if its log reports a non-finite loss, "failed"
-otherwise (crashed, killed or still running).
+that did not finish stays visible there: "diverged" if its metrics.json says so (or, for runs
+without that status, its log reports a non-finite loss), "failed" otherwise (crashed, killed or
+still running).
 
 When the sweep is one of the papers' tables, the published AP of the matching row stands beside
 ours, with the Spearman rank correlation ρ between our mean AP and the paper's, and its 95 %
@@ -58,7 +59,8 @@ def read_job(job_dir: Path) -> dict:
     metrics_file = job_dir / "metrics.json"
     if metrics_file.is_file():
         job["metrics"] = json.loads(metrics_file.read_text())
-        job["status"] = "ok" if "AP" in job["metrics"] else "failed"
+        diverged = job["metrics"].get("status") == "diverged"
+        job["status"] = "diverged" if diverged else "ok" if "AP" in job["metrics"] else "failed"
     elif any("non-finite loss" in log.read_text(errors="replace") for log in job_dir.glob("*.log")):
         job["status"] = "diverged"
     return job

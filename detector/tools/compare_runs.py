@@ -1,6 +1,6 @@
 """Compare runs side by side: one Markdown report with pictures, from run directories or a multirun.
 
-    python scripts/compare_runs.py RUN_OR_MULTIRUN [RUN_OR_MULTIRUN ...] [--baseline ROW] [--out DIR]
+    detector compare-runs RUN_OR_MULTIRUN [RUN_OR_MULTIRUN ...] [--baseline ROW] [--out DIR]
 
 Each argument is a run directory (it holds `.hydra/`) or a multirun directory (its job folders are
 read as `ablation_table.py` reads them). Runs whose overrides differ only in the seed form one row;

@@ -1,6 +1,6 @@
 """Turn a torchvision `retinanet_resnet50_fpn` state dict into one of our checkpoints.
 
-    python scripts/convert_torchvision.py retinanet_resnet50_fpn_coco-eeacb38b.pth converted.pt \
+    detector convert-torchvision retinanet_resnet50_fpn_coco-eeacb38b.pth converted.pt \
         --coco-json /datasets/coco/annotations/instances_val2017.json
     python evaluate.py checkpoint=converted.pt data.root=/datasets/coco
 

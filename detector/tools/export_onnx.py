@@ -1,7 +1,7 @@
 """Export a checkpoint's network to ONNX with a dynamic batch and image size, and check it with
 onnxruntime against PyTorch.
 
-    python scripts/export_onnx.py CHECKPOINT [--out model.onnx] [--check-sizes 256x384 384x256]
+    detector export-onnx CHECKPOINT [--out model.onnx] [--check-sizes 256x384 384x256]
 
 The graph maps a normalised, padded image batch [B, 3, H, W] (H and W multiples of
 `data.size_divisibility`, as the data pipeline pads them) to "cls_logits" [B, A, K] and

@@ -1,6 +1,6 @@
 """Detect objects in image files with a checkpoint; write annotated pictures and COCO results.
 
-    python scripts/predict.py CHECKPOINT IMAGE_OR_FOLDER [...] [--out predictions] [--score 0.3] [--amp auto]
+    detector predict CHECKPOINT IMAGE_OR_FOLDER [...] [--out predictions] [--score 0.3] [--amp auto]
 
 Each image is read as RGB (EXIF orientation applied), resized and normalised as in the
 checkpoint's evaluation, padded, and run on the CPU through the model (under `--amp`, resolved like

@@ -1,6 +1,6 @@
 """Pretrain a ResNet body on the glyph generator's classification task: the CPU protocol's ImageNet.
 
-    python scripts/pretrain_backbone.py [--depth 18] [--steps 700] [--batch-size 128] [--crop-size 48]
+    detector pretrain-backbone [--depth 18] [--steps 700] [--batch-size 128] [--crop-size 48]
         [--lr 0.1] [--warmup-steps 50] [--seed 0] [--out .cache/pretrained/resnet18-glyphs.pth]
 
 Writes a torchvision ResNet state dict (train with model.backbone.weights_path=OUT) and OUT.json

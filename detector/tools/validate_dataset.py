@@ -1,6 +1,6 @@
 """Check a COCO-format dataset before training on it.
 
-    python scripts/validate_dataset.py ANNOTATIONS.json IMAGE_DIR [--no-decode] [--show 20]
+    detector validate-data ANNOTATIONS.json IMAGE_DIR [--no-decode] [--show 20]
 
 Reports every problem with its file and image or annotation id, and what training does about it:
 errors (training cannot start: malformed or truncated JSON with line and column, missing keys,
