@@ -86,24 +86,27 @@ def test_the_command_names_its_output_and_accuracy(tmp_path, monkeypatch, capsys
     assert f"{out}: held-out accuracy" in capsys.readouterr().out
 
 
+def tiny_paper_preset(out):
+    """experiment=paper_cpu with its pretraining shrunk to 2 steps of 4 crops, written to `out`."""
+    return [
+        "experiment=paper_cpu",
+        f"pretrain.out={out}",
+        "pretrain.steps=2",
+        "pretrain.batch_size=4",
+        "pretrain.crop_size=32",
+        "pretrain.warmup_steps=1",
+        "+pretrain.eval_crops=8",
+        "+pretrain.num_workers=0",
+        "+pretrain.progress=false",
+    ]
+
+
 def test_the_paper_preset_builds_its_backbone_on_first_use_and_loads_it(compose_cfg, tmp_path):
     """experiment=paper_cpu's `pretrain` node (shrunk here) writes the file its model reads."""
     from hydra.utils import instantiate
 
     out = tmp_path / "pretrained" / "resnet18-glyphs.pth"
-    cfg = compose_cfg(
-        [
-            "experiment=paper_cpu",
-            f"pretrain.out={out}",
-            "pretrain.steps=2",
-            "pretrain.batch_size=4",
-            "pretrain.crop_size=32",
-            "pretrain.warmup_steps=1",
-            "+pretrain.eval_crops=8",
-            "+pretrain.num_workers=0",
-            "+pretrain.progress=false",
-        ]
-    )
+    cfg = compose_cfg(tiny_paper_preset(out))
     assert cfg.model.backbone.weights_path == str(out) and not out.exists()
     record = instantiate(cfg.pretrain)
     assert out.is_file() and record["settings"]["steps"] == 2
@@ -123,15 +126,7 @@ def test_train_builds_the_preset_backbone_before_it_checks_the_model(compose_cfg
     out = tmp_path / "resnet18-glyphs.pth"
     cfg = compose_cfg(
         [
-            "experiment=paper_cpu",
-            f"pretrain.out={out}",
-            "pretrain.steps=2",
-            "pretrain.batch_size=4",
-            "pretrain.crop_size=32",
-            "pretrain.warmup_steps=1",
-            "+pretrain.eval_crops=8",
-            "+pretrain.num_workers=0",
-            "+pretrain.progress=false",
+            *tiny_paper_preset(out),
             "model.head.channels=0",
             f"data.cache_dir={tmp_path / 'data'}",
         ]
