@@ -1,3 +1,5 @@
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -38,3 +40,20 @@ def run_script(script: str, *overrides: str, timeout: float = 600) -> subprocess
         text=True,
         timeout=timeout,
     )
+
+
+def run_tool(main, *args) -> subprocess.CompletedProcess:
+    """A tool's `main(argv)` in this process, as its script would run: the exit code (a returned int,
+    or SystemExit's; a SystemExit message goes to stderr with code 1, as Python prints it), stdout and
+    stderr. Spares the tool tests a fresh interpreter each (importing torchvision alone takes 6 s);
+    test_tools runs the installed command and a scripts/ wrapper as processes."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            returned = main([str(arg) for arg in args])
+            code = returned if isinstance(returned, int) else 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+            if exit_.code is not None and not isinstance(exit_.code, int):
+                print(exit_.code, file=err)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())

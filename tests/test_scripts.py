@@ -1,22 +1,24 @@
+import importlib.util
 import json
 import subprocess
-import sys
 
 import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_tool
+
+
+def script_main(name):
+    """scripts/NAME.py's main, loaded in this process (its own --help and argv handling kept)."""
+    spec = importlib.util.spec_from_file_location(f"scripts_{name}", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
 
 
 def test_plot_losses_writes_the_three_figures(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "scripts/plot_losses.py", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_tool(script_main("plot_losses"), "--out", tmp_path)
     assert result.returncode == 0, result.stderr
     for name in ("focal_loss_vs_pt.png", "focal_star.png", "ghm_gradient_norm.png"):
         with Image.open(tmp_path / name) as image:
@@ -25,25 +27,18 @@ def test_plot_losses_writes_the_three_figures(tmp_path):
 
 def test_loss_benchmark_reports_every_loss_and_ghm_agreement(tmp_path):
     out = tmp_path / "bench.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "scripts/benchmark_losses.py",
-            "--anchors",
-            "2000",
-            "--classes",
-            "8",
-            "--boxes",
-            "64",
-            "--repeats",
-            "2",
-            "--json",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_tool(
+        script_main("benchmark_losses"),
+        "--anchors",
+        "2000",
+        "--classes",
+        "8",
+        "--boxes",
+        "64",
+        "--repeats",
+        "2",
+        "--json",
+        out,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
@@ -58,13 +53,7 @@ def test_loss_benchmark_reports_every_loss_and_ghm_agreement(tmp_path):
 
 def test_evaluation_benchmark_times_both_backends_with_identical_stats(tmp_path):
     out = tmp_path / "evaluation.json"
-    result = subprocess.run(
-        [sys.executable, "scripts/benchmark_evaluation.py", "--images", "40", "--repeats", "1", "--json", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_tool(script_main("benchmark_evaluation"), "--images", "40", "--repeats", "1", "--json", out)
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     assert report["identical_stats"] is True and set(report["seconds"]) == {"pycocotools", "faster_coco_eval"}
@@ -74,24 +63,17 @@ def test_evaluation_benchmark_times_both_backends_with_identical_stats(tmp_path)
 
 def test_loader_benchmark_reports_loader_and_training_throughput(tmp_path, cache_dir):
     out = tmp_path / "loader.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "scripts/benchmark_loader.py",
-            "debug=smoke",
-            "data.num_workers=1",
-            f"data.cache_dir={cache_dir}",
-            "--batches",
-            "3",
-            "--steps",
-            "2",
-            "--json",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_tool(
+        script_main("benchmark_loader"),
+        "debug=smoke",
+        "data.num_workers=1",
+        f"data.cache_dir={cache_dir}",
+        "--batches",
+        "3",
+        "--steps",
+        "2",
+        "--json",
+        out,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
@@ -102,23 +84,8 @@ def test_loader_benchmark_reports_loader_and_training_throughput(tmp_path, cache
 
 def test_matcher_benchmark_times_blocks_against_one_call(tmp_path):
     out = tmp_path / "matcher.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "scripts/benchmark_matcher.py",
-            "--size",
-            "256x256",
-            "--boxes",
-            "5",
-            "--repeats",
-            "1",
-            "--json",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_tool(
+        script_main("benchmark_matcher"), "--size", "256x256", "--boxes", "5", "--repeats", "1", "--json", out
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
