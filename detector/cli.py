@@ -22,12 +22,13 @@ from detector.data.coco import CocoDetection, CocoSplits, check_split
 from detector.data.loader import eval_loader, infinite_train_batches
 from detector.data.transforms import eval_transforms, train_transforms
 from detector.engine import distributed
+from detector.engine.errors import format_errors
 from detector.engine.evaluator import RESULT_KEYS, CocoValidator, format_metrics, format_per_class, resolve_backend
 from detector.engine.hparams import run_hparams
 from detector.engine.inference import load_for_inference
 from detector.engine.machine import describe_machine, machine_line
 from detector.engine.optimizer import GROUP_KEYS, build_optimizer, check_group_settings
-from detector.engine.pictures import pr_curve_figure
+from detector.engine.pictures import error_figure, pr_curve_figure
 from detector.engine.precision import resolve_precision
 from detector.engine.schedule import lambda_scheduler
 from detector.engine.trainer import Trainer, check_settings, resolve_device
@@ -288,13 +289,19 @@ def evaluate(cfg: DictConfig) -> dict:
         checkpoint=str(Path(cfg.checkpoint).resolve()),
         per_class=stats["per_class"],
         pr_curves=stats["pr_curves"],
+        errors=stats["errors"],
     )
-    figure = pr_curve_figure(stats["pr_curves"], f"{Path(cfg.checkpoint).name}, iteration {loaded.iteration}")
-    if figure is not None:
-        figure.savefig(out / "pr_curves.png", dpi=110)
+    title = f"{Path(cfg.checkpoint).name}, iteration {loaded.iteration}"
+    for name, figure in (
+        ("pr_curves", pr_curve_figure(stats["pr_curves"], title)),
+        ("errors", error_figure(stats["errors"], title)),
+    ):
+        if figure is not None:
+            figure.savefig(out / f"{name}.png", dpi=110)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     log.info("evaluation of %s:\n%s", cfg.checkpoint, table.rstrip())
     log.info("per-class AP:\n%s", format_per_class(stats["per_class"]))
+    log.info("errors (TIDE): %s", format_errors(stats["errors"]))
     per_class = f"\n{format_per_class(stats['per_class'])}\n" if cfg.per_class else ""
     print(f"\n{format_metrics(metrics)}\n{per_class}metrics: {out / 'metrics.json'}")
     return metrics

@@ -6,7 +6,8 @@ Fabricates a COCO ground truth (80 categories, 1–15 boxes of every size per 64
 crowd) and `--detections` scored detections per image (jittered copies of the ground truth, some
 with the wrong class, and random boxes), then times `CocoEvaluator.summarize()` for each backend,
 interleaved — end to end and split into loading the results (Python in both libraries) and
-evaluate + accumulate + summarize — and checks that the 12 stats are identical.
+evaluate + accumulate + summarize, and the TIDE error breakdown (`detector.engine.errors`) — and
+checks that the 12 stats are identical.
 """
 
 from __future__ import annotations
@@ -115,7 +116,9 @@ def main(argv=None) -> dict:
         coco.createIndex()
     pairs = detections(coco, args.detections, generator)
     backends = ("pycocotools", "faster_coco_eval")
-    seconds: dict[str, dict[str, list[float]]] = {b: {"total": [], "load": [], "evaluate": []} for b in backends}
+    seconds: dict[str, dict[str, list[float]]] = {
+        b: {"total": [], "load": [], "evaluate": [], "errors": []} for b in backends
+    }
     stats = {}
     for _ in range(args.repeats):
         for backend in backends:
@@ -125,16 +128,18 @@ def main(argv=None) -> dict:
             start = time.perf_counter()
             stats[backend], _ = evaluator.summarize()
             seconds[backend]["total"].append(time.perf_counter() - start)
-            for phase in ("load", "evaluate"):
+            for phase in ("load", "evaluate", "errors"):
                 seconds[backend][phase].append(evaluator.seconds[phase])
     median = {b: {phase: statistics.median(v) for phase, v in phases.items()} for b, phases in seconds.items()}
     speedup = {
         phase: median["pycocotools"][phase] / median["faster_coco_eval"][phase] for phase in ("total", "evaluate")
     }
+    breakdown_cost = {b: median[b]["total"] / (median[b]["total"] - median[b]["errors"]) for b in backends}
     report = {
         "settings": vars(args) | {"json": str(args.json)},
         "seconds": median,
         "speedup": speedup,
+        "with_breakdown_over_without": breakdown_cost,
         "identical_stats": stats["pycocotools"] == stats["faster_coco_eval"],
         "stats": stats,
     }
@@ -145,7 +150,8 @@ def main(argv=None) -> dict:
     for backend in backends:
         print(
             f"  {backend:<17} total {median[backend]['total']:6.2f} s  load {median[backend]['load']:5.2f} s"
-            f"  evaluate {median[backend]['evaluate']:6.2f} s"
+            f"  evaluate {median[backend]['evaluate']:6.2f} s  error breakdown {median[backend]['errors']:5.2f} s"
+            f" (total {breakdown_cost[backend]:.2f}× the total without it)"
         )
     print(
         f"faster-coco-eval is {speedup['total']:.1f}× faster end to end, {speedup['evaluate']:.1f}× in evaluate; "

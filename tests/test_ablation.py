@@ -297,8 +297,9 @@ def test_two_job_smoke_multirun_completes_and_tabulates(tmp_path, cache_dir):
 
 
 def fake_run(root, name, overrides, ap, per_class, shares, losses, seed=0):
-    """A run directory as training writes it: .hydra/, metrics.json (with per_class and pr_curves)
-    and TensorBoard events with the training loss and the gradient diagnostics."""
+    """A run directory as training writes it: .hydra/, metrics.json (with per_class, pr_curves and
+    errors: AP/1, AP/2, … AP/6 for Cls … Miss) and TensorBoard events with the training loss and the
+    gradient diagnostics."""
     from torch.utils.tensorboard import SummaryWriter
 
     run = root / name
@@ -309,7 +310,14 @@ def fake_run(root, name, overrides, ap, per_class, shares, losses, seed=0):
     if ap is not None:
         rows = [{"class": c, "AP": v, "AP50": v, "AP75": v, "gt_boxes": n} for c, (v, n) in per_class.items()]
         curve = {"recall": [r / 100 for r in range(101)], "AP50": [ap + 20] * 101, "AP75": [ap] * 101}
-        (run / "metrics.json").write_text(json.dumps({**metrics(ap), "per_class": rows, "pr_curves": curve}))
+        kinds = ("Cls", "Loc", "Both", "Dupe", "Bkg", "Miss")
+        errors = {
+            "AP50": ap + 20,
+            "dAP": {k: ap / (i + 1) for i, k in enumerate(kinds)},
+            "count": dict.fromkeys(kinds, 1),
+        }
+        record = {**metrics(ap), "per_class": rows, "pr_curves": curve, "errors": errors}
+        (run / "metrics.json").write_text(json.dumps(record))
     writer = SummaryWriter(str(run / "tb"))
     for step, value in enumerate(losses, start=1):
         writer.add_scalar("train/loss", value, step * 10)
@@ -353,7 +361,9 @@ def test_compare_runs_reports_two_runs_and_a_multirun_with_seeds(tmp_path):
     ]  # the most frequent class first
     assert "| dog | 50 | 12.00 | -2.00 |" in report and "| cat | 5 | 20.00 | +10.00 |" in report
     assert "| loss=focal | – | 0.20 | – |" in report and "| loss=ce | – | 0.70 | – |" in report
-    for picture in ("pr_curves.png", "losses.png"):
+    assert "| loss=focal | 20.00 | 10.00 | 6.67 | 5.00 | 4.00 | 3.33 |" in report  # the TIDE breakdown, Cls … Miss
+    assert "| loss=ce | 15.00 | 7.50 | 5.00 | 3.75 | 3.00 | 2.50 |" in report
+    for picture in ("pr_curves.png", "losses.png", "errors.png"):
         assert f"![{picture}]({picture})" in report and (tmp_path / "report" / picture).stat().st_size > 5000
 
     multirun = tmp_path / "multirun"

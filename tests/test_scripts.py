@@ -58,6 +58,7 @@ def test_evaluation_benchmark_times_both_backends_with_identical_stats(tmp_path)
     report = json.loads(out.read_text())
     assert report["identical_stats"] is True and set(report["seconds"]) == {"pycocotools", "faster_coco_eval"}
     assert set(report["speedup"]) == {"total", "evaluate"} and report["speedup"]["evaluate"] > 0
+    assert all(ratio > 1.0 for ratio in report["with_breakdown_over_without"].values())  # the TIDE breakdown, timed
     assert 0 < report["stats"]["pycocotools"]["AP"] < 100  # the fabricated detections are neither all hits nor misses
 
 

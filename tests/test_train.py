@@ -30,6 +30,7 @@ def test_smoke_training_writes_metrics_checkpoints_and_events_then_evaluates(tmp
         "APl",
         "per_class",
         "pr_curves",
+        "errors",
         "status",
         "iteration",
         "precision",
@@ -51,6 +52,10 @@ def test_smoke_training_writes_metrics_checkpoints_and_events_then_evaluates(tmp
     assert {f"eval/detections_{i}" for i in range(4)} <= set(events.Tags()["images"])  # predicted and true boxes
     assert events.Images("eval/detections_0")[-1].width == 128
     assert "eval/pr_curves" in events.Tags()["images"] and (run / "pr_curves.png").is_file()
+    assert "eval/errors" in events.Tags()["images"] and (run / "errors.png").is_file()  # the TIDE breakdown
+    errors = metrics["errors"]
+    assert set(errors["dAP"]) == {"Cls", "Loc", "Both", "Dupe", "Bkg", "Miss"} and sum(errors["count"].values()) > 0
+    assert errors["AP50"] == pytest.approx(metrics["AP50"], abs=0.5)  # its AP50 is COCOeval's, up to max_dets
     assert len(metrics["pr_curves"]["AP50"]) == 101
     assert sum(metrics["pr_curves"]["AP50"]) / 101 == pytest.approx(metrics["AP50"], abs=0.01)
     session = plugin_data_pb2.HParamsPluginData.FromString(
@@ -77,6 +82,7 @@ def test_smoke_training_writes_metrics_checkpoints_and_events_then_evaluates(tmp
     scored = json.loads((evaluation / "metrics.json").read_text())
     assert len(scored["per_class"]) == 6 and (evaluation / "pr_curves.png").is_file()
     assert len(scored["pr_curves"]["AP75"]) == 101
+    assert (evaluation / "errors.png").is_file() and scored["errors"]["AP50"] == pytest.approx(scored["AP50"], abs=0.5)
     assert scored["iteration"] == 4 and set(scored) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
     detections = json.loads((evaluation / "detections.json").read_text())
     assert isinstance(detections, list)

@@ -18,6 +18,7 @@ from pycocotools.cocoeval import COCOeval
 
 from detector.data.images import read_rgb
 from detector.engine.distributed import gather_to_main
+from detector.engine.errors import error_breakdown
 from detector.engine.pictures import draw_detections
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -86,7 +87,8 @@ class CocoEvaluator:
     def summarize(self) -> tuple[dict[str, float], str]:
         """(stats in percent keyed by STAT_NAMES, pycocotools' printed table); `self.seconds` then
         holds the time spent loading the results and in evaluate + accumulate + summarize, and
-        `self.per_class` the per-category AP (`per_class_ap`) of the same precision array."""
+        `self.per_class` the per-category AP (`per_class_ap`) of the same precision array, and
+        `self.errors` the TIDE error breakdown (`detector.engine.errors`; `self.seconds["errors"]`)."""
         start = time.perf_counter()
         coco_class, eval_class = _backend_classes(self.backend)
         coco_gt = self.coco_gt if coco_class is COCO else _as(coco_class, self.coco_gt.dataset)
@@ -111,6 +113,9 @@ class CocoEvaluator:
         precision, iou_thresholds = np.asarray(evaluator.eval["precision"]), np.asarray(evaluator.params.iouThrs)
         self.per_class = per_class_ap(precision, list(evaluator.params.catIds), iou_thresholds, names, counts)
         self.pr_curves = pr_curves(precision, iou_thresholds, np.asarray(evaluator.params.recThrs))
+        broken_down = time.perf_counter()
+        self.errors = error_breakdown(self.coco_gt.dataset, self.results, list(evaluator.params.imgIds))
+        self.seconds["errors"] = time.perf_counter() - broken_down
         return stats, table.getvalue()
 
     def _load_results(self, coco_gt, coco_class):
@@ -279,7 +284,8 @@ class CocoValidator:
         evaluator.image_ids = [image_id for ids, _ in shares for image_id in ids]
         evaluator.results = [result for _, results in shares for result in results]
         stats, table = evaluator.summarize()
-        return {**stats, "per_class": evaluator.per_class, "pr_curves": evaluator.pr_curves}, table, evaluator.results
+        extras = {"per_class": evaluator.per_class, "pr_curves": evaluator.pr_curves, "errors": evaluator.errors}
+        return {**stats, **extras}, table, evaluator.results
 
     def pictures(self, detections: list[dict], count: int = 4, score_thresh: float = 0.3) -> list[torch.Tensor]:
         """The first `count` validation images with their detections above `score_thresh` (red, with

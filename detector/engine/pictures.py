@@ -49,3 +49,20 @@ def pr_curve_figure(curves: dict, title: str):
     axes.grid(alpha=0.3)
     axes.legend(loc="upper right")
     return figure
+
+
+def error_figure(breakdown: dict, title: str):
+    """A bar chart of `detector.engine.errors.error_breakdown`: the AP50 each kind of error costs,
+    with its count; None without matplotlib."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    figure = Figure(figsize=(5, 3.2), layout="tight")
+    axes = figure.subplots()
+    kinds = list(breakdown["dAP"])
+    bars = axes.bar(kinds, [breakdown["dAP"][k] for k in kinds], color="tab:red")
+    axes.bar_label(bars, [f"{breakdown['dAP'][k]:.1f}\n({breakdown['count'][k]})" for k in kinds], fontsize=8)
+    axes.set(ylabel="AP50 gained if fixed", title=f"{title}: AP50 {breakdown['AP50']:.1f}")
+    axes.margins(y=0.25)
+    return figure

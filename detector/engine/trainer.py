@@ -28,10 +28,11 @@ from detector.engine.checkpoint import (
 )
 from detector.engine.diagnostics import GradientStatistics, gradient_statistics
 from detector.engine.distributed import Distributed, broadcast_from_main, gather_to_main, sum_over_processes
+from detector.engine.errors import format_errors
 from detector.engine.evaluator import STAT_NAMES, format_metrics, format_per_class
 from detector.engine.hparams import log_hparams
 from detector.engine.machine import describe_machine
-from detector.engine.pictures import pr_curve_figure
+from detector.engine.pictures import error_figure, pr_curve_figure
 from detector.engine.precision import Precision, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -432,6 +433,8 @@ class Trainer:
         log.info("evaluation at iteration %d:\n%s", self.iteration, table.rstrip())
         if stats.get("per_class"):
             log.info("per-class AP at iteration %d:\n%s", self.iteration, format_per_class(stats["per_class"]))
+        if stats.get("errors"):
+            log.info("errors at iteration %d (TIDE): %s", self.iteration, format_errors(stats["errors"]))
         if writer is not None:
             for name in STAT_NAMES[:6]:
                 writer.add_scalar(f"eval/{name}", stats[name], self.iteration)
@@ -443,6 +446,12 @@ class Trainer:
             if figure is not None:
                 figure.savefig(self.output_dir / "pr_curves.png", dpi=110)  # the latest evaluation's
                 writer.add_figure("eval/pr_curves", figure, self.iteration)
+            figure = error_figure(stats["errors"], f"iteration {self.iteration}") if "errors" in stats else None
+            if figure is not None:
+                figure.savefig(self.output_dir / "errors.png", dpi=110)
+                writer.add_figure("eval/errors", figure, self.iteration)
+            for kind, gain in stats.get("errors", {}).get("dAP", {}).items():
+                writer.add_scalar(f"eval_errors/{kind}", gain, self.iteration)
             for index, picture in enumerate(getattr(self.validator, "pictures", lambda _: [])(detections)):
                 writer.add_image(f"eval/detections_{index}", picture, self.iteration)  # red: predicted, green: truth
         if stats["AP"] > self.best_ap:
@@ -521,7 +530,7 @@ class Trainer:
         metrics["status"] = status
         if error is not None:
             metrics["error"] = error
-        for key in ("per_class", "pr_curves"):
+        for key in ("per_class", "pr_curves", "errors"):
             if key in stats:
                 metrics[key] = stats[key]
         replaced = sorted({i for ids in gather_to_main([sorted(self.replaced_images)]) or [] for i in ids})

@@ -10,9 +10,11 @@ first row by default). Writes into `--out` (default: the first argument's `repor
 
 - `report.md`: the COCO table with ΔAP against the baseline; the per-class AP of every row as Δ
   against the baseline, classes sorted by their number of ground-truth boxes (the most frequent
-  first); the easy-negative shares of the gradient diagnostics (the last logged value); links to
+  first); the easy-negative shares of the gradient diagnostics (the last logged value); the AP50
+  that fixing each kind of error would gain (`detector.engine.errors`); links to
 - `pr_curves.png`: precision against recall at IoU .5, every row overlaid (`metrics.json` pr_curves);
-- `losses.png`: the training loss (`train/loss`, TensorBoard events) of every row overlaid.
+- `losses.png`: the training loss (`train/loss`, TensorBoard events) of every row overlaid;
+- `errors.png`: the TIDE error breakdown of every row (`metrics.json` errors), side by side.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
 
+from detector.engine.errors import KINDS
 from detector.tools.ablation_table import METRICS, find_jobs, read_job, row_labels, runs_column
 
 SHARES = ("easy_negative_fraction", "easy_negative_gradient_share", "easy_negative_loss_share")
@@ -80,6 +83,10 @@ def build_rows(jobs: list[dict]) -> list[dict]:
             if any(f"gradients/{name}" in tags for tags in logged)
         }
         row["loss_curves"] = [tags["train/loss"] for tags in logged if "train/loss" in tags]
+        breakdowns = [job["metrics"]["errors"] for job in finished if "errors" in job["metrics"]]
+        row["errors"] = (
+            {kind: float(np.mean([b["dAP"][kind] for b in breakdowns])) for kind in KINDS} if breakdowns else {}
+        )
         rows.append(row)
     return rows
 
@@ -115,8 +122,12 @@ def markdown(rows: list[dict], baseline: dict, pictures: list[str]) -> str:
         lines += ["| row | " + " | ".join(SHARES) + " |", "|---" * (len(SHARES) + 1) + "|"]
         for row in rows:
             lines.append(f"| {row['row']} | " + " | ".join(_number(row["shares"].get(s)) for s in SHARES) + " |")
+    if any(row["errors"] for row in rows):
+        lines += ["", "## AP50 gained by fixing each kind of error (TIDE; mean over runs)", ""]
+        lines += ["| row | " + " | ".join(KINDS) + " |", "|---" * (len(KINDS) + 1) + "|"]
+        for row in rows:
+            lines.append(f"| {row['row']} | " + " | ".join(_number(row["errors"].get(k)) for k in KINDS) + " |")
     lines += ["", "## Pictures", ""] + [f"![{name}]({name})" for name in pictures]
-    lines += ["", "Error breakdown (TIDE): not computed by this project yet."]
     return "\n".join(lines) + "\n"
 
 
@@ -147,6 +158,18 @@ def draw(rows: list[dict], out: Path) -> list[str]:
         axes.legend(fontsize=7)
         figure.savefig(out / "losses.png", dpi=110)
         written.append("losses.png")
+    kinds = [row for row in rows if row["errors"]]
+    if kinds:
+        figure = Figure(figsize=(6, 4), layout="tight")
+        axes = figure.subplots()
+        width = 0.8 / len(kinds)
+        for index, row in enumerate(kinds):
+            positions = np.arange(len(KINDS)) + (index - (len(kinds) - 1) / 2) * width
+            axes.bar(positions, [row["errors"][k] for k in KINDS], width, label=row["row"])
+        axes.set(xticks=np.arange(len(KINDS)), xticklabels=KINDS, ylabel="AP50 gained if fixed")
+        axes.legend(fontsize=7)
+        figure.savefig(out / "errors.png", dpi=110)
+        written.append("errors.png")
     return written
 
 

@@ -1,0 +1,134 @@
+"""The TIDE error breakdown on constructed detections, against pycocotools' AP50 of the corrected sets."""
+
+import contextlib
+import copy
+import io
+
+import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from detector.engine.errors import KINDS, error_breakdown
+
+BOX = [0.0, 0.0, 100.0, 100.0]  # xywh
+SHIFTED = [60.0, 0.0, 100.0, 100.0]  # IoU 40·100 / 160·100 = 0.25 with BOX: between t_b and t_f
+
+
+def dataset(boxes):
+    """COCO ground truth from [(image_id, category_id, xywh, iscrowd)]."""
+    images = sorted({image for image, *_ in boxes} | set(range(1, 10)))
+    return {
+        "images": [{"id": i, "width": 640, "height": 480} for i in images],
+        "annotations": [
+            {"id": n, "image_id": i, "category_id": c, "bbox": b, "area": b[2] * b[3], "iscrowd": crowd}
+            for n, (i, c, b, crowd) in enumerate(boxes, start=1)
+        ],
+        "categories": [{"id": c, "name": str(c)} for c in (1, 2, 3)],
+    }
+
+
+def detection(image, category, box, score):
+    return {"image_id": image, "category_id": category, "bbox": list(box), "score": score}
+
+
+def coco_ap50(truth, results):
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = copy.deepcopy(truth)
+        gt.createIndex()
+        evaluator = COCOeval(gt, gt.loadRes(copy.deepcopy(results)), iouType="bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return evaluator.stats[1] * 100
+
+
+# one error of each kind, each scored above a true positive of its class so that it costs AP50
+TRUTH = dataset(
+    [
+        (1, 1, BOX, 0),  # found
+        (2, 1, BOX, 0),  # found only with the wrong class: Cls
+        (3, 1, BOX, 0),  # found only with a poor box: Loc
+        (4, 1, BOX, 0),  # found twice: Dupe
+        (5, 1, BOX, 0),  # found, and a detection on the background beside it: Bkg
+        (6, 1, BOX, 0),  # found
+        (7, 1, BOX, 0),  # not found: Miss
+        (8, 1, BOX, 0),  # found, and a class-3 detection with a poor box on it: Both
+        (9, 3, BOX, 0),  # found
+    ]
+)
+DETECTIONS = [
+    detection(4, 1, BOX, 0.99),
+    detection(8, 3, SHIFTED, 0.96),  # Both
+    detection(2, 2, BOX, 0.95),  # Cls
+    detection(1, 1, BOX, 0.90),
+    detection(3, 1, SHIFTED, 0.85),  # Loc
+    detection(4, 1, BOX, 0.75),  # Dupe
+    detection(5, 1, [400.0, 300.0, 50.0, 50.0], 0.70),  # Bkg
+    detection(5, 1, BOX, 0.55),
+    detection(6, 1, BOX, 0.50),
+    detection(8, 1, BOX, 0.45),
+    detection(9, 3, BOX, 0.40),
+]
+FIXES = {  # each kind corrected by hand: (the detections, the ground truth)
+    "Cls": ([dict(d, category_id=1) if d["score"] == 0.95 else d for d in DETECTIONS], TRUTH),
+    "Loc": ([dict(d, bbox=BOX) if d["score"] == 0.85 else d for d in DETECTIONS], TRUTH),
+    "Both": ([d for d in DETECTIONS if d["score"] != 0.96], TRUTH),
+    "Dupe": ([d for d in DETECTIONS if d["score"] != 0.75], TRUTH),
+    "Bkg": ([d for d in DETECTIONS if d["score"] != 0.70], TRUTH),
+    "Miss": (DETECTIONS, {**TRUTH, "annotations": [a for a in TRUTH["annotations"] if a["image_id"] != 7]}),
+}
+
+
+def test_one_error_of_each_kind_lands_in_its_bin_and_fixing_it_gains_what_pycocotools_measures():
+    breakdown = error_breakdown(TRUTH, DETECTIONS)
+    base = coco_ap50(TRUTH, DETECTIONS)
+    assert breakdown["AP50"] == pytest.approx(base, abs=1e-9)
+    assert breakdown["count"] == {kind: 1 for kind in KINDS}
+    for kind, (fixed_detections, fixed_truth) in FIXES.items():
+        gain = coco_ap50(fixed_truth, fixed_detections) - base
+        assert gain > 1.0, kind  # every constructed error costs AP
+        assert breakdown["dAP"][kind] == pytest.approx(gain, abs=1e-9), kind
+
+
+def test_only_the_best_scored_claim_on_a_box_becomes_its_hit_and_a_box_already_found_takes_none():
+    truth = dataset([(1, 1, BOX, 0), (2, 1, BOX, 0), (3, 1, BOX, 0)])
+    detections = [
+        detection(1, 1, SHIFTED, 0.9),  # Loc on box 1, the better claim
+        detection(1, 2, BOX, 0.8),  # Cls on box 1, the weaker claim: removed when Cls is fixed
+        detection(2, 1, BOX, 0.7),
+        detection(2, 1, [0.0, 0.0, 100.0, 30.0], 0.95),  # Loc on box 2, which a hit took: removed when fixed
+        detection(3, 1, BOX, 0.6),
+    ]
+    breakdown = error_breakdown(truth, detections)
+    assert breakdown["count"] == {"Cls": 1, "Loc": 2, "Both": 0, "Dupe": 0, "Bkg": 0, "Miss": 0}
+    loc_fixed = [dict(d, bbox=BOX) if d["score"] == 0.9 else d for d in detections if d["score"] != 0.95]
+    base = coco_ap50(truth, detections)
+    assert breakdown["dAP"]["Loc"] == pytest.approx(coco_ap50(truth, loc_fixed) - base, abs=1e-9)
+    cls_fixed = [d for d in detections if d["score"] != 0.8]  # not a hit: box 1 belongs to the Loc claim
+    assert breakdown["dAP"]["Cls"] == pytest.approx(max(coco_ap50(truth, cls_fixed) - base, 0.0), abs=1e-9)
+
+
+def test_crowd_regions_images_without_boxes_and_no_detections():
+    truth = dataset([(1, 1, BOX, 0), (1, 1, [200.0, 200.0, 100.0, 100.0], 1)])
+    detections = [
+        detection(1, 1, [210.0, 210.0, 50.0, 50.0], 0.9),  # inside the crowd region: ignored
+        detection(2, 1, BOX, 0.8),  # an image without boxes: background
+        detection(1, 1, BOX, 0.7),
+    ]
+    breakdown = error_breakdown(truth, detections)
+    assert breakdown["count"] == {"Cls": 0, "Loc": 0, "Both": 0, "Dupe": 0, "Bkg": 1, "Miss": 0}
+    assert breakdown["AP50"] == pytest.approx(coco_ap50(truth, detections), abs=1e-9)
+    assert breakdown["dAP"]["Bkg"] == pytest.approx(100.0 - breakdown["AP50"], abs=1e-9)
+
+    nothing = error_breakdown(truth, [])
+    assert nothing["AP50"] == 0.0 and nothing["count"]["Miss"] == 1 and nothing["dAP"]["Miss"] == 0.0
+    assert error_breakdown(truth, detections, image_ids=[2])["count"]["Bkg"] == 1  # the images evaluated only
+
+
+def test_only_the_best_max_dets_of_an_image_count():
+    truth = dataset([(1, 1, BOX, 0)])
+    detections = [detection(1, 1, [300.0 + i, 300.0, 20.0, 20.0], 0.9 - i / 100) for i in range(3)]
+    detections.append(detection(1, 1, BOX, 0.5))  # fourth: past max_dets=3, not counted
+    breakdown = error_breakdown(truth, detections, max_dets=3)
+    assert breakdown["count"]["Bkg"] == 3 and breakdown["count"]["Miss"] == 1 and breakdown["AP50"] == 0.0
