@@ -321,6 +321,8 @@ def fake_run(root, name, overrides, ap, per_class, shares, losses, seed=0):
     writer = SummaryWriter(str(run / "tb"))
     for step, value in enumerate(losses, start=1):
         writer.add_scalar("train/loss", value, step * 10)
+        if ap is not None:
+            writer.add_scalar("eval/AP", ap * step / len(losses), step * 10)  # rising to the final AP
     for name_, value in shares.items():
         writer.add_scalar(f"gradients/{name_}", value, 10)
     writer.close()
@@ -363,7 +365,8 @@ def test_compare_runs_reports_two_runs_and_a_multirun_with_seeds(tmp_path):
     assert "| loss=focal | – | 0.20 | – |" in report and "| loss=ce | – | 0.70 | – |" in report
     assert "| loss=focal | 20.00 | 10.00 | 6.67 | 5.00 | 4.00 | 3.33 |" in report  # the TIDE breakdown, Cls … Miss
     assert "| loss=ce | 15.00 | 7.50 | 5.00 | 3.75 | 3.00 | 2.50 |" in report
-    for picture in ("pr_curves.png", "losses.png", "errors.png"):
+    assert "| row | it 10 | it 20 |" in report and "| loss=focal | 10.00 | 20.00 |" in report  # AP while training
+    for picture in ("pr_curves.png", "losses.png", "errors.png", "eval_ap.png"):
         assert f"![{picture}]({picture})" in report and (tmp_path / "report" / picture).stat().st_size > 5000
 
     multirun = tmp_path / "multirun"

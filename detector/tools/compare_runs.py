@@ -14,7 +14,8 @@ first row by default). Writes into `--out` (default: the first argument's `repor
   that fixing each kind of error would gain (`detector.engine.errors`); links to
 - `pr_curves.png`: precision against recall at IoU .5, every row overlaid (`metrics.json` pr_curves);
 - `losses.png`: the training loss (`train/loss`, TensorBoard events) of every row overlaid;
-- `errors.png`: the TIDE error breakdown of every row (`metrics.json` errors), side by side.
+- `errors.png`: the TIDE error breakdown of every row (`metrics.json` errors), side by side;
+- `eval_ap.png`: AP at each evaluation during training (`eval/AP`), every row, with its table in the report.
 """
 
 from __future__ import annotations
@@ -83,6 +84,11 @@ def build_rows(jobs: list[dict]) -> list[dict]:
             if any(f"gradients/{name}" in tags for tags in logged)
         }
         row["loss_curves"] = [tags["train/loss"] for tags in logged if "train/loss" in tags]
+        evaluations: dict[int, list[float]] = {}
+        for tags in logged:
+            for step, value in dict(tags.get("eval/AP", [])).items():  # a resumed run's repeat: its last value
+                evaluations.setdefault(step, []).append(value)
+        row["eval_ap"] = {step: float(np.mean(values)) for step, values in sorted(evaluations.items())}
         breakdowns = [job["metrics"]["errors"] for job in finished if "errors" in job["metrics"]]
         row["errors"] = (
             {kind: float(np.mean([b["dAP"][kind] for b in breakdowns])) for kind in KINDS} if breakdowns else {}
@@ -122,6 +128,12 @@ def markdown(rows: list[dict], baseline: dict, pictures: list[str]) -> str:
         lines += ["| row | " + " | ".join(SHARES) + " |", "|---" * (len(SHARES) + 1) + "|"]
         for row in rows:
             lines.append(f"| {row['row']} | " + " | ".join(_number(row["shares"].get(s)) for s in SHARES) + " |")
+    steps = sorted({step for row in rows for step in row["eval_ap"]})
+    if len(steps) > 1:
+        lines += ["", "## AP at each evaluation (TensorBoard eval/AP, mean over runs)", ""]
+        lines += ["| row | " + " | ".join(f"it {step}" for step in steps) + " |", "|---" * (len(steps) + 1) + "|"]
+        for row in rows:
+            lines.append(f"| {row['row']} | " + " | ".join(_number(row["eval_ap"].get(s)) for s in steps) + " |")
     if any(row["errors"] for row in rows):
         lines += ["", "## AP50 gained by fixing each kind of error (TIDE; mean over runs)", ""]
         lines += ["| row | " + " | ".join(KINDS) + " |", "|---" * (len(KINDS) + 1) + "|"]
@@ -158,6 +170,16 @@ def draw(rows: list[dict], out: Path) -> list[str]:
         axes.legend(fontsize=7)
         figure.savefig(out / "losses.png", dpi=110)
         written.append("losses.png")
+    if sum(len(row["eval_ap"]) for row in rows) > 1:
+        figure = Figure(figsize=(6, 4), layout="tight")
+        axes = figure.subplots()
+        for row in rows:
+            if row["eval_ap"]:
+                axes.plot(list(row["eval_ap"]), list(row["eval_ap"].values()), "o-", label=row["row"])
+        axes.set(xlabel="iteration", ylabel="AP (%)")
+        axes.legend(fontsize=7)
+        figure.savefig(out / "eval_ap.png", dpi=110)
+        written.append("eval_ap.png")
     kinds = [row for row in rows if row["errors"]]
     if kinds:
         figure = Figure(figsize=(6, 4), layout="tight")
