@@ -22,9 +22,9 @@ class NaNAt(torch.nn.Module):
         self.inner, self.bad_calls, self.calls = criterion, set(bad_calls), 0
         self.cls_loss = criterion.cls_loss
 
-    def forward(self, outputs, targets, keep_cls_inputs=False):
+    def forward(self, outputs, targets):
         self.calls += 1
-        terms = self.inner(outputs, targets, keep_cls_inputs)
+        terms = self.inner(outputs, targets)
         if self.calls in self.bad_calls:
             terms["loss_cls"] = terms["loss_cls"] * float("nan")
         return terms

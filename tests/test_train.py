@@ -127,8 +127,9 @@ def test_training_lowers_the_loss(compose_cfg, cache_dir, tmp_path):
     assert last < 0.8 * first, losses
 
 
-def test_gradient_diagnostics_do_not_change_the_step(compose_cfg, cache_dir, tmp_path):
-    cfg = compose_cfg(["debug=smoke", f"data.cache_dir={cache_dir}"])
+@pytest.mark.parametrize("loss", ["focal", "ghm_c"])  # GHM-C: one loss call per level, every call seen
+def test_gradient_diagnostics_do_not_change_the_step(compose_cfg, cache_dir, tmp_path, loss):
+    cfg = compose_cfg(["debug=smoke", f"data.cache_dir={cache_dir}", f"loss={loss}"])
     train_set, _ = build_datasets(cfg.data)
     batch = next(infinite_train_batches(train_set, 2, 0, seed=0))
     results = []
@@ -156,7 +157,12 @@ def test_gradient_diagnostics_do_not_change_the_step(compose_cfg, cache_dir, tmp
     assert plain == diagnosed
     for name, value in plain_state.items():
         torch.testing.assert_close(diagnosed_state[name], value, rtol=0, atol=0, msg=name)
-    assert 0.0 < stats.scalars["easy_negative_loss_share"] < 1.0 and stats.g_negative.total > stats.g_positive.total > 0
+    assert stats.g_negative.total > stats.g_positive.total > 0
+    assert stats.g_negative.total + stats.g_positive.total == plain["num_neg"] + plain["num_pos"]  # every element
+    assert 0.0 < stats.scalars["easy_negative_gradient_share"] < 1.0
+    assert 0.0 < stats.scalars.get("easy_negative_loss_share", 0.5) < 1.0 and (loss == "ghm_c") != (
+        "easy_negative_loss_share" in stats.scalars
+    )  # a per-level loss reports the gradient share only
 
 
 def test_bf16_autocast_on_cpu_trains_with_float32_losses(compose_cfg, cache_dir, tmp_path):

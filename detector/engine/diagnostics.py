@@ -11,6 +11,8 @@ the density of g for positive (y = 1) and negative elements, how the loss's own 
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -58,16 +60,38 @@ class GradientStatistics:
     scalars: dict[str, float]  # easy_negative_fraction, _gradient_share and (sum losses only) _loss_share
 
 
+@contextmanager
+def classification_inputs(cls_loss: nn.Module, enabled: bool = True) -> Iterator[list[tuple[Tensor, Tensor]]]:
+    """While open (and `enabled`), records the (logits, targets) of every call of `cls_loss`: one
+    call, or one per level for a `per_level` loss. The criterion returns losses only; this is how
+    the diagnostics see what it passed to the loss."""
+    calls: list[tuple[Tensor, Tensor]] = []
+    handle = cls_loss.register_forward_hook(lambda module, args, output: calls.append(args[:2])) if enabled else None
+    try:
+        yield calls
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
 def gradient_statistics(
-    loss_cls: Tensor, logits: Tensor, targets: Tensor, cls_loss: nn.Module, bins: int = 50
+    loss_cls: Tensor,
+    logits: Tensor | Sequence[Tensor],
+    targets: Tensor | Sequence[Tensor],
+    cls_loss: nn.Module,
+    bins: int = 50,
 ) -> GradientStatistics:
-    """Statistics of one batch; `logits` ([M, K], in the graph of `loss_cls`) and `targets` are what
-    the criterion passed to `cls_loss`. The graph is kept for the training step's backward.
+    """Statistics of one batch; `logits` ([M, K], in the graph of `loss_cls`, or the chunks of one
+    call per level) and `targets` are what the criterion passed to `cls_loss`. The graph is kept for
+    the training step's backward.
 
     The loss share needs the loss's per-element terms (`cls_loss.elementwise`); losses that are
     not one sum over these elements (OHEM, Dice, a `per_level` GHM-C) report the gradient share only.
     """
-    (gradient,) = torch.autograd.grad(loss_cls, logits, retain_graph=True)
+    chunks = [logits] if isinstance(logits, Tensor) else list(logits)
+    gradient = torch.cat(torch.autograd.grad(loss_cls, chunks, retain_graph=True))
+    logits = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
+    targets = targets if isinstance(targets, Tensor) else torch.cat(list(targets))
     with torch.no_grad():
         p = torch.sigmoid(logits.detach())
         g = (p - targets).abs().flatten()

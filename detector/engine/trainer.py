@@ -26,7 +26,7 @@ from detector.engine.checkpoint import (
     save_checkpoint,
     upgrade_training_state,
 )
-from detector.engine.diagnostics import GradientStatistics, gradient_statistics
+from detector.engine.diagnostics import GradientStatistics, classification_inputs, gradient_statistics
 from detector.engine.distributed import Distributed, broadcast_from_main, gather_to_main, sum_over_processes
 from detector.engine.errors import format_errors
 from detector.engine.evaluator import STAT_NAMES, format_metrics, format_per_class
@@ -322,16 +322,15 @@ class Trainer:
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         with self.precision.autocast(self.device):
             outputs = self.model(images)
-        with torch.autocast(self.device.type, enabled=False):
-            loss_dict = self.criterion(outputs, targets, keep_cls_inputs=diagnose)
+        with (
+            torch.autocast(self.device.type, enabled=False),
+            classification_inputs(self.criterion.cls_loss, enabled=diagnose) as seen,
+        ):
+            loss_dict = self.criterion(outputs, targets)
         gradients = None
         if diagnose:
-            gradients = gradient_statistics(
-                loss_dict["loss_cls"],
-                loss_dict.pop("cls_logits"),
-                loss_dict.pop("cls_targets"),
-                self.criterion.cls_loss,
-            )
+            logits, cls_targets = zip(*seen)
+            gradients = gradient_statistics(loss_dict["loss_cls"], logits, cls_targets, self.criterion.cls_loss)
         loss = sum(v for k, v in loss_dict.items() if k.startswith("loss_"))
         losses = self._reduce({"loss": loss, **loss_dict})
         if not math.isfinite(losses["loss"]):  # the same verdict on every process

@@ -42,9 +42,6 @@ class RetinaNetCriterion(nn.Module):
 
     `reduce_num_pos`, if given, averages the positive count over processes (DDP: with the
     gradients averaged too, the loss is then normalised by the global count).
-
-    With `keep_cls_inputs=True` the result also holds the classification loss's inputs,
-    "cls_logits" (still in the graph) and "cls_targets", for the gradient diagnostics.
     """
 
     def __init__(
@@ -92,7 +89,7 @@ class RetinaNetCriterion(nn.Module):
         self.register_buffer("normalizer_ema", torch.tensor(float(normalizer_init)))
         self.reduce_num_pos = None
 
-    def forward(self, outputs: dict, targets: list[dict], keep_cls_inputs: bool = False) -> dict[str, Tensor]:
+    def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
         cls_logits = outputs["cls_logits"]  # (B, A, K); the rows the losses see are cast to float32
         box_deltas = outputs["box_deltas"]  # (B, A, 4)
         anchors = outputs["anchors"]  # (A, 4)
@@ -148,15 +145,12 @@ class RetinaNetCriterion(nn.Module):
             box_context = {"image_size": image_sizes(targets, anchors.device)[positive_rows // num_anchors]}
         loss_box = self._call(self.box_loss, box_split, *box_inputs, normalizer, **box_context)
         num_neg = (counts[0] * cls_logits.shape[-1] - counts[1]).float()  # on the device: no second wait
-        result = {
+        return {
             "loss_cls": self.cls_weight * loss_cls,
             "loss_box": self.box_weight * loss_box,
             "num_pos": num_pos,
             "num_neg": num_neg,
         }
-        if keep_cls_inputs:
-            result.update(cls_logits=kept_logits, cls_targets=kept_targets)
-        return result
 
     @staticmethod
     def _call(
