@@ -47,7 +47,14 @@ def build(cfg: DictConfig, num_classes: int):
 
 
 def build_criterion(cfg: DictConfig):
-    return instantiate(cfg.criterion, cls_loss=instantiate(cfg.loss), box_loss=instantiate(cfg.box_loss))
+    """The criterion of `cfg`, normalising by the positive count averaged over the processes of a
+    DDP run (the count itself outside one)."""
+    return instantiate(
+        cfg.criterion,
+        cls_loss=instantiate(cfg.loss),
+        box_loss=instantiate(cfg.box_loss),
+        reduce_num_pos=distributed.mean_over_processes,
+    )
 
 
 def build_datasets(data: DictConfig) -> tuple[CocoDetection, CocoDetection]:
@@ -166,7 +173,6 @@ def _train(cfg, device, precision, criterion, postprocessor, schedule, processes
             )
         if device.type == "cuda":
             device = torch.device("cuda", processes.local_rank)
-        criterion.reduce_num_pos = distributed.mean_over_processes
         if not processes.is_main:
             _quiet_logging()
     out = distributed.broadcast_from_main(output_dir())  # one run directory, rank 0's

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
@@ -55,6 +57,7 @@ class RetinaNetCriterion(nn.Module):
         normalizer_momentum: float = 0.0,
         normalizer_init: float = 100.0,
         cls_target: str = "auto",
+        reduce_num_pos: Callable[[Tensor], Tensor] | None = None,
     ):
         super().__init__()
         if cls_target not in ("auto", "onehot", "iou"):
@@ -87,7 +90,7 @@ class RetinaNetCriterion(nn.Module):
         self.normalizer_momentum = normalizer_momentum
         self.cls_target = cls_target
         self.register_buffer("normalizer_ema", torch.tensor(float(normalizer_init)))
-        self.reduce_num_pos = None
+        self.reduce_num_pos = reduce_num_pos
 
     def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
         cls_logits = outputs["cls_logits"]  # (B, A, K); the rows the losses see are cast to float32
