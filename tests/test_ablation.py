@@ -211,11 +211,15 @@ def test_seeds_are_one_row_with_mean_std_interval_and_noise(tmp_path):
 
 def test_jobs_killed_before_hydra_wrote_their_folder_stay_visible_as_failed(tmp_path):
     """Jobs 0 and 3 finished; job 1 was killed after Hydra wrote its overrides (no hydra.yaml, no
-    config.yaml), job 2 before it wrote anything; job 4 diverged (metrics.json has its status)."""
+    config.yaml), job 2 before it wrote anything; job 4 diverged (metrics.json has its status); job 5
+    stopped after a checkpoint (resumable)."""
     fake_job(tmp_path, 0, 0.25, metrics(5.0), seed=0)
     fake_job(tmp_path, 1, 0.25, seed=1)
     fake_job(tmp_path, 3, 0.5, metrics(20.0), seed=0)
     fake_job(tmp_path, 4, 0.5, {"status": "diverged", "iteration": 9, "error": "non-finite loss …"}, seed=1)
+    fake_job(tmp_path, 5, 0.5, seed=2)
+    (tmp_path / "5" / "checkpoints").mkdir()
+    (tmp_path / "5" / "checkpoints" / "last.pt").write_bytes(b"")
     for name in ("hydra.yaml", "config.yaml"):
         (tmp_path / "1" / ".hydra" / name).unlink()
     (tmp_path / "2").mkdir()
@@ -223,7 +227,7 @@ def test_jobs_killed_before_hydra_wrote_their_folder_stay_visible_as_failed(tmp_
     assert lines[0] == f"# fl_table1a: {tmp_path}"  # the sweep, read from the jobs that have it
     rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in lines if line.startswith("| ")}
     assert rows["loss.alpha=0.25"][1] == "1 ok, 1 failed (seed 1)" and rows["loss.alpha=0.25"][2] == "5.00"
-    assert rows["loss.alpha=0.5"][1] == "1 ok, 1 diverged (seed 1)"  # its metrics.json says so; its log is empty
+    assert rows["loss.alpha=0.5"][1] == "1 ok, 1 diverged (seed 1), 1 unfinished (seed 2)"  # from metrics.json
     assert rows["job 2 (no .hydra/overrides.yaml)"][1] == "0 ok, 1 failed (seed None)"
 
 

@@ -6,8 +6,8 @@ Reads every job folder's `.hydra/` (overrides, config, the sweep it belongs to) 
 `metrics.json`. Jobs that differ only in their seed form one row: each metric is shown as
 mean ± sample std over the seeds that finished, and the row's runs column counts them. A job
 that did not finish stays visible there: "diverged" if its metrics.json says so (or, for runs
-without that status, its log reports a non-finite loss), "failed" otherwise (crashed, killed or
-still running).
+without that status, its log reports a non-finite loss), "unfinished" if it has a checkpoint
+(stopped or still running; `trainer.resume=auto` continues it), "failed" otherwise.
 
 When the sweep is one of the papers' tables, the published AP of the matching row stands beside
 ours, with the Spearman rank correlation ρ between our mean AP and the paper's, and its 95 %
@@ -37,8 +37,9 @@ DEFAULT_PAPER = Path(__file__).resolve().parents[2] / "docs" / "paper_tables.yam
 
 
 def read_job(job_dir: Path) -> dict:
-    """A job folder's overrides, config, sweep, metrics and status. A job killed before Hydra wrote
-    all of `.hydra/` is kept as failed, under the overrides it has (or its folder name)."""
+    """A job folder's overrides, config, sweep, metrics and status: ok, diverged, unfinished (a
+    checkpoint but no metrics.json) or failed. A job killed before Hydra wrote all of `.hydra/` is
+    kept as failed, under the overrides it has (or its folder name)."""
     hydra_dir = job_dir / ".hydra"
 
     def load(name: str):
@@ -63,6 +64,8 @@ def read_job(job_dir: Path) -> dict:
         job["status"] = "diverged" if diverged else "ok" if "AP" in job["metrics"] else "failed"
     elif any("non-finite loss" in log.read_text(errors="replace") for log in job_dir.glob("*.log")):
         job["status"] = "diverged"
+    elif (job_dir / "checkpoints" / "last.pt").is_file():  # stopped mid-way; trainer.resume=auto continues it
+        job["status"] = "unfinished"
     return job
 
 
@@ -165,9 +168,10 @@ def _row(label: str, jobs: list[dict], table: dict | None) -> dict:
 
 
 def runs_column(jobs: list[dict]) -> str:
-    """ "3 ok", or "2 ok, 1 diverged (seed 2)": every run that did not finish stays visible."""
+    """ "3 ok", or "2 ok, 1 diverged (seed 2)": every run that did not finish stays visible, as
+    diverged, unfinished (a checkpoint and no metrics: resumable) or failed."""
     parts = [f"{sum(job['status'] == 'ok' for job in jobs)} ok"]
-    for status in ("diverged", "failed"):
+    for status in ("diverged", "unfinished", "failed"):
         seeds = [str(job["config"].get("seed")) for job in jobs if job["status"] == status]
         if seeds:
             parts.append(f"{len(seeds)} {status} (seed {', '.join(seeds)})")
