@@ -92,27 +92,34 @@ def test_one_error_of_each_kind_lands_in_its_bin_and_fixing_it_gains_what_pycoco
 
 
 def test_only_the_best_scored_claim_on_a_box_becomes_its_hit_and_a_box_already_found_takes_none():
-    truth = dataset([(1, 1, BOX, 0), (2, 1, BOX, 0), (3, 1, BOX, 0)])
+    """Box 1 has two claims, a Loc error (0.9) and a weaker Cls error (0.8, class 3); box 2 is found (0.7)
+    and has a Loc (0.95) and a Cls claim (0.65, class 3). Class 3 has a box of its own, found at 0.5, so
+    a class-3 false positive left in place costs AP: fixing Cls must remove both Cls claims."""
+    truth = dataset([(1, 1, BOX, 0), (2, 1, BOX, 0), (3, 1, BOX, 0), (4, 3, BOX, 0)])
     detections = [
-        detection(1, 1, SHIFTED, 0.9),  # Loc on box 1, the better claim
-        detection(1, 2, BOX, 0.8),  # Cls on box 1, the weaker claim: removed when Cls is fixed
+        detection(1, 1, SHIFTED, 0.9),
+        detection(1, 3, BOX, 0.8),
         detection(2, 1, BOX, 0.7),
-        detection(2, 1, [0.0, 0.0, 100.0, 30.0], 0.95),  # Loc on box 2, which a hit took: removed when fixed
+        detection(2, 1, [0.0, 0.0, 100.0, 30.0], 0.95),  # IoU 0.3 with box 2
+        detection(2, 3, BOX, 0.65),
         detection(3, 1, BOX, 0.6),
+        detection(4, 3, BOX, 0.5),
     ]
     breakdown = error_breakdown(truth, detections)
-    assert breakdown["count"] == {"Cls": 1, "Loc": 2, "Both": 0, "Dupe": 0, "Bkg": 0, "Miss": 0}
-    loc_fixed = [dict(d, bbox=BOX) if d["score"] == 0.9 else d for d in detections if d["score"] != 0.95]
+    assert breakdown["count"] == {"Cls": 2, "Loc": 2, "Both": 0, "Dupe": 0, "Bkg": 0, "Miss": 0}
     base = coco_ap50(truth, detections)
+    loc_fixed = [dict(d, bbox=BOX) if d["score"] == 0.9 else d for d in detections if d["score"] != 0.95]
     assert breakdown["dAP"]["Loc"] == pytest.approx(coco_ap50(truth, loc_fixed) - base, abs=1e-9)
-    cls_fixed = [d for d in detections if d["score"] != 0.8]  # not a hit: box 1 belongs to the Loc claim
-    assert breakdown["dAP"]["Cls"] == pytest.approx(max(coco_ap50(truth, cls_fixed) - base, 0.0), abs=1e-9)
+    cls_fixed = [d for d in detections if d["score"] not in (0.8, 0.65)]  # neither claim may hit
+    gain = coco_ap50(truth, cls_fixed) - base
+    assert gain > 10.0 and breakdown["dAP"]["Cls"] == pytest.approx(gain, abs=1e-9)
 
 
 def test_crowd_regions_images_without_boxes_and_no_detections():
     truth = dataset([(1, 1, BOX, 0), (1, 1, [200.0, 200.0, 100.0, 100.0], 1)])
     detections = [
         detection(1, 1, [210.0, 210.0, 50.0, 50.0], 0.9),  # inside the crowd region: ignored
+        detection(1, 1, [150.0, 200.0, 100.0, 100.0], 0.85),  # half inside (crowd IoU 0.5): ignored, as COCOeval
         detection(2, 1, BOX, 0.8),  # an image without boxes: background
         detection(1, 1, BOX, 0.7),
     ]

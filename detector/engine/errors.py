@@ -1,10 +1,12 @@
 """The TIDE error breakdown (Bolya et al., "TIDE: A General Toolbox for Identifying Object Detection
 Errors", ECCV 2020): the AP50 that each kind of error costs.
 
-Per image, the `max_dets` (100) best-scored detections are matched to the ground truth greedily by
-score, each taking the unmatched box of its class with the highest IoU ≥ t_f (0.5), as COCOeval
-matches; one that overlaps a crowd region of its class by more than t_f is ignored. Each false
-positive then gets one kind, in the order of the official code (t_b = 0.1):
+Per image, the `max_dets` (100) best-scored detections over all classes (the official code's cut;
+COCOeval's is per class, the same for detectors that keep at most 100 an image) are matched to the
+ground truth greedily by score, each taking the unmatched box of its class with the highest IoU ≥
+t_f (0.5), as COCOeval matches; one that overlaps a crowd region of its class by t_f (intersection
+over its own area) is ignored, and not classified either (the official code still classifies it).
+Each false positive then gets one kind, in the order of the official code (t_b = 0.1):
 - **Loc**: its best IoU with a box of its class lies in [t_b, t_f): a better box would have hit;
 - **Cls**: IoU ≥ t_f with a box of another class: the right class would have hit;
 - **Dupe**: IoU ≥ t_f with a box of its class that a better-scored detection already took;
@@ -53,7 +55,8 @@ def error_breakdown(
     gt_box = np.array([a["bbox"] for a in truth], dtype=np.float64).reshape(-1, 4)
     gt_crowd = np.array([bool(a.get("iscrowd", 0)) for a in truth], dtype=bool)
     shown = [r for r in results if r["image_id"] in keep]
-    shown = [shown[i] for i in np.argsort([-r["score"] for r in shown], kind="stable")]  # the best first
+    best_first = np.lexsort(([r["image_id"] for r in shown], [-r["score"] for r in shown]))  # ties: COCOeval's
+    shown = [shown[i] for i in best_first]
     det_image = np.array([r["image_id"] for r in shown], dtype=np.int64)
     det_class = np.array([r["category_id"] for r in shown], dtype=np.int64)
     det_box = np.array([r["bbox"] for r in shown], dtype=np.float64).reshape(-1, 4)
@@ -74,7 +77,7 @@ def error_breakdown(
         )
         if len(crowds):
             free = code[dets] >= 0
-            inside = mask_utils.iou(det_box[dets], gt_box[crowds], [1] * len(crowds)) > foreground
+            inside = mask_utils.iou(det_box[dets], gt_box[crowds], [1] * len(crowds)) >= foreground
             same = det_class[dets][:, None] == gt_class[crowds][None, :]
             code[dets[free & (inside & same).any(axis=1)]] = IGNORED
 
@@ -141,7 +144,8 @@ def _classify(
         if len(able) == 0:
             break
         row = start + int(able[0])  # the detections before it hit nothing, and boxes only get taken
-        hit[row], free[int(np.argmax(overlaps[able[0]]))] = True, False
+        best = overlaps[able[0]]
+        hit[row], free[len(best) - 1 - int(np.argmax(best[::-1]))] = True, False  # equal IoUs: the last, as COCOeval
         start = row + 1
     taken[gt_index[~free]] = True
 

@@ -6,8 +6,9 @@ Reads every job folder's `.hydra/` (overrides, config, the sweep it belongs to) 
 `metrics.json`. Jobs that differ only in their seed form one row: each metric is shown as
 mean ± sample std over the seeds that finished, and the row's runs column counts them. A job
 that did not finish stays visible there: "diverged" if its metrics.json says so (or, for runs
-without that status, its log reports a non-finite loss), "unfinished" if it has a checkpoint
-(stopped or still running; `trainer.resume=auto` continues it), "failed" otherwise.
+without that status and without a checkpoint, its log reports a non-finite loss), "unfinished" if
+it has a checkpoint and no metrics.json (stopped or still running; `trainer.resume=auto` continues
+it), "failed" otherwise.
 
 When the sweep is one of the papers' tables, the published AP of the matching row stands beside
 ours, with the Spearman rank correlation ρ between our mean AP and the paper's, and its 95 %
@@ -62,10 +63,10 @@ def read_job(job_dir: Path) -> dict:
         job["metrics"] = json.loads(metrics_file.read_text())
         diverged = job["metrics"].get("status") == "diverged"
         job["status"] = "diverged" if diverged else "ok" if "AP" in job["metrics"] else "failed"
+    elif (job_dir / "checkpoints" / "last.pt").is_file():  # stopped mid-way; trainer.resume=auto continues it
+        job["status"] = "unfinished"  # (a skipped non-finite step before the stop does not make it diverged)
     elif any("non-finite loss" in log.read_text(errors="replace") for log in job_dir.glob("*.log")):
         job["status"] = "diverged"
-    elif (job_dir / "checkpoints" / "last.pt").is_file():  # stopped mid-way; trainer.resume=auto continues it
-        job["status"] = "unfinished"
     return job
 
 

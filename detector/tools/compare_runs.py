@@ -15,7 +15,8 @@ first row by default). Writes into `--out` (default: the first argument's `repor
 - `pr_curves.png`: precision against recall at IoU .5, every row overlaid (`metrics.json` pr_curves);
 - `losses.png`: the training loss (`train/loss`, TensorBoard events) of every row overlaid;
 - `errors.png`: the TIDE error breakdown of every row (`metrics.json` errors), side by side;
-- `eval_ap.png`: AP at each evaluation during training (`eval/AP`), every row, with its table in the report.
+- `eval_ap.png`: AP at each evaluation during training (`eval/AP`, the mean over the finished runs; for
+  a row with none, its first run's progress), every row, with its table in the report.
 """
 
 from __future__ import annotations
@@ -85,9 +86,10 @@ def build_rows(jobs: list[dict]) -> list[dict]:
         }
         row["loss_curves"] = [tags["train/loss"] for tags in logged if "train/loss" in tags]
         evaluations: dict[int, list[float]] = {}
-        for tags in logged:
-            for step, value in dict(tags.get("eval/AP", [])).items():  # a resumed run's repeat: its last value
-                evaluations.setdefault(step, []).append(value)
+        for job in finished if finished else members[:1]:  # a row that never finished: its first run's progress
+            if (job["dir"] / "tb").is_dir():
+                for step, value in dict(scalars(job, "eval/AP").get("eval/AP", [])).items():  # a resumed repeat: last
+                    evaluations.setdefault(step, []).append(value)
         row["eval_ap"] = {step: float(np.mean(values)) for step, values in sorted(evaluations.items())}
         breakdowns = [job["metrics"]["errors"] for job in finished if "errors" in job["metrics"]]
         row["errors"] = (
@@ -130,7 +132,7 @@ def markdown(rows: list[dict], baseline: dict, pictures: list[str]) -> str:
             lines.append(f"| {row['row']} | " + " | ".join(_number(row["shares"].get(s)) for s in SHARES) + " |")
     steps = sorted({step for row in rows for step in row["eval_ap"]})
     if len(steps) > 1:
-        lines += ["", "## AP at each evaluation (TensorBoard eval/AP, mean over runs)", ""]
+        lines += ["", "## AP at each evaluation (TensorBoard eval/AP, mean over the finished runs)", ""]
         lines += ["| row | " + " | ".join(f"it {step}" for step in steps) + " |", "|---" * (len(steps) + 1) + "|"]
         for row in rows:
             lines.append(f"| {row['row']} | " + " | ".join(_number(row["eval_ap"].get(s)) for s in steps) + " |")
