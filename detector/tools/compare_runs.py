@@ -132,7 +132,8 @@ def markdown(rows: list[dict], baseline: dict, pictures: list[str]) -> str:
             lines.append(f"| {row['row']} | " + " | ".join(_number(row["shares"].get(s)) for s in SHARES) + " |")
     steps = sorted({step for row in rows for step in row["eval_ap"]})
     if len(steps) > 1:
-        lines += ["", "## AP at each evaluation (TensorBoard eval/AP, mean over the finished runs)", ""]
+        title = "## AP at each evaluation (TensorBoard eval/AP, mean over the finished runs; else the first run)"
+        lines += ["", title, ""]
         lines += ["| row | " + " | ".join(f"it {step}" for step in steps) + " |", "|---" * (len(steps) + 1) + "|"]
         for row in rows:
             lines.append(f"| {row['row']} | " + " | ".join(_number(row["eval_ap"].get(s)) for s in steps) + " |")
