@@ -238,15 +238,7 @@ def test_two_job_smoke_multirun_completes_and_tabulates(tmp_path, cache_dir):
         "train.py", "-m", "debug=smoke", "loss=focal,ce", f"data.cache_dir={cache_dir}", f"hydra.sweep.dir={sweep_dir}"
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    result = subprocess.run(
-        [sys.executable, "scripts/ablation_table.py", str(sweep_dir)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    rows = [line for line in result.stdout.splitlines() if line.startswith("| loss=")]
+    rows = [line for line in tabulate(sweep_dir, as_script=True) if line.startswith("| loss=")]
     assert [r.split(" | ")[:2] for r in rows] == [["| loss=focal", "1 ok"], ["| loss=ce", "1 ok"]]
 
     # the same runs drawn by the gradient diagnostics: logged at the last iteration, one line per run
