@@ -47,8 +47,7 @@ def error_breakdown(
     """{"AP50": the AP50 in percent, "dAP": {kind: AP50 gained by fixing it}, "count": {kind: errors}}
     for COCO-format ground truth (`dataset`: images, annotations) and results (image_id,
     category_id, bbox in xywh, score), over `image_ids` (default: every image of `dataset`)."""
-    images = sorted({image["id"] for image in dataset["images"]} if image_ids is None else set(image_ids))
-    keep = set(images)
+    keep = {image["id"] for image in dataset["images"]} if image_ids is None else set(image_ids)
     truth = [a for a in dataset["annotations"] if a["image_id"] in keep]
     gt_image = np.array([a["image_id"] for a in truth], dtype=np.int64)
     gt_class = np.array([a["category_id"] for a in truth], dtype=np.int64)
@@ -92,8 +91,8 @@ def error_breakdown(
     best_claim[rivals[np.r_[True, target[rivals][1:] != target[rivals][:-1]]] if len(rivals) else rivals] = True
     missed = counted_truth & ~taken & ~claimed
 
-    classes = np.unique(gt_class[counted_truth])
-    num_gt = {c: int(n) for c, n in zip(*np.unique(gt_class[counted_truth], return_counts=True))}
+    classes, class_counts = np.unique(gt_class[counted_truth], return_counts=True)
+    num_gt = {c: int(n) for c, n in zip(classes, class_counts)}
     tp = code == TRUE
     scored = code != IGNORED
     base = _mean_ap(classes, det_class[scored], tp[scored], num_gt)

@@ -78,7 +78,8 @@ def build_rows(jobs: list[dict]) -> list[dict]:
         row["pr_curve"] = (
             (curves[0]["recall"], np.mean([c["AP50"] for c in curves], axis=0).tolist()) if curves else None
         )
-        logged = [scalars(job, "") for job in members if (job["dir"] / "tb").is_dir()]
+        events = {job["dir"]: scalars(job, "") for job in members if (job["dir"] / "tb").is_dir()}  # read once
+        logged = list(events.values())
         row["shares"] = {
             name: float(np.mean([tags[f"gradients/{name}"][-1][1] for tags in logged if f"gradients/{name}" in tags]))
             for name in SHARES
@@ -87,9 +88,8 @@ def build_rows(jobs: list[dict]) -> list[dict]:
         row["loss_curves"] = [tags["train/loss"] for tags in logged if "train/loss" in tags]
         evaluations: dict[int, list[float]] = {}
         for job in finished if finished else members[:1]:  # a row that never finished: its first run's progress
-            if (job["dir"] / "tb").is_dir():
-                for step, value in dict(scalars(job, "eval/AP").get("eval/AP", [])).items():  # a resumed repeat: last
-                    evaluations.setdefault(step, []).append(value)
+            for step, value in dict(events.get(job["dir"], {}).get("eval/AP", [])).items():  # a resumed repeat: last
+                evaluations.setdefault(step, []).append(value)
         row["eval_ap"] = {step: float(np.mean(values)) for step, values in sorted(evaluations.items())}
         breakdowns = [job["metrics"]["errors"] for job in finished if "errors" in job["metrics"]]
         row["errors"] = (
