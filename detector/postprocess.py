@@ -7,12 +7,15 @@ from torch import Tensor
 from torchvision.ops import batched_nms
 
 from detector.ops.box_coder import BoxCoder
+from detector.ops.distribution import predicted_boxes
 
 
 class RetinaNetPostProcessor:
     """The FL paper's inference (§5.1): keep scores > `score_thresh`, at most `topk_candidates`
     per pyramid level, decode, class-wise NMS at `nms_thresh`, at most `max_detections` per image.
 
+    Boxes are decoded from the model's representation: box deltas with `box_coder`, or GFL's
+    distribution by its integral (`detector.ops.distribution.predicted_boxes`).
     One `batched_nms` call covers the whole batch (boxes grouped by image and class).
     Returns, per image, {"boxes" [D, 4] xyxy clipped to the image, "scores" [D], "labels" [D]}
     in the pixels of the network input (before padding).
@@ -44,9 +47,7 @@ class RetinaNetPostProcessor:
     @torch.no_grad()
     def __call__(self, predictions: dict, image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
         cls_logits = predictions["cls_logits"]  # (B, A, K)
-        box_deltas = predictions["box_deltas"]  # (B, A, 4)
-        anchors = predictions["anchors"]  # (A, 4)
-        batch, _, num_classes = cls_logits.shape
+        batch, num_anchors, num_classes = cls_logits.shape
         scores, anchor_idx, labels = [], [], []
         offset = 0
         for logits in cls_logits.split(predictions["num_anchors_per_level"], dim=1):
@@ -59,8 +60,8 @@ class RetinaNetPostProcessor:
             offset += logits.shape[1]
         scores, anchor_idx, labels = torch.cat(scores, 1), torch.cat(anchor_idx, 1), torch.cat(labels, 1)  # (B, N)
 
-        deltas = box_deltas.gather(1, anchor_idx.unsqueeze(-1).expand(-1, -1, 4))
-        boxes = self.box_coder.decode(anchors[anchor_idx], deltas.float())  # (B, N, 4)
+        rows = anchor_idx + num_anchors * torch.arange(batch, device=anchor_idx.device).unsqueeze(1)  # into B·A
+        boxes = predicted_boxes(predictions, rows.flatten(), self.box_coder).view(batch, -1, 4)  # (B, N, 4)
         sizes = torch.as_tensor(image_sizes, dtype=boxes.dtype, device=boxes.device)  # (B, 2) as (h, w)
         upper = sizes.flip(1).repeat(1, 2).unsqueeze(1)  # (B, 1, 4) as (w, h, w, h)
         boxes = torch.minimum(boxes.clamp(min=0), upper)

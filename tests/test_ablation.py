@@ -49,19 +49,25 @@ def test_every_stored_sweep_composes_at_every_scale(compose_cfg, name, preset):
             assert cfg.model.backbone.norm == "frozen_bn" and cfg.model.backbone.weights_path == cfg.pretrain.out
 
 
-def test_modern_losses_rows_swap_the_loss_and_the_matcher(compose_cfg):
+def test_modern_losses_rows_swap_the_loss_the_box_head_and_the_matcher(compose_cfg):
     rows = {}
     for row in (row for row in sweep_rows("modern_losses") if not row.startswith("seed=")):
         cfg = compose_cfg(["sweep=modern_losses", "experiment=paper_cpu", row])
-        rows[row.split("=")[1]] = (cfg.loss._target_.rsplit(".")[-1], cfg.criterion.matcher._target_.rsplit(".")[-1])
+        rows[row.split("=")[1]] = (
+            cfg.loss._target_.rsplit(".")[-1],
+            cfg.box_loss._target_.rsplit(".")[-1],
+            cfg.criterion.matcher._target_.rsplit(".")[-1],
+            cfg.model.head.reg_max,
+        )
     assert rows == {
-        "focal": ("FocalLoss", "IoUMatcher"),
-        "qfl": ("QualityFocalLoss", "IoUMatcher"),
-        "vfl": ("VarifocalLoss", "IoUMatcher"),
-        "poly1_focal": ("Poly1Loss", "IoUMatcher"),
-        "efl": ("EqualizedFocalLoss", "IoUMatcher"),
-        "atss_focal": ("FocalLoss", "ATSSMatcher"),
-        "atss_qfl": ("QualityFocalLoss", "ATSSMatcher"),
+        "focal": ("FocalLoss", "SmoothL1Loss", "IoUMatcher", None),
+        "qfl": ("QualityFocalLoss", "SmoothL1Loss", "IoUMatcher", None),
+        "vfl": ("VarifocalLoss", "SmoothL1Loss", "IoUMatcher", None),
+        "poly1_focal": ("Poly1Loss", "SmoothL1Loss", "IoUMatcher", None),
+        "efl": ("EqualizedFocalLoss", "SmoothL1Loss", "IoUMatcher", None),
+        "gfl": ("QualityFocalLoss", "GIoULoss", "IoUMatcher", 16),
+        "atss_focal": ("FocalLoss", "SmoothL1Loss", "ATSSMatcher", None),
+        "atss_qfl": ("QualityFocalLoss", "SmoothL1Loss", "ATSSMatcher", None),
     }
 
 

@@ -108,8 +108,15 @@ def test_coco_categories_select_the_matching_rows(tmp_path, torchvision_model):
     torch.testing.assert_close(mine, theirs[..., [1, 3, 7, 15, 90]], rtol=1e-5, atol=1e-5)  # a 45- vs 819-channel conv
 
 
-def test_onnx_export_has_a_dynamic_image_size_and_matches_pytorch(tmp_path, compose_cfg, cache_dir, capsys):
-    cfg = compose_cfg(["debug=smoke", f"data.cache_dir={cache_dir}"])
+@pytest.mark.parametrize(
+    "head,sizes",
+    [("deltas", ["128x256", "256x128"]), ("gfl", ["256x128"])],  # GFL: the distribution box head, one size
+)
+def test_onnx_export_has_a_dynamic_image_size_and_matches_pytorch(
+    tmp_path, compose_cfg, cache_dir, capsys, head, sizes
+):
+    reg_max = ["model.head.reg_max=16"] if head == "gfl" else []
+    cfg = compose_cfg(["debug=smoke", f"data.cache_dir={cache_dir}", *reg_max])
     torch.manual_seed(0)
     model = instantiate(cfg.model, num_classes=3)
     with torch.no_grad():
@@ -118,11 +125,9 @@ def test_onnx_export_has_a_dynamic_image_size_and_matches_pytorch(tmp_path, comp
     checkpoint = tmp_path / "model.pt"
     torch.save({"model": model.state_dict(), "iteration": 0, "config": config}, checkpoint)
     out = tmp_path / "model.onnx"
-    export_onnx.main(
-        [str(checkpoint), "--out", str(out), "--check-sizes", "128x256", "256x128"]
-    )  # detector export-onnx
+    export_onnx.main([str(checkpoint), "--out", str(out), "--check-sizes", *sizes])  # detector export-onnx
     checked = [line for line in capsys.readouterr().out.splitlines() if "outputs within 1e-4" in line]
-    assert [line.split(":")[0] for line in checked] == ["128×256", "256×128"]
+    assert [line.split(":")[0] for line in checked] == [size.replace("x", "×") for size in sizes]
     assert all(int(line.split(", ")[1].split()[0]) > 0 for line in checked)  # detections were compared
     assert out.stat().st_size > 1e6
 

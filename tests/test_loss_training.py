@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 from detector.cli import build, build_datasets
 from detector.data.loader import infinite_train_batches
 from detector.engine.optimizer import build_optimizer
-from detector.losses import L1Loss
+from detector.losses import FocalLoss, L1Loss
 from tests.conftest import CONFIGS
 
 
@@ -78,3 +78,32 @@ def test_loss_pair_trains(compose_cfg, cache_dir, fixed_batch, loss, box_loss):
         assert min(h[1] for h in history[1:4]) < 0.8 * history[0][1], history
     else:
         assert sum(h[1] for h in last) < sum(h[1] for h in first), history
+
+
+def test_gfl_trains_its_three_terms(compose_cfg, cache_dir, fixed_batch):
+    """The GFL row (QFL + GIoU + DFL on the distribution head): the box terms by their own values, the
+    classification by the focal loss on one-hot targets (QFL's own value rises with its IoU targets: the
+    integral boxes start 16 strides wide, at IoU near 0, and the targets grow as the boxes fit)."""
+    (images, targets), num_classes = fixed_batch
+    cfg = compose_cfg(
+        ["debug=smoke", "model.backbone.frozen_stages=5", f"data.cache_dir={cache_dir}", "+row/modern_losses=gfl"]
+    )
+    torch.manual_seed(0)
+    model, criterion, _ = build(cfg, num_classes)
+    judge = instantiate(cfg.criterion, cls_loss=FocalLoss(), box_loss=criterion.box_loss, cls_target="onehot")
+    optimizer = build_optimizer(cfg.optim, model)
+    model.train()
+    history = []
+    for _ in range(12):
+        outputs = model(images)
+        terms = criterion(outputs, targets)
+        total = terms["loss_cls"] + terms["loss_box"] + terms["loss_dfl"]
+        assert torch.isfinite(total), terms
+        with torch.no_grad():
+            classification = judge(outputs, targets)["loss_cls"].item()
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        history.append([classification, terms["loss_box"].item(), terms["loss_dfl"].item()])
+    first, last = torch.tensor(history[:3]).sum(0), torch.tensor(history[-3:]).sum(0)
+    assert (last < first).all(), history

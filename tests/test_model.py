@@ -40,7 +40,7 @@ def test_classification_prior_bias(prior):
     weights = torch.cat([m.weight.flatten() for m in head.modules() if isinstance(m, torch.nn.Conv2d)])
     assert abs(weights.std().item() - 0.01) < 0.001 and abs(weights.mean().item()) < 0.001
     # with N(0, 0.01) weights the initial foreground probability stays at π for any input
-    cls, _ = head([torch.randn(1, 16, 8, 8)])
+    cls = head([torch.randn(1, 16, 8, 8)])["cls_logits"]
     assert abs(torch.sigmoid(cls).mean().item() - prior) < 0.01
 
 

@@ -468,13 +468,13 @@ class Trainer:
         seconds_per_iter = self.train_seconds / max(self.iteration, 1)
         eta = seconds_per_iter * (self.max_iters - self.iteration)
         neg_per_pos = losses["num_neg"] / max(losses["num_pos"], 1.0)
+        terms = "  ".join(f"{key[5:]} {value:.4f}" for key, value in losses.items() if key.startswith("loss_"))
         log.info(
-            "iter %d/%d  loss %.4f  cls %.4f  box %.4f  pos %.1f  neg/pos %.0f  lr %.5f  %.3fs/it  eta %s",
+            "iter %d/%d  loss %.4f  %s  pos %.1f  neg/pos %.0f  lr %.5f  %.3fs/it  eta %s",
             self.iteration,
             self.max_iters,
             losses["loss"],
-            losses["loss_cls"],
-            losses["loss_box"],
+            terms,  # cls, box (and dfl for a GFL head)
             losses["num_pos"],
             neg_per_pos,
             lr,

@@ -1,6 +1,7 @@
 from detector.losses.classification import FocalLoss, FocalStarLoss, Poly1Loss, SigmoidCrossEntropyLoss
 from detector.losses.criterion import RetinaNetCriterion
 from detector.losses.dice import DiceLoss, TverskyLoss
+from detector.losses.distribution import DistributionFocalLoss
 from detector.losses.equalized import EqualizedFocalLoss
 from detector.losses.ghm import GHMCLoss, GHMRLoss
 from detector.losses.iou import (
@@ -30,6 +31,7 @@ __all__ = [
     "VarifocalLoss",
     "EqualizedFocalLoss",
     "GHMCLoss",
+    "DistributionFocalLoss",
     "OHEMLoss",
     "DiceLoss",
     "TverskyLoss",

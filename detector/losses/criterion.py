@@ -8,14 +8,17 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
+from detector.losses.distribution import DistributionFocalLoss
 from detector.losses.iou import box_geometry
 from detector.ops.atss import ATSSMatcher
 from detector.ops.box_coder import BoxCoder
+from detector.ops.distribution import boxes_to_distances, predicted_boxes
 from detector.ops.matcher import IGNORE, IoUMatcher
 
 
 class RetinaNetCriterion(nn.Module):
-    """Turns model outputs and targets into {"loss_cls", "loss_box", "num_pos", "num_neg"}: the losses,
+    """Turns model outputs and targets into {"loss_cls", "loss_box", "num_pos", "num_neg"} (and "loss_dfl" for
+    a distribution head, below): the losses,
     the positive anchors and the negative (anchor, class) elements of the kept anchors (kept anchors
     × K − positives; their ratio is the imbalance the FL paper is about; OHEM then keeps a few).
 
@@ -44,6 +47,14 @@ class RetinaNetCriterion(nn.Module):
 
     `reduce_num_pos`, if given, averages the positive count over processes (DDP: with the
     gradients averaged too, the loss is then normalised by the global count).
+
+    The box representation is the model's: outputs with "box_deltas" are decoded by `box_coder`,
+    outputs with "box_distribution" (a head with `reg_max`, GFL) by the integral of
+    `detector.ops.distribution`. The latter also gives "loss_dfl", `dfl_weight` × the Distribution
+    Focal Loss of the positives' sides, and needs a box loss on decoded boxes (GIoU in GFL). GFL's
+    recipe (mmdetection: QFL, GIoU weight 2, DFL weight 0.25) also weights each positive's GIoU and
+    DFL by its highest predicted score and divides by their sum; here every positive counts 1 and
+    both are divided by the positive count, as for every other box loss.
     """
 
     def __init__(
@@ -58,6 +69,7 @@ class RetinaNetCriterion(nn.Module):
         normalizer_init: float = 100.0,
         cls_target: str = "auto",
         reduce_num_pos: Callable[[Tensor], Tensor] | None = None,
+        dfl_weight: float = 0.25,
     ):
         super().__init__()
         if cls_target not in ("auto", "onehot", "iou"):
@@ -77,9 +89,10 @@ class RetinaNetCriterion(nn.Module):
             )
         if not 0.0 <= normalizer_momentum < 1.0:
             raise ValueError(f"criterion normalizer_momentum must be in [0, 1), got {normalizer_momentum}")
-        if cls_weight < 0 or box_weight < 0:
+        if min(cls_weight, box_weight, dfl_weight) < 0:
             raise ValueError(
-                f"criterion loss weights must be >= 0, got cls_weight={cls_weight}, box_weight={box_weight}"
+                f"criterion loss weights must be >= 0, got cls_weight={cls_weight}, box_weight={box_weight}, "
+                f"dfl_weight={dfl_weight}"
             )
         self.cls_loss = cls_loss
         self.box_loss = box_loss
@@ -87,6 +100,8 @@ class RetinaNetCriterion(nn.Module):
         self.box_coder = box_coder
         self.cls_weight = cls_weight
         self.box_weight = box_weight
+        self.dfl_weight = dfl_weight
+        self.dfl = DistributionFocalLoss()
         self.normalizer_momentum = normalizer_momentum
         self.cls_target = cls_target
         self.register_buffer("normalizer_ema", torch.tensor(float(normalizer_init)))
@@ -94,8 +109,14 @@ class RetinaNetCriterion(nn.Module):
 
     def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
         cls_logits = outputs["cls_logits"]  # (B, A, K); the rows the losses see are cast to float32
-        box_deltas = outputs["box_deltas"]  # (B, A, 4)
+        distribution = outputs.get("box_distribution")  # (B, A, 4, n + 1), or the model gives "box_deltas"
         anchors = outputs["anchors"]  # (A, 4)
+        if distribution is not None and self.box_loss.input_space == "deltas":
+            raise ValueError(
+                f"{type(self.box_loss).__name__} regresses box deltas, but the model's head predicts GFL's "
+                "distribution (model.head.reg_max is set); use a box loss on decoded boxes (box_loss=giou, "
+                "as GFL does, or another IoU loss) or model.head.reg_max=null"
+            )
         num_anchors = anchors.shape[0]
         gt_boxes, gt_labels, gt_valid, gt_crowd = pad_targets(targets, anchors.device)
         levels_kw = (
@@ -121,16 +142,18 @@ class RetinaNetCriterion(nn.Module):
             context = {"image_index": kept_rows // num_anchors, "anchors": anchors[kept_rows % num_anchors]}
         matched_boxes = gt_boxes[positive_rows // num_anchors, matches.flatten()[positive_rows]]  # (P, 4)
         pos_anchors = anchors[positive_rows % num_anchors]  # (P, 4)
-        pos_deltas = box_deltas.flatten(0, 1)[positive_rows].float()  # (P, 4)
+        pred_boxes = (  # (P, 4) xyxy, decoded from the model's representation
+            predicted_boxes(outputs, positive_rows, self.box_coder)
+            if self.cls_target == "iou" or self.box_loss.input_space == "xyxy"
+            else None
+        )
 
         kept_logits = cls_logits.flatten(0, 1)[kept_rows].float()  # losses always in float32
         kept_labels = labels[kept_rows]
         target_value = (kept_labels >= 0).to(kept_logits.dtype)  # 1 on each positive's class
         if self.cls_target == "iou":  # instead, the IoU of the positive's predicted box with its ground truth
             quality = kept_logits.new_zeros(labels.shape)
-            quality[positive_rows] = box_geometry(
-                self.box_coder.decode(pos_anchors, pos_deltas.detach()), matched_boxes
-            ).iou.clamp(0.0, 1.0)
+            quality[positive_rows] = box_geometry(pred_boxes.detach(), matched_boxes).iou.clamp(0.0, 1.0)
             target_value = quality[kept_rows]
         kept_targets = torch.zeros_like(kept_logits).scatter_(  # one-hot (or IoU-valued) rows, written in place
             1, kept_labels.clamp(min=0).unsqueeze(1), target_value.unsqueeze(1)
@@ -140,20 +163,22 @@ class RetinaNetCriterion(nn.Module):
 
         box_split = (positive_rows % num_anchors, levels, rows_per_level[len(levels) :])
         if self.box_loss.input_space == "deltas":
+            pos_deltas = outputs["box_deltas"].flatten(0, 1)[positive_rows].float()  # (P, 4)
             box_inputs = (pos_deltas, self.box_coder.encode(pos_anchors, matched_boxes))
         else:
-            box_inputs = (self.box_coder.decode(pos_anchors, pos_deltas), matched_boxes)
+            box_inputs = (pred_boxes, matched_boxes)
         box_context = {}
         if getattr(self.box_loss, "needs_image_size", False):  # e.g. MPDIoU: corner distances over the image's diagonal
             box_context = {"image_size": image_sizes(targets, anchors.device)[positive_rows // num_anchors]}
         loss_box = self._call(self.box_loss, box_split, *box_inputs, normalizer, **box_context)
+        losses = {"loss_cls": self.cls_weight * loss_cls, "loss_box": self.box_weight * loss_box}
+        if distribution is not None:
+            pos_strides = outputs["anchor_strides"][positive_rows % num_anchors]
+            side_targets = boxes_to_distances(pos_anchors, matched_boxes, pos_strides, distribution.shape[-1] - 1)
+            side_logits = distribution.flatten(0, 1)[positive_rows].float()  # (P, 4, n + 1)
+            losses["loss_dfl"] = self.dfl_weight * self.dfl(side_logits, side_targets, normalizer)
         num_neg = (counts[0] * cls_logits.shape[-1] - counts[1]).float()  # on the device: no second wait
-        return {
-            "loss_cls": self.cls_weight * loss_cls,
-            "loss_box": self.box_weight * loss_box,
-            "num_pos": num_pos,
-            "num_neg": num_neg,
-        }
+        return {**losses, "num_pos": num_pos, "num_neg": num_neg}
 
     @staticmethod
     def _call(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor, nn
 
 from detector.models.anchors import AnchorGenerator
@@ -27,8 +28,9 @@ class RetinaNet(nn.Module):
         anchor_generator: anchors for the five levels.
         prior_prob: π, the initial foreground probability of every anchor (the paper: 0.01).
 
-    forward(images [B, 3, H, W]) returns
-        cls_logits [B, A_total, K], box_deltas [B, A_total, 4], anchors [A_total, 4] (xyxy pixels),
+    forward(images [B, 3, H, W]) returns the head's outputs (cls_logits [B, A_total, K] and box_deltas
+    [B, A_total, 4] or box_distribution [B, A_total, 4, n + 1]) and
+        anchors [A_total, 4] (xyxy pixels), anchor_strides [A_total] (each anchor's level stride),
         num_anchors_per_level list[int] (rows per level, in order P3…P7).
     """
 
@@ -57,11 +59,14 @@ class RetinaNet(nn.Module):
 
     def forward(self, images: Tensor) -> dict:
         features = self.fpn(self.backbone(images))
-        cls_logits, box_deltas = self.head(features)
         per_location = self.anchor_generator.num_anchors_per_location
+        per_level = [f.shape[-2] * f.shape[-1] * per_location for f in features]
+        anchors = self.anchor_generator(features, tuple(images.shape[-2:]))
         return {
-            "cls_logits": cls_logits,
-            "box_deltas": box_deltas,
-            "anchors": self.anchor_generator(features, tuple(images.shape[-2:])),
-            "num_anchors_per_level": [f.shape[-2] * f.shape[-1] * per_location for f in features],
+            **self.head(features),
+            "anchors": anchors,
+            "anchor_strides": torch.cat(
+                [anchors.new_full((n,), float(s)) for n, s in zip(per_level, self.anchor_generator.strides)]
+            ),
+            "num_anchors_per_level": per_level,
         }

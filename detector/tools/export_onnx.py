@@ -4,9 +4,10 @@ onnxruntime against PyTorch.
     detector export-onnx CHECKPOINT [--out model.onnx] [--check-sizes 256x384 384x256]
 
 The graph maps a normalised, padded image batch [B, 3, H, W] (H and W multiples of
-`data.size_divisibility`, as the data pipeline pads them) to "cls_logits" [B, A, K] and
-"box_deltas" [B, A, 4]. Anchors depend only on the image size and decoding plus NMS are not a
-network: `detector.postprocess` runs them on the graph's outputs (the check does exactly that).
+`data.size_divisibility`, as the data pipeline pads them) to the head's outputs: "cls_logits" [B, A, K]
+and "box_deltas" [B, A, 4], or "box_distribution" [B, A, 4, n + 1] for a GFL head. Anchors depend only
+on the image size and decoding plus NMS are not a network: `detector.postprocess` runs them on the
+graph's outputs (the check does exactly that).
 The check runs random images of each --check-sizes through both, and compares the outputs
 (tolerance 1e-4) and the final detections.
 """
@@ -25,14 +26,20 @@ from detector.engine.inference import load_for_inference
 
 
 class Network(nn.Module):
-    """The model without its anchors: images → (cls_logits, box_deltas)."""
+    """The model without its anchors: images → (cls_logits, the box output the head names)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.backbone, self.fpn, self.head = model.backbone, model.fpn, model.head
+        self.output_names = output_names(model)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.head(self.fpn(self.backbone(images)))
+        outputs = self.head(self.fpn(self.backbone(images)))
+        return tuple(outputs[name] for name in self.output_names)
+
+
+def output_names(model: nn.Module) -> list[str]:
+    return ["cls_logits", model.head.box_output]
 
 
 def load(checkpoint: Path):
@@ -48,12 +55,13 @@ def export(model: nn.Module, out: Path, divisibility: int) -> None:
     )
     example = torch.zeros(2, 3, 2 * divisibility, 3 * divisibility)
     shapes = {"images": {0: batch, 2: divisibility * rows, 3: divisibility * columns}}
+    network = Network(model).eval()
     program = torch.onnx.export(
-        Network(model).eval(),
+        network,
         (example,),
         dynamo=True,
         input_names=["images"],
-        output_names=["cls_logits", "box_deltas"],
+        output_names=network.output_names,
         dynamic_shapes=shapes,
         external_data=False,
     )
@@ -68,12 +76,12 @@ def check(model: nn.Module, postprocess, out: Path, sizes: list[tuple[int, int]]
         images = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(height * 7 + width))
         with torch.no_grad():
             expected = model(images)
-        cls_logits, box_deltas = session.run(None, {"images": images.numpy()})
-        for name, got in (("cls_logits", cls_logits), ("box_deltas", box_deltas)):
-            difference = float(np.abs(got - expected[name].numpy()).max())
+        got = dict(zip(output_names(model), session.run(None, {"images": images.numpy()})))
+        for name, value in got.items():
+            difference = float(np.abs(value - expected[name].numpy()).max())
             if difference > 1e-4:
                 raise SystemExit(f"{name} at {height}×{width}: onnxruntime differs from PyTorch by {difference:.2e}")
-        from_onnx = dict(expected, cls_logits=torch.from_numpy(cls_logits), box_deltas=torch.from_numpy(box_deltas))
+        from_onnx = {**expected, **{name: torch.from_numpy(value) for name, value in got.items()}}
         reference = postprocess(expected, [(height, width)] * 2)
         detections = postprocess(from_onnx, [(height, width)] * 2)
         for ours, theirs in zip(detections, reference):
