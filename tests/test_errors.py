@@ -4,11 +4,14 @@ import contextlib
 import copy
 import io
 
+import numpy as np
 import pytest
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from detector.engine.errors import KINDS, error_breakdown
+from detector.engine import errors
+from detector.engine.errors import KINDS, TRUE, error_breakdown
 
 BOX = [0.0, 0.0, 100.0, 100.0]  # xywh
 SHIFTED = [60.0, 0.0, 100.0, 100.0]  # IoU 40·100 / 160·100 = 0.25 with BOX: between t_b and t_f
@@ -139,3 +142,82 @@ def test_only_the_best_max_dets_of_an_image_count():
     detections.append(detection(1, 1, BOX, 0.5))  # fourth: past max_dets=3, not counted
     breakdown = error_breakdown(truth, detections, max_dets=3)
     assert breakdown["count"]["Bkg"] == 3 and breakdown["count"]["Miss"] == 1 and breakdown["AP50"] == 0.0
+
+
+def classify_per_image(dets, det_image, det_class, det_box, boxes, gt_image, gt_class, gt_box, taken, fg, bg):
+    """`errors._classify` one image at a time with pycocotools' IoU: the greedy match as a loop over the
+    detections, then each false positive's kind from its IoU rows."""
+    codes, targets = np.full(len(dets), KINDS.index("Bkg")), np.full(len(dets), -1)
+    for image in np.unique(det_image[dets]):
+        mine = np.flatnonzero(det_image[dets] == image)  # positions in `dets`, the best first
+        theirs = boxes[gt_image[boxes] == image]
+        if len(theirs) == 0:
+            continue
+        iou = np.asarray(mask_utils.iou(det_box[dets[mine]], gt_box[theirs], [0] * len(theirs)))
+        same = det_class[dets[mine]][:, None] == gt_class[theirs][None, :]
+        same_iou, other_iou = np.where(same, iou, 0.0), np.where(same, 0.0, iou)
+        free = np.ones(len(theirs), dtype=bool)
+        for row, position in enumerate(mine):
+            best, best_iou = -1, fg
+            for column in range(len(theirs)):
+                if same[row, column] and free[column] and iou[row, column] >= best_iou:
+                    best, best_iou = column, iou[row, column]
+            if best >= 0:
+                free[best], codes[position] = False, TRUE
+        taken[theirs[~free]] = True
+        for row, position in enumerate(mine):
+            if codes[position] == TRUE:
+                continue
+            top_same, top_other = same_iou[row].max(), other_iou[row].max()
+            if bg <= top_same < fg:
+                codes[position], targets[position] = KINDS.index("Loc"), theirs[same_iou[row].argmax()]
+            elif top_other >= fg:
+                codes[position], targets[position] = KINDS.index("Cls"), theirs[other_iou[row].argmax()]
+            elif np.where(free, 0.0, same_iou[row]).max() >= fg:
+                codes[position] = KINDS.index("Dupe")
+            elif iou[row].max() <= bg:
+                codes[position] = KINDS.index("Bkg")
+            else:
+                codes[position] = KINDS.index("Both")
+    return codes, targets
+
+
+def score(rng):
+    return float(rng.integers(1, 20)) / 20  # coarse: equal scores too
+
+
+def test_the_breakdown_over_all_images_at_once_equals_a_loop_over_the_images(monkeypatch):
+    """Boxes on a coarse grid (equal IoUs, so ties must break as COCOeval's do), crowd regions, and images
+    with more detections than max_dets."""
+    rng = np.random.default_rng(0)
+    boxes = []
+    for image in range(1, 41):
+        for _ in range(rng.integers(0, 6)):
+            corner, size = rng.integers(0, 8, 2) * 10.0, rng.integers(1, 5, 2) * 20.0
+            boxes.append((image, int(rng.integers(1, 4)), [*corner, *size], int(rng.random() < 0.1)))
+    boxes += [(41, 1, BOX, 0), (41, 1, BOX, 0)]  # two equal boxes: a hit takes the last, a Loc claim the first
+    truth = dataset(boxes)
+    detections = [detection(41, 1, BOX, 0.9), detection(41, 1, SHIFTED, 0.8)]
+    for image, category, box, _ in boxes[:-2]:  # copies on the grid: hits, duplicates, wrong classes, poor boxes
+        for _ in range(rng.integers(0, 4)):
+            shifted = [v + 10.0 * int(rng.integers(-1, 2)) for v in box[:2]] + box[2:]
+            label = category if rng.random() < 0.7 else int(rng.integers(1, 4))
+            detections.append(detection(image, label, shifted, score(rng)))
+    for image in range(1, 41):  # and on the background
+        for _ in range(rng.integers(0, 4)):
+            corner, size = rng.integers(0, 8, 2) * 10.0, rng.integers(1, 5, 2) * 20.0
+            detections.append(
+                detection(image, int(rng.integers(1, 4)), [*corner, *size], float(rng.integers(1, 20)) / 20)
+            )
+    vectorised = error_breakdown(truth, detections, max_dets=10)
+    monkeypatch.setattr(errors, "_classify", classify_per_image)
+    assert vectorised == error_breakdown(truth, detections, max_dets=10)
+    assert min(vectorised["count"][kind] for kind in ("Cls", "Loc", "Both", "Dupe", "Bkg")) > 0, vectorised
+
+
+def test_the_pair_iou_is_pycocotools():
+    rng = np.random.default_rng(1)
+    det, gt = rng.random((50, 4)) * 50, rng.random((50, 4)) * 50
+    for crowd in (False, True):
+        expected = np.diag(np.asarray(mask_utils.iou(det, gt, [int(crowd)] * len(gt))))
+        np.testing.assert_array_equal(errors._iou(det, gt, crowd=crowd), expected)

@@ -28,8 +28,10 @@ OpenCV that albumentations installs; hence this implementation.
 
 from __future__ import annotations
 
+from itertools import chain
+from operator import itemgetter
+
 import numpy as np
-from pycocotools import mask as mask_utils
 
 KINDS = ("Cls", "Loc", "Both", "Dupe", "Bkg", "Miss")
 TRUE, IGNORED = -1, -2  # detection codes beside the indices of KINDS
@@ -53,41 +55,34 @@ def error_breakdown(
     gt_class = np.array([a["category_id"] for a in truth], dtype=np.int64)
     gt_box = np.array([a["bbox"] for a in truth], dtype=np.float64).reshape(-1, 4)
     gt_crowd = np.array([bool(a.get("iscrowd", 0)) for a in truth], dtype=bool)
-    shown = [r for r in results if r["image_id"] in keep]
-    best_first = np.lexsort(([r["image_id"] for r in shown], [-r["score"] for r in shown]))  # ties: COCOeval's
-    shown = [shown[i] for i in best_first]
-    det_image = np.array([r["image_id"] for r in shown], dtype=np.int64)
-    det_class = np.array([r["category_id"] for r in shown], dtype=np.int64)
-    det_box = np.array([r["bbox"] for r in shown], dtype=np.float64).reshape(-1, 4)
+    det_image, det_class, det_score, det_box = _detection_arrays(results)
+    shown = np.isin(det_image, np.fromiter(keep, np.int64, len(keep)))
+    best_first = np.flatnonzero(shown)[np.lexsort((det_image[shown], -det_score[shown]))]  # ties: COCOeval's
+    det_image, det_class, det_box = det_image[best_first], det_class[best_first], det_box[best_first]
 
-    code = np.full(len(shown), IGNORED, dtype=np.int64)  # detections past max_dets stay uncounted
-    target = np.full(len(shown), -1, dtype=np.int64)  # the box a Cls or Loc error points at
+    by_image = np.argsort(det_image, kind="stable")  # per image, the best first
+    rank = np.empty(len(det_image), dtype=np.int64)
+    rank[by_image] = np.arange(len(det_image)) - np.searchsorted(det_image[by_image], det_image[by_image])
+    counted_det = np.flatnonzero(rank < max_dets)  # the rest stay uncounted
+    code = np.full(len(det_image), IGNORED, dtype=np.int64)
+    target = np.full(len(det_image), -1, dtype=np.int64)
     taken = np.zeros(len(truth), dtype=bool)
-    det_groups = _groups(det_image, np.arange(len(shown)))  # per image, the best first
-    gt_groups = _groups(gt_image, np.arange(len(truth)))
-    empty = np.zeros(0, dtype=np.int64)
-    for image_id, dets in det_groups.items():
-        dets = dets[:max_dets]
-        boxes = gt_groups.get(image_id, empty)
-        counted = boxes[~gt_crowd[boxes]]
-        crowds = boxes[gt_crowd[boxes]]
-        code[dets], target[dets] = _classify(
-            det_box[dets], det_class[dets], gt_box[counted], gt_class[counted], taken, counted, foreground, background
-        )
-        if len(crowds):
-            free = code[dets] >= 0
-            inside = mask_utils.iou(det_box[dets], gt_box[crowds], [1] * len(crowds)) >= foreground
-            same = det_class[dets][:, None] == gt_class[crowds][None, :]
-            code[dets[free & (inside & same).any(axis=1)]] = IGNORED
-
     counted_truth = ~gt_crowd
+    code[counted_det], target[counted_det] = _classify(
+        counted_det, det_image, det_class, det_box, np.flatnonzero(counted_truth), gt_image, gt_class, gt_box,
+        taken, foreground, background,
+    )  # fmt: skip
+    crowd_det, crowd_gt = _pairs(counted_det[code[counted_det] >= 0], det_image, np.flatnonzero(gt_crowd), gt_image)
+    inside = _iou(det_box[crowd_det], gt_box[crowd_gt], crowd=True) >= foreground
+    code[crowd_det[inside & (det_class[crowd_det] == gt_class[crowd_gt])]] = IGNORED
+
     claims = np.isin(code, [KINDS.index("Cls"), KINDS.index("Loc")]) & (target >= 0)
     claims[claims] = ~taken[target[claims]]  # a box a hit took cannot be claimed
     claimed = np.zeros(len(truth), dtype=bool)
     claimed[target[claims]] = True
     rivals = np.flatnonzero(claims)
     rivals = rivals[np.argsort(target[rivals], kind="stable")]  # per box, its best-scored claim first
-    best_claim = np.zeros(len(shown), dtype=bool)
+    best_claim = np.zeros(len(det_image), dtype=bool)
     best_claim[rivals[np.r_[True, target[rivals][1:] != target[rivals][:-1]]] if len(rivals) else rivals] = True
     missed = counted_truth & ~taken & ~claimed
 
@@ -115,61 +110,112 @@ def error_breakdown(
     return {"AP50": base, "dAP": gains, "count": counts}
 
 
+def _detection_arrays(results: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The results' image ids, category ids, scores and [N, 4] xywh boxes, read in one pass each."""
+    count = len(results)
+    image = np.fromiter(map(itemgetter("image_id"), results), np.int64, count)
+    category = np.fromiter(map(itemgetter("category_id"), results), np.int64, count)
+    score = np.fromiter(map(itemgetter("score"), results), np.float64, count)
+    box = np.fromiter(chain.from_iterable(map(itemgetter("bbox"), results)), np.float64, 4 * count)
+    return image, category, score, box.reshape(count, 4)
+
+
+def _pairs(dets: np.ndarray, det_image: np.ndarray, boxes: np.ndarray, gt_image: np.ndarray):
+    """Every (detection, box) pair of the same image, as two index arrays: for each of `dets` in its order,
+    the `boxes` of its image in their order."""
+    order = boxes[np.argsort(gt_image[boxes], kind="stable")]
+    first = np.searchsorted(gt_image[order], det_image[dets], side="left")
+    per_det = np.searchsorted(gt_image[order], det_image[dets], side="right") - first
+    pair_det = np.repeat(dets, per_det)
+    offset = np.arange(len(pair_det)) - np.repeat(np.cumsum(per_det) - per_det, per_det)
+    return pair_det, order[np.repeat(first, per_det) + offset]
+
+
+def _iou(det: np.ndarray, gt: np.ndarray, crowd: bool = False) -> np.ndarray:
+    """Row-by-row IoU of xywh boxes, as pycocotools' `bbIou` computes it (over the detection's own area
+    for a crowd region)."""
+    w = np.minimum(det[:, 0] + det[:, 2], gt[:, 0] + gt[:, 2]) - np.maximum(det[:, 0], gt[:, 0])
+    h = np.minimum(det[:, 1] + det[:, 3], gt[:, 1] + gt[:, 3]) - np.maximum(det[:, 1], gt[:, 1])
+    inter = np.where((w > 0) & (h > 0), w * h, 0.0)
+    det_area = det[:, 2] * det[:, 3]
+    union = det_area if crowd else det_area + gt[:, 2] * gt[:, 3] - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(inter > 0, inter / union, 0.0)
+
+
 def _classify(
+    dets: np.ndarray,
+    det_image: np.ndarray,
+    det_class: np.ndarray,
+    det_box: np.ndarray,
     boxes: np.ndarray,
-    labels: np.ndarray,
-    gt_boxes: np.ndarray,
-    gt_labels: np.ndarray,
+    gt_image: np.ndarray,
+    gt_class: np.ndarray,
+    gt_box: np.ndarray,
     taken: np.ndarray,
-    gt_index: np.ndarray,
     foreground: float,
     background: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(codes, targets) for one image's detections, best-scored first: TRUE or the index of its
-    kind in KINDS, and for Cls and Loc the global index of the box it points at; marks `taken`."""
-    codes = np.full(len(boxes), KINDS.index("Bkg"), dtype=np.int64)
-    targets = np.full(len(boxes), -1, dtype=np.int64)
-    if len(gt_boxes) == 0:
-        return codes, targets
-    iou = np.asarray(mask_utils.iou(boxes, gt_boxes, [0] * len(gt_boxes))).reshape(len(boxes), len(gt_boxes))
-    same = labels[:, None] == gt_labels[None, :]
-    same_iou = np.where(same, iou, 0.0)
-    free = np.ones(len(gt_boxes), dtype=bool)
-    hit = np.zeros(len(boxes), dtype=bool)
-    start = 0
-    while True:  # one round per hit: the next detection whose best free box overlaps by t_f takes it
-        overlaps = np.where(free[None, :], same_iou[start:], 0.0)
-        able = np.flatnonzero(overlaps.max(axis=1, initial=0.0) >= foreground)
-        if len(able) == 0:
-            break
-        row = start + int(able[0])  # the detections before it hit nothing, and boxes only get taken
-        best = overlaps[able[0]]
-        hit[row], free[len(best) - 1 - int(np.argmax(best[::-1]))] = True, False  # equal IoUs: the last, as COCOeval
-        start = row + 1
-    taken[gt_index[~free]] = True
+    """(codes, targets) of `dets` (best-scored first) against the counted `boxes` of their images: TRUE
+    or the index of its kind in KINDS, and for Cls and Loc the index of the box it points at; marks
+    `taken`. All images at once, over the (detection, box) pairs of each image."""
+    pair_det, pair_gt = _pairs(dets, det_image, boxes, gt_image)
+    iou = _iou(det_box[pair_det], gt_box[pair_gt])
+    overlapping = iou > 0  # a detection without them keeps the defaults: IoU 0 with every box, Bkg
+    pair_det, pair_gt, iou = pair_det[overlapping], pair_gt[overlapping], iou[overlapping]
+    same = det_class[pair_det] == gt_class[pair_gt]
+    hit = np.zeros(len(det_image), dtype=bool)
+    _match(pair_det, pair_gt, np.flatnonzero(same & (iou >= foreground)), iou, hit, taken)
 
-    other_iou = np.where(same, 0.0, iou)
-    used_same = np.where(~free[None, :], same_iou, 0.0)
-    best_same, best_other = same_iou.argmax(axis=1), other_iou.argmax(axis=1)
-    rows = np.arange(len(boxes))
-    loc = (same_iou[rows, best_same] >= background) & (same_iou[rows, best_same] < foreground)
-    cls = ~loc & (other_iou[rows, best_other] >= foreground)
-    dupe = ~loc & ~cls & (used_same.max(axis=1) >= foreground)
-    bkg = ~loc & ~cls & ~dupe & (iou.max(axis=1) <= background)
-    codes = np.full(len(boxes), KINDS.index("Both"), dtype=np.int64)
+    segments = np.flatnonzero(np.r_[True, pair_det[1:] != pair_det[:-1]]) if len(pair_det) else pair_det
+    owners = pair_det[segments]  # the detections that overlap a box
+    same_iou, other_iou = np.where(same, iou, 0.0), np.where(same, 0.0, iou)
+    best_same, best_same_box = _segment_max(same_iou, pair_gt, segments)
+    best_other, best_other_box = _segment_max(other_iou, pair_gt, segments)
+    used_same = _segment_max(np.where(taken[pair_gt], same_iou, 0.0), pair_gt, segments)[0]
+    best_any = np.maximum(best_same, best_other)
+
+    codes = np.full(len(det_image), KINDS.index("Bkg"), dtype=np.int64)  # a detection that overlaps no box
+    targets = np.full(len(det_image), -1, dtype=np.int64)
+    loc = (best_same >= background) & (best_same < foreground)
+    cls = ~loc & (best_other >= foreground)
+    dupe = ~loc & ~cls & (used_same >= foreground)
+    bkg = ~loc & ~cls & ~dupe & (best_any <= background)
+    kinds = np.full(len(owners), KINDS.index("Both"), dtype=np.int64)
     for kind, chosen in (("Bkg", bkg), ("Dupe", dupe), ("Cls", cls), ("Loc", loc)):
-        codes[chosen] = KINDS.index(kind)
+        kinds[chosen] = KINDS.index(kind)
+    codes[owners] = kinds
+    targets[owners] = np.where(loc, best_same_box, np.where(cls, best_other_box, -1))
     codes[hit] = TRUE
-    targets = np.where(codes == KINDS.index("Loc"), gt_index[best_same], targets)
-    targets = np.where(codes == KINDS.index("Cls"), gt_index[best_other], targets)
-    return codes, targets
+    targets[hit] = -1
+    return codes[dets], targets[dets]
 
 
-def _groups(keys: np.ndarray, values: np.ndarray) -> dict[int, np.ndarray]:
-    """{key: the values at its positions} for `keys` sorted (or grouped) in place."""
-    order = np.argsort(keys, kind="stable")
-    unique, starts = np.unique(keys[order], return_index=True)
-    return {int(k): values[order[s:e]] for k, s, e in zip(unique, starts, [*starts[1:], len(keys)])}
+def _match(pair_det, pair_gt, candidates, iou, hit, taken) -> None:
+    """COCOeval's greedy matching on the (detection, box) pairs of the same class with IoU ≥ t_f, in the
+    detections' order: each takes its free box of the highest IoU (of equal ones, the last)."""
+    dets, gts, ious = pair_det[candidates].tolist(), pair_gt[candidates].tolist(), iou[candidates].tolist()
+    free = dict.fromkeys(gts, True)
+    i = 0
+    while i < len(dets):
+        det, best, best_iou = dets[i], -1, -1.0
+        while i < len(dets) and dets[i] == det:
+            if free[gts[i]] and ious[i] >= best_iou:
+                best, best_iou = gts[i], ious[i]
+            i += 1
+        if best >= 0:
+            free[best], hit[det], taken[best] = False, True, True
+
+
+def _segment_max(values: np.ndarray, labels: np.ndarray, segments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per segment of consecutive pairs (starting at `segments`): the max of `values` and the label of
+    its first occurrence."""
+    if len(segments) == 0:
+        return np.zeros(0), np.zeros(0, dtype=np.int64)
+    peak = np.maximum.reduceat(values, segments)
+    owner = np.repeat(np.arange(len(segments)), np.diff(np.r_[segments, len(values)]))
+    position = np.where(values == peak[owner], np.arange(len(values)), len(values))
+    return peak, labels[np.minimum.reduceat(position, segments)]
 
 
 def _mean_ap(classes: np.ndarray, labels: np.ndarray, tp: np.ndarray, num_gt: dict) -> float:
