@@ -210,6 +210,8 @@ def test_the_breakdown_over_all_images_at_once_equals_a_loop_over_the_images(mon
                 detection(image, int(rng.integers(1, 4)), [*corner, *size], float(rng.integers(1, 20)) / 20)
             )
     vectorised = error_breakdown(truth, detections, max_dets=10)
+    monkeypatch.setattr(errors, "BLOCK", 7)  # blocks of a few images
+    assert error_breakdown(truth, detections, max_dets=10) == vectorised
     monkeypatch.setattr(errors, "_classify", classify_per_image)
     assert vectorised == error_breakdown(truth, detections, max_dets=10)
     assert min(vectorised["count"][kind] for kind in ("Cls", "Loc", "Both", "Dupe", "Bkg")) > 0, vectorised

@@ -36,6 +36,7 @@ import numpy as np
 KINDS = ("Cls", "Loc", "Both", "Dupe", "Bkg", "Miss")
 TRUE, IGNORED = -1, -2  # detection codes beside the indices of KINDS
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
+BLOCK = 8192  # detections classified together: their (detection, box) pairs stay a few MB
 
 
 def error_breakdown(
@@ -68,10 +69,12 @@ def error_breakdown(
     target = np.full(len(det_image), -1, dtype=np.int64)
     taken = np.zeros(len(truth), dtype=bool)
     counted_truth = ~gt_crowd
-    code[counted_det], target[counted_det] = _classify(
-        counted_det, det_image, det_class, det_box, np.flatnonzero(counted_truth), gt_image, gt_class, gt_box,
-        taken, foreground, background,
-    )  # fmt: skip
+    counted_det = counted_det[np.argsort(det_image[counted_det], kind="stable")]  # by image, each the best first
+    boxes = np.flatnonzero(counted_truth)
+    for dets in _image_blocks(counted_det, det_image[counted_det], BLOCK):  # small arrays: no page fault per pass
+        code[dets], target[dets] = _classify(
+            dets, det_image, det_class, det_box, boxes, gt_image, gt_class, gt_box, taken, foreground, background
+        )
     crowd_det, crowd_gt = _pairs(counted_det[code[counted_det] >= 0], det_image, np.flatnonzero(gt_crowd), gt_image)
     inside = _iou(det_box[crowd_det], gt_box[crowd_gt], crowd=True) >= foreground
     code[crowd_det[inside & (det_class[crowd_det] == gt_class[crowd_gt])]] = IGNORED
@@ -118,6 +121,15 @@ def _detection_arrays(results: list[dict]) -> tuple[np.ndarray, np.ndarray, np.n
     score = np.fromiter(map(itemgetter("score"), results), np.float64, count)
     box = np.fromiter(chain.from_iterable(map(itemgetter("bbox"), results)), np.float64, 4 * count)
     return image, category, score, box.reshape(count, 4)
+
+
+def _image_blocks(dets: np.ndarray, images: np.ndarray, size: int) -> list[np.ndarray]:
+    """`dets` (grouped by image) cut into consecutive blocks of about `size`, at image boundaries."""
+    if len(dets) == 0:
+        return []
+    bounds = np.r_[np.flatnonzero(np.r_[True, images[1:] != images[:-1]]), len(dets)]  # where images start
+    cuts = np.unique(bounds[np.searchsorted(bounds, np.arange(size, len(dets), size))])  # the next start
+    return np.split(dets, cuts[cuts < len(dets)])
 
 
 def _pairs(dets: np.ndarray, det_image: np.ndarray, boxes: np.ndarray, gt_image: np.ndarray):
