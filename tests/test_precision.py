@@ -112,7 +112,7 @@ def test_trainer_runs_and_records_the_resolved_precision(monkeypatch, compose_cf
         amp="auto",
     )
     seen = {}
-    model.head.register_forward_hook(lambda module, args, output: seen.update(head=output[0].dtype))
+    model.head.register_forward_hook(lambda module, args, output: seen.update(head=output["cls_logits"].dtype))
     trainer.train()
     assert seen["head"] == (torch.bfloat16 if used == "bf16" else torch.float32)
     metrics = json.loads((tmp_path / "metrics.json").read_text())

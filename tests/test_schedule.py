@@ -8,6 +8,7 @@ import torch
 
 from detector.cli import build, build_datasets
 from detector.data.loader import infinite_train_batches
+from detector.engine.hooks import TimeBudget
 from detector.engine.optimizer import build_optimizer
 from detector.engine.schedule import WarmupCosine, WarmupMultiStep, lambda_scheduler
 from detector.engine.trainer import Trainer
@@ -174,7 +175,8 @@ def test_the_probe_times_its_last_three_quarters_and_keeps_milestones_out_of_it(
         clock=FakeClock(1.0),
     )
     stepped.iteration, stepped.train_seconds = 8, 8.0  # as after the probe
-    stepped._fit_to_budget()  # N = 12 would move the first drop to iteration 6, which ran at the full LR
+    budget = next(hook for hook in stepped.hooks if isinstance(hook, TimeBudget))
+    budget.fit(stepped)  # N = 12 would move the first drop to iteration 6, which ran at the full LR
     assert stepped.max_iters == 18 and steps.steps[0] == 9  # 13-17 round the drop to 6, 7 or 8
 
 

@@ -188,7 +188,7 @@ def test_bf16_autocast_on_cpu_trains_with_float32_losses(compose_cfg, cache_dir,
         amp="bf16",
     )
     seen = {}
-    model.head.register_forward_hook(lambda module, args, output: seen.update(head=output[0].dtype))  # returns None
+    model.head.register_forward_hook(lambda module, args, output: seen.update(head=output["cls_logits"].dtype))
     criterion.register_forward_hook(lambda module, args, output: seen.update(loss=output["loss_cls"].dtype))
     losses = trainer.step()
     assert seen["head"] == torch.bfloat16 and seen["loss"] == torch.float32  # the network ran in bf16 ...

@@ -26,10 +26,11 @@ from detector.engine.checkpoint import (
     save_checkpoint,
     upgrade_training_state,
 )
-from detector.engine.diagnostics import GradientStatistics, classification_inputs, gradient_statistics
+from detector.engine.diagnostics import classification_inputs, gradient_statistics
 from detector.engine.distributed import Distributed, broadcast_from_main, gather_to_main, sum_over_processes
 from detector.engine.errors import format_errors
 from detector.engine.evaluator import STAT_NAMES, format_metrics, format_per_class
+from detector.engine.hooks import Evaluation, GradientDiagnostics, Hook, LastCheckpoint, LossLog, TimeBudget
 from detector.engine.hparams import log_hparams
 from detector.engine.machine import describe_machine
 from detector.engine.pictures import error_figure, pr_curve_figure
@@ -100,12 +101,13 @@ class Trainer:
     losses are averaged over processes, evaluation runs on every process and is scored on rank 0,
     and only rank 0 writes logs, TensorBoard events, checkpoints and metrics.
 
-    Every `log_period` iterations it logs losses, learning rate and ETA (log file, TensorBoard);
-    every `eval_period` it runs `validator(model)` and keeps `checkpoints/best.pt` by AP; every
-    `checkpoint_period` and at the end it writes `checkpoints/last.pt`; every `diagnostics_period`
-    it logs where the classification gradient goes (`detector.engine.diagnostics`) to
-    TensorBoard. A step whose loss is not finite updates nothing and is logged with the loss
-    terms at fault; `max_consecutive_nonfinite` of them in a row stop training with a clear error.
+    The loop itself only steps; around each step its hooks (`detector.engine.hooks`, in this order,
+    then any `hooks` given) fix the time budget, log where the classification gradient goes every
+    `diagnostics_period` iterations, log losses, learning rate and ETA every `log_period` (log file,
+    TensorBoard), run `validator(model)` every `eval_period` and keep `checkpoints/best.pt` by AP, and
+    write `checkpoints/last.pt` every `checkpoint_period` and at the end. A step whose loss is not
+    finite updates nothing and is logged with the loss terms at fault; `max_consecutive_nonfinite`
+    of them in a row stop training with a clear error.
     `train()` returns the final metrics, also written to metrics.json with the precision used and
     the machine, and, given `hparams` (`detector.engine.hparams.run_hparams`), to TensorBoard's
     HParams dashboard with them. Checkpoints hold everything a resumed run needs to continue
@@ -140,6 +142,7 @@ class Trainer:
         budget_probe_iters: int = 20,
         clock: Callable[[], float] = time.perf_counter,
         hparams: dict | None = None,
+        hooks: list[Hook] | None = None,
     ):
         check_settings(
             max_iters,
@@ -187,6 +190,17 @@ class Trainer:
         self.nonfinite_in_a_row = 0
         self.skipped_steps = 0
         self.replaced_images: set[int] = set()
+        self.writer: SummaryWriter | None = None  # rank 0's, while train() runs
+        self.metrics: dict | None = None  # the latest evaluation's stats
+        self.diagnose = False  # whether the next step computes the gradient statistics
+        self.hooks = [
+            *([TimeBudget(time_budget, budget_probe_iters)] if time_budget is not None else []),
+            GradientDiagnostics(diagnostics_period),
+            LossLog(log_period),
+            *([Evaluation(eval_period)] if validator is not None else []),
+            LastCheckpoint(checkpoint_period),
+            *(hooks or []),
+        ]
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict:
@@ -231,7 +245,7 @@ class Trainer:
                 state["max_iters"],
                 self.max_iters,
             )
-        self._set_horizon(self.max_iters)  # the scheduler's state brought back the checkpoint's horizon
+        self.set_horizon(self.max_iters)  # the scheduler's state brought back the checkpoint's horizon
         if state["rng"] is not None:
             restore_rng_state(state["rng"])
         self.stream = None  # the data stream restarts at the restored iteration
@@ -257,7 +271,7 @@ class Trainer:
             self.model = torch.compile(self.model)
         self.model.train()
         main = self.distributed.is_main
-        writer = SummaryWriter(str(self.output_dir / "tb")) if main else None
+        self.writer = writer = SummaryWriter(str(self.output_dir / "tb")) if main else None
         bar = tqdm(
             total=self.max_iters,
             initial=self.iteration,
@@ -267,7 +281,7 @@ class Trainer:
         )
         try:
             with logging_redirect_tqdm():  # log lines print above the progress bar
-                metrics = self._loop(writer, bar)
+                metrics = self._loop(bar)
             if writer is not None and self.hparams:
                 log_hparams(writer, self.hparams, metrics or {})
         except FloatingPointError as error:  # diverged: the status goes to metrics.json, then the error on
@@ -277,37 +291,28 @@ class Trainer:
             bar.close()
             if writer is not None:
                 writer.close()
+            self.writer = None
         return self._write_metrics(metrics or {}, status="finished")
 
-    def _loop(self, writer: SummaryWriter | None, bar: tqdm) -> dict | None:
-        metrics, evaluated = None, False
+    def _loop(self, bar: tqdm) -> dict | None:
+        self.metrics = None
+        for hook in self.hooks:
+            hook.before_train(self)
         while self.iteration < self.max_iters:
+            for hook in self.hooks:
+                hook.before_step(self)
             start = self.clock()
-            diagnose = self._due(self.diagnostics_period, self.iteration + 1)
-            losses = self.step(diagnose)
+            losses = self.step(self.diagnose)
             self.train_seconds += self.clock() - start
             self.iteration += 1
-            if self.time_budget is not None and not self.budget_fixed:
-                if self.iteration == self.budget_probe_iters // 4:
-                    self.probe_start = (self.iteration, self.train_seconds)
-                if self.iteration == self.budget_probe_iters:
-                    self._fit_to_budget()
-                    bar.total = self.max_iters
+            for hook in self.hooks:
+                hook.after_step(self, losses)
+            bar.total = self.max_iters  # a time budget may have fixed it
             bar.update(1)
             bar.set_postfix(loss=f"{losses['loss']:.4f}")
-            gradients = losses.pop("gradients", None)
-            if writer is not None and gradients is not None:
-                self._log_gradients(writer, gradients)
-            if writer is not None and self._due(self.log_period):
-                self._log(writer, losses)
-            evaluated = self.validator is not None and self._due(self.eval_period)
-            if evaluated:
-                metrics = self.evaluate(writer)
-            if self.distributed.is_main and (self._due(self.checkpoint_period) or self.iteration == self.max_iters):
-                save_checkpoint(self.state_dict(), self.output_dir / "checkpoints" / "last.pt")
-        if not evaluated and self.validator is not None:
-            metrics = self.evaluate(writer)
-        return metrics
+        for hook in self.hooks:
+            hook.after_train(self)
+        return self.metrics
 
     def step(self, diagnose: bool = False) -> dict:
         """One optimizer step; returns the losses as floats, averaged over processes (the positive
@@ -350,39 +355,7 @@ class Trainer:
         self.scheduler.step()
         return losses if gradients is None else {**losses, "gradients": gradients}
 
-    def _fit_to_budget(self) -> None:
-        start_iteration, start_seconds = self.probe_start or (0, 0.0)  # budget_probe_iters < 4: all of it
-        per_iteration = (self.train_seconds - start_seconds) / (self.iteration - start_iteration)
-        left = max(0, math.floor((self.time_budget - self.train_seconds) / per_iteration))
-        fitted = self._first_horizon_keeping_the_past(min(self.max_iters, self.iteration + left))
-        fitted = broadcast_from_main(fitted)  # every process stops together
-        log.info(
-            "trainer.time_budget=%gs at %.3fs/it (iterations %d-%d): %d iterations (upper bound %d); "
-            "rerun exactly with trainer.max_iters=%d trainer.time_budget=null trainer.amp=%s",
-            self.time_budget,
-            per_iteration,
-            start_iteration + 1,
-            self.iteration,
-            fitted,
-            self.max_iters,
-            fitted,
-            self.precision.amp,
-        )
-        self.budget_fixed = True
-        self._set_horizon(fitted)
-
-    def _first_horizon_keeping_the_past(self, horizon: int) -> int:
-        """The smallest horizon from `horizon` up to max_iters under which every schedule factor gives
-        the iterations already run the values they ran with (a multistep milestone must not move
-        into the probe)."""
-        factors = [f for f in self.scheduler.lr_lambdas if hasattr(f, "max_iters")]
-        ran = [[f(t) for t in range(self.iteration + 1)] for f in factors]
-        for candidate in range(horizon, self.max_iters):
-            if all(_values_under(f, candidate, self.iteration) == values for f, values in zip(factors, ran)):
-                return candidate
-        return self.max_iters
-
-    def _set_horizon(self, max_iters: int) -> None:
+    def set_horizon(self, max_iters: int) -> None:
         """End training and the schedule (every factor with a `max_iters`) at `max_iters`."""
         self.max_iters = max_iters
         for factor in self.scheduler.lr_lambdas:
@@ -423,8 +396,10 @@ class Trainer:
         )  # a wait for the device (the criterion's row counts are the other): the verdict needs them
         return {name: v if name in ("num_pos", "num_neg") else v / world for name, v in zip(values, host)}
 
-    def evaluate(self, writer: SummaryWriter | None = None) -> dict | None:
-        """Every process predicts its share; rank 0 scores them and returns the stats (others None)."""
+    def evaluate(self) -> dict | None:
+        """Every process predicts its share; rank 0 scores them, logs them (and to TensorBoard while
+        training), keeps `checkpoints/best.pt` by AP and returns the stats (others None)."""
+        writer = self.writer
         result = self.validator(self.module)
         if result is None:
             return None
@@ -459,53 +434,6 @@ class Trainer:
         return stats
 
     # ---------------------------------------------------------------- helpers
-    def _due(self, period: int, iteration: int | None = None) -> bool:
-        iteration = self.iteration if iteration is None else iteration
-        return period > 0 and (iteration % period == 0 or iteration == self.max_iters)
-
-    def _log(self, writer: SummaryWriter, losses: dict[str, float]) -> None:
-        lr = self.optimizer.param_groups[0]["lr"]
-        seconds_per_iter = self.train_seconds / max(self.iteration, 1)
-        eta = seconds_per_iter * (self.max_iters - self.iteration)
-        neg_per_pos = losses["num_neg"] / max(losses["num_pos"], 1.0)
-        terms = "  ".join(f"{key[5:]} {value:.4f}" for key, value in losses.items() if key.startswith("loss_"))
-        log.info(
-            "iter %d/%d  loss %.4f  %s  pos %.1f  neg/pos %.0f  lr %.5f  %.3fs/it  eta %s",
-            self.iteration,
-            self.max_iters,
-            losses["loss"],
-            terms,  # cls, box (and dfl for a GFL head)
-            losses["num_pos"],
-            neg_per_pos,
-            lr,
-            seconds_per_iter,
-            time.strftime("%H:%M:%S", time.gmtime(eta)),
-        )
-        for key, value in losses.items():
-            writer.add_scalar(f"train/{key}", value, self.iteration)
-        writer.add_scalar("train/negatives_per_positive", neg_per_pos, self.iteration)
-        writer.add_scalar("train/lr", lr, self.iteration)
-
-    def _log_gradients(self, writer: SummaryWriter, gradients: GradientStatistics) -> None:
-        for name, histogram in (
-            ("g_positive", gradients.g_positive),
-            ("g_negative", gradients.g_negative),
-            ("gradient_by_g", gradients.gradient_by_g),
-        ):
-            writer.add_histogram_raw(
-                f"gradients/{name}",
-                histogram.min,
-                histogram.max,
-                histogram.total,
-                histogram.sum,
-                histogram.sum_squares,
-                histogram.bucket_limits(),
-                histogram.counts.tolist(),
-                self.iteration,
-            )
-        for name, value in gradients.scalars.items():
-            writer.add_scalar(f"gradients/{name}", value, self.iteration)
-
     def _finished_metrics(self) -> dict | None:
         """metrics.json of a run resumed at its end (a sweep rerun with trainer.resume=auto keeps
         its finished jobs without evaluating them again); None otherwise. A run that diverged stops
@@ -560,12 +488,3 @@ class Trainer:
         if stats:
             log.info("final COCO evaluation (iteration %d):\n%s", self.iteration, format_metrics(stats))
         return metrics
-
-
-def _values_under(factor, max_iters: int, iterations: int) -> list[float]:
-    """`factor`'s values at 0…iterations with its horizon at `max_iters` (then put back)."""
-    saved, factor.max_iters = factor.max_iters, max_iters
-    try:
-        return [factor(t) for t in range(iterations + 1)]
-    finally:
-        factor.max_iters = saved

@@ -1,0 +1,114 @@
+"""The trainer's loop runs its hooks in order, around each real step."""
+
+import pytest
+import torch
+
+from detector.cli import build, build_datasets
+from detector.data.loader import infinite_train_batches
+from detector.engine.evaluator import STAT_NAMES
+from detector.engine.hooks import Evaluation, GradientDiagnostics, Hook, LastCheckpoint, LossLog, TimeBudget
+from detector.engine.optimizer import build_optimizer
+from detector.engine.schedule import lambda_scheduler
+from detector.engine.trainer import Trainer
+
+
+class Recorder(Hook):
+    """Appends what it sees after the trainer's own hooks have run at the same point."""
+
+    def __init__(self, events, last):
+        self.events, self.last = events, last
+
+    def before_train(self, trainer):
+        self.events.append("before_train")
+
+    def before_step(self, trainer):
+        self.events.append(("before_step", trainer.iteration, trainer.diagnose))
+
+    def after_step(self, trainer, losses):
+        saved = torch.load(self.last, weights_only=True)["iteration"] if self.last.exists() else None
+        self.events.append(("after_step", trainer.iteration, "gradients" in losses, saved))
+
+    def after_train(self, trainer):
+        self.events.append("after_train")
+
+
+class FakeValidator:
+    def __init__(self, trainer_box, events):
+        self.trainer_box, self.events = trainer_box, events
+
+    def __call__(self, model):
+        iteration = self.trainer_box[0].iteration
+        self.events.append(("validate", iteration))
+        return {name: float(iteration) for name in STAT_NAMES}, "table", []
+
+
+@pytest.mark.parametrize("eval_period", [2, 0])
+def test_the_hooks_run_in_order_around_each_step(compose_cfg, cache_dir, tmp_path, eval_period):
+    cfg = compose_cfg(["debug=smoke", f"data.cache_dir={cache_dir}"])
+    train_set, _ = build_datasets(cfg.data)
+    torch.manual_seed(0)
+    model, criterion, _ = build(cfg, train_set.num_classes)
+    optimizer = build_optimizer(cfg.optim, model)
+    events, box = [], []
+    trainer = Trainer(
+        model,
+        criterion,
+        optimizer,
+        lambda_scheduler(optimizer, lambda it: 1.0),
+        lambda start: infinite_train_batches(train_set, 2, 0, 0, start),
+        validator=FakeValidator(box, events),
+        output_dir=tmp_path,
+        max_iters=3,
+        batch_size=2,
+        device=torch.device("cpu"),
+        eval_period=eval_period,
+        log_period=1,
+        checkpoint_period=2,
+        diagnostics_period=2,
+        hooks=[Recorder(events, tmp_path / "checkpoints" / "last.pt")],
+    )
+    box.append(trainer)
+    assert [type(hook) for hook in trainer.hooks] == [
+        GradientDiagnostics,
+        LossLog,
+        Evaluation,
+        LastCheckpoint,
+        Recorder,
+    ]
+    metrics = trainer.train()
+    periodic = eval_period > 0
+    assert events == [
+        "before_train",
+        ("before_step", 0, False),
+        ("after_step", 1, False, None),
+        ("before_step", 1, True),  # iteration 2 computes the gradient statistics…
+        *([("validate", 2)] if periodic else []),
+        ("after_step", 2, False, 2),  # …which the diagnostics hook took before the recorder saw the losses
+        ("before_step", 2, True),  # the last iteration is always due
+        *([("validate", 3)] if periodic else []),  # after the last step when it is due…
+        ("after_step", 3, False, 3),
+        *([] if periodic else [("validate", 3)]),  # …or at the end
+        "after_train",
+    ]
+    assert metrics["AP"] == 3.0 and metrics["status"] == "finished"
+
+
+def test_a_time_budget_hook_comes_first(compose_cfg, cache_dir, tmp_path):
+    cfg = compose_cfg(["debug=smoke", f"data.cache_dir={cache_dir}"])
+    model, criterion, _ = build(cfg, 6)
+    optimizer = build_optimizer(cfg.optim, model)
+    trainer = Trainer(
+        model,
+        criterion,
+        optimizer,
+        lambda_scheduler(optimizer, lambda it: 1.0),
+        lambda start: iter(()),
+        validator=None,
+        output_dir=tmp_path,
+        max_iters=10,
+        batch_size=2,
+        device=torch.device("cpu"),
+        time_budget=5.0,
+        budget_probe_iters=4,
+    )
+    assert [type(hook) for hook in trainer.hooks] == [TimeBudget, GradientDiagnostics, LossLog, LastCheckpoint]
