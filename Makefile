@@ -11,11 +11,10 @@ STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 TRAIN_BUDGET ?= 660
 
-# jemalloc, when installed (Debian: libjemalloc2), avoids a page fault on every large tensor.
-JEMALLOC := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /usr/lib/aarch64-linux-gnu/libjemalloc.so.2 /usr/lib/libjemalloc.so.2))
-ifneq ($(JEMALLOC),)
-RUN_ENV := LD_PRELOAD=$(JEMALLOC) MALLOC_CONF=oversize_threshold:1,background_thread:true,dirty_decay_ms:-1,muzzy_decay_ms:-1
-endif
+# The allocator train, test-slow and benchmark preload (detector/engine/allocator.py): jemalloc where the
+# system has it (Debian: libjemalloc2), else mimalloc from its wheel (a dependency); glibc malloc
+# page-faults on every large tensor. Expanded when a recipe runs, after install.
+RUN_ENV = $(shell $(BIN)/python -m detector.engine.allocator)
 
 .PHONY: install train test lint test-slow test-all benchmark gpu-wheels clean
 

@@ -2,7 +2,7 @@
 
     python scripts/benchmark.py [--device cpu|cuda] [--precision fp32 bf16|auto] [--sizes 512x512 800x1333]
                                 [--boxes 7 50 200] [--channels-last] [--compile]
-                                [--allocator both|system|jemalloc] [--json benchmark.json]
+                                [--allocator both|system|jemalloc|mimalloc] [--json benchmark.json]
 
 Both models: ResNet-50-FPN (frozen BatchNorm, stem and res2 frozen), P6 from C5, 4-conv
 256-channel heads, 9 anchors of 32–512 px, the same number of classes, the same padded image
@@ -26,11 +26,11 @@ oneDNN's bf16 kernels are fast only with AVX-512 BF16 or AMX; without them PyTor
 magnitude slower than fp32) is not timed: its rows say "no fast path" and why. `auto` stands for
 the precision `trainer.amp=auto` chooses.
 
-The allocator is chosen at process start, so `--allocator both` (the default; on CPU without
-jemalloc — Debian: libjemalloc2 — it falls back to the system allocator) runs everything in a
-child process under jemalloc, as `make train` runs training, and the training comparison again
-in a child with the system allocator; the table gives both systems under both allocators, each
-ratio within one process, and ours under jemalloc against torchvision as users run it. The defaults
+The allocator is chosen at process start, so `--allocator both` (the default) runs everything in a
+child process under the allocator `make train` preloads (`detector.engine.allocator`: jemalloc where
+the system has it, else the mimalloc wheel), and the training comparison again in a child with the
+system allocator; the table gives both systems under both allocators, each ratio within one process,
+and ours under the preloaded allocator against torchvision as users run it. The defaults
 (512×512, 7 and 50 boxes, fp32 and bf16) take about 4 minutes on 2 CPU cores; the paper's size:
 `--sizes 800x1333 512x512 --boxes 7 50 200`. On a GPU: `--device cuda --precision fp32 fp16 bf16`
 (the allocator is CUDA's caching allocator there; `--allocator system`).
@@ -57,6 +57,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from detector.engine.allocator import SETTINGS, preload  # noqa: E402
 from detector.engine.machine import describe_machine, machine_line  # noqa: E402
 from detector.engine.precision import bf16_fast_path, resolve_precision  # noqa: E402
 from detector.losses import FocalLoss, RetinaNetCriterion, SmoothL1Loss  # noqa: E402
@@ -66,12 +67,6 @@ from detector.postprocess import RetinaNetPostProcessor  # noqa: E402
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 NUM_CLASSES = 80
-JEMALLOC_PATHS = [
-    "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
-    "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
-    "/usr/lib/libjemalloc.so.2",
-]
-JEMALLOC_CONF = "oversize_threshold:1,background_thread:true,dirty_decay_ms:-1,muzzy_decay_ms:-1"  # as the Makefile
 
 
 def ours():
@@ -181,7 +176,7 @@ def probed_memory_mib(args, name: str, precision: str, size: str, boxes: int) ->
     with glibc's adaptive threshold the same probe varied by ±100 MiB from run to run."""
     command = child_command(args, [precision], [size], [boxes], args.allocator) + ["--memory-probe", name]
     env = dict(os.environ)
-    if "jemalloc" not in env.get("LD_PRELOAD", ""):
+    if not env.get("LD_PRELOAD"):  # glibc's own malloc
         env["MALLOC_MMAP_THRESHOLD_"] = str(64 * 1024)
     result = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
     return json.loads(result.stdout.strip().splitlines()[-1])["peak_mib"]
@@ -412,19 +407,21 @@ def run(args) -> dict:
 
 def table(report: dict, system: dict | None = None) -> str:
     """Markdown tables. With `system` (the training rows again, in a process with the system
-    allocator): each allocator's same-process speed-up, ours under jemalloc against torchvision
-    under the system allocator (what a user of either would run), and the memory from the system
-    pass (jemalloc keeps freed pages, so RSS under it does not show a step's peak)."""
+    allocator): each allocator's same-process speed-up, ours under the preloaded allocator against
+    torchvision under the system allocator (what a user of either would run), and the memory from
+    the system pass (jemalloc and mimalloc keep freed pages, so RSS under them does not show a step's
+    peak)."""
     lines = [f"machine: {machine_line(report['machine'])}", ""]
     lines += [f"{s['precision']}: no fast path, not timed ({s['reason']})" for s in report.get("not_timed", [])]
     if report.get("not_timed"):
         lines.append("")
     if system:
+        fast = report["machine"]["allocator"]
         baseline = {(r["precision"], r["size"], r["boxes"]): r for r in system["train"]}
         lines += [
             "training (images/s; memory: peak MiB of model + optimizer + step, each model alone, system allocator)",
-            "| precision | size | boxes | ours, jemalloc | tv, jemalloc | speed-up | tv, system malloc | ours "
-            "jemalloc / tv system | ours, system malloc | speed-up, system malloc | memory ours / tv |",
+            f"| precision | size | boxes | ours, {fast} | tv, {fast} | speed-up | tv, system malloc | ours "
+            f"{fast} / tv system | ours, system malloc | speed-up, system malloc | memory ours / tv |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in report["train"]:
@@ -442,7 +439,11 @@ def table(report: dict, system: dict | None = None) -> str:
             "|---|---|---|---|---|---|---|",
         ]
         for r in report["train"]:
-            memory = f"{r['ours_peak_mib']:.0f} / {r['torchvision_peak_mib']:.0f}"
+            memory = (
+                "–"  # not measured (--skip-memory)
+                if r["ours_peak_mib"] is None
+                else f"{r['ours_peak_mib']:.0f} / {r['torchvision_peak_mib']:.0f}"
+            )
             lines.append(
                 f"| {r['precision']} | {r['size']} | {r['boxes']} | {r['ours_images_per_s']:.3f} | "
                 f"{r['torchvision_images_per_s']:.3f} | {r['speedup']:.2f}× | {memory} |"
@@ -481,15 +482,12 @@ def table(report: dict, system: dict | None = None) -> str:
     return "\n".join(lines)
 
 
-def jemalloc_library() -> str | None:
-    return next((path for path in JEMALLOC_PATHS if Path(path).exists()), None)
-
-
 def child_report(args, allocator: str, train_only: bool, skip_memory: bool = False) -> dict:
     """Run this script with the same settings in a fresh process with `allocator`; its JSON report."""
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
-    if allocator == "jemalloc":
-        env.update(LD_PRELOAD=jemalloc_library(), MALLOC_CONF=JEMALLOC_CONF)
+    settings = {key for _, chosen in filter(None, map(preload, SETTINGS)) for key in chosen}
+    env = {k: v for k, v in os.environ.items() if k not in settings}
+    if allocator != "system":
+        env.update(preload(allocator)[1])
     command = child_command(args, args.precision, args.sizes, args.boxes, allocator)
     command += [
         "--warmup",
@@ -541,9 +539,10 @@ def main() -> None:
     )
     parser.add_argument(
         "--allocator",
-        choices=["both", "system", "jemalloc"],
+        choices=["both", "system", *SETTINGS],
         default="both",
-        help="both: jemalloc for everything, and the training rows again with the system allocator",
+        help="both: the allocator make train preloads for everything, and the training rows again with the "
+        "system allocator",
     )
     parser.add_argument("--train-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # a parent prints the table
@@ -553,10 +552,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.precision.count("fp16") and args.device != "cuda":
         parser.error("fp16 autocast needs --device cuda; on CPU use bf16")
-    if args.allocator == "jemalloc" and args.device == "cpu" and jemalloc_library() is None:
-        parser.error("jemalloc is not installed (Debian: apt-get install libjemalloc2); use --allocator system")
-    if args.allocator == "both" and args.device == "cpu" and jemalloc_library() is None:
-        print("jemalloc is not installed (Debian: libjemalloc2): measuring with the system allocator only", flush=True)
+    if args.allocator in SETTINGS and args.device == "cpu" and preload(args.allocator) is None:
+        parser.error(f"{args.allocator} is not installed (detector/engine/allocator.py); use --allocator system")
+    fast = preload()
+    if args.allocator == "both" and args.device == "cpu" and fast is None:
+        print("neither jemalloc nor mimalloc is installed: measuring with the system allocator only", flush=True)
         args.allocator = "system"
     if args.memory_probe:
         print(json.dumps(memory_probe(args)))
@@ -565,12 +565,12 @@ def main() -> None:
     if not args.precision:
         parser.error(f"nothing to time: {not_timed}")
     if args.allocator == "both" and args.device == "cpu":
-        print("jemalloc (everything), then the system allocator (training rows):", flush=True)
-        report = child_report(args, "jemalloc", train_only=False, skip_memory=True)
+        print(f"{fast[0]} (everything), then the system allocator (training rows):", flush=True)
+        report = child_report(args, fast[0], train_only=False, skip_memory=True)
         report["system_allocator"] = child_report(args, "system", train_only=True)
         report["settings"] = vars(args)  # this invocation's, not the children's
-    elif args.allocator == "jemalloc" and "jemalloc" not in os.environ.get("LD_PRELOAD", ""):
-        report = child_report(args, "jemalloc", train_only=args.train_only)
+    elif args.allocator in SETTINGS and args.allocator not in os.environ.get("LD_PRELOAD", ""):
+        report = child_report(args, args.allocator, train_only=args.train_only)
         report["settings"] = vars(args)
     else:
         report = run(args)

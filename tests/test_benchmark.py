@@ -8,7 +8,8 @@ import pytest
 import torch
 from torchvision.models.detection.image_list import ImageList
 
-from scripts.benchmark import jemalloc_library, ours, torchvision_model
+from detector.engine.allocator import preload
+from scripts.benchmark import ours, torchvision_model
 from tests.conftest import ROOT
 
 
@@ -34,8 +35,8 @@ def test_benchmark_models_have_the_same_size_anchors_and_head_outputs():
 @pytest.mark.slow  # 42 s: two R50 models in fresh processes, profiled; a measuring tool, not a training path
 @pytest.mark.parametrize("allocator", ["system", "both"])
 def test_benchmark_runs_and_reports_both_systems(tmp_path, allocator):
-    if allocator == "both" and jemalloc_library() is None:
-        pytest.skip("jemalloc is not installed")
+    if allocator == "both" and preload() is None:
+        pytest.skip("neither jemalloc nor mimalloc is installed")
     out = tmp_path / "benchmark.json"
     result = subprocess.run(
         [
@@ -84,7 +85,8 @@ def test_benchmark_runs_and_reports_both_systems(tmp_path, allocator):
     assert report["machine"]["cpu_kind"] in ("AVX2", "AVX-512", "AVX-512 BF16", "AMX", "other")
     assert report["not_timed"] == []  # fp32 only
     if allocator == "both":
-        assert "jemalloc" in report["machine"]["ld_preload"]
+        assert report["machine"]["ld_preload"] == preload()[1]["LD_PRELOAD"]
+        assert f"ours, {preload()[0]}" in result.stdout
         assert report["system_allocator"]["machine"]["ld_preload"] == ""
         assert len(report["system_allocator"]["train"]) == 1 and not report["system_allocator"]["inference"]
         assert "tv, system malloc" in result.stdout
