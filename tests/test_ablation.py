@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from detector.tools import ablation_table, compare_runs
+from detector.tools.ablation_table import DEFAULT_PAPER, paper_row
 from tests.conftest import CONFIGS, ROOT, run_script, run_tool
 
 SWEEPS = sorted(p.stem for p in (CONFIGS / "sweep").glob("*.yaml"))
@@ -50,24 +51,27 @@ def test_every_stored_sweep_composes_at_every_scale(compose_cfg, name, preset):
 
 
 def test_modern_losses_rows_swap_the_loss_the_box_head_and_the_matcher(compose_cfg):
+    papers = yaml.safe_load(DEFAULT_PAPER.read_text())
     rows = {}
     for row in (row for row in sweep_rows("modern_losses") if not row.startswith("seed=")):
         cfg = compose_cfg(["sweep=modern_losses", "experiment=paper_cpu", row])
+        published = paper_row({"config": cfg}, papers["modern_losses"])
         rows[row.split("=")[1]] = (
             cfg.loss._target_.rsplit(".")[-1],
             cfg.box_loss._target_.rsplit(".")[-1],
             cfg.criterion.matcher._target_.rsplit(".")[-1],
             cfg.model.head.reg_max,
+            published and published["AP"],
         )
-    assert rows == {
-        "focal": ("FocalLoss", "SmoothL1Loss", "IoUMatcher", None),
-        "qfl": ("QualityFocalLoss", "SmoothL1Loss", "IoUMatcher", None),
-        "vfl": ("VarifocalLoss", "SmoothL1Loss", "IoUMatcher", None),
-        "poly1_focal": ("Poly1Loss", "SmoothL1Loss", "IoUMatcher", None),
-        "efl": ("EqualizedFocalLoss", "SmoothL1Loss", "IoUMatcher", None),
-        "gfl": ("QualityFocalLoss", "GIoULoss", "IoUMatcher", 16),
-        "atss_focal": ("FocalLoss", "SmoothL1Loss", "ATSSMatcher", None),
-        "atss_qfl": ("QualityFocalLoss", "SmoothL1Loss", "ATSSMatcher", None),
+    assert rows == {  # and the published AP beside it (the mmdetection zoo), where there is one
+        "focal": ("FocalLoss", "SmoothL1Loss", "IoUMatcher", None, 36.5),
+        "qfl": ("QualityFocalLoss", "SmoothL1Loss", "IoUMatcher", None, None),
+        "vfl": ("VarifocalLoss", "SmoothL1Loss", "IoUMatcher", None, None),
+        "poly1_focal": ("Poly1Loss", "SmoothL1Loss", "IoUMatcher", None, None),
+        "efl": ("EqualizedFocalLoss", "SmoothL1Loss", "IoUMatcher", None, None),
+        "gfl": ("QualityFocalLoss", "GIoULoss", "IoUMatcher", 16, 40.2),
+        "atss_focal": ("FocalLoss", "SmoothL1Loss", "ATSSMatcher", None, 39.4),
+        "atss_qfl": ("QualityFocalLoss", "SmoothL1Loss", "ATSSMatcher", None, None),
     }
 
 
