@@ -11,9 +11,10 @@ STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 TRAIN_BUDGET ?= 660
 
-# The allocator train, test-slow and benchmark preload (detector/engine/allocator.py): jemalloc where the
-# system has it (Debian: libjemalloc2), else mimalloc from its wheel (a dependency); glibc malloc
-# page-faults on every large tensor. Expanded when a recipe runs, after install.
+# The allocator that train, test-slow and test-all preload (detector/engine/allocator.py): jemalloc where
+# the system has it (Debian: libjemalloc2), else mimalloc from its wheel (a dependency); glibc malloc
+# page-faults on every large tensor. Expanded when a recipe runs, after install. scripts/benchmark.py
+# chooses the allocator of its own child processes.
 RUN_ENV = $(shell $(BIN)/python -m detector.engine.allocator)
 
 .PHONY: install train test lint test-slow test-all benchmark gpu-wheels clean

@@ -80,7 +80,7 @@ def training_images_per_second(cfg, train_set, steps: int) -> float:
         with torch.autocast(device.type, enabled=False):
             losses = criterion(outputs, targets)
         optimizer.zero_grad(set_to_none=True)
-        (losses["loss_cls"] + losses["loss_box"]).backward()
+        sum(v for k, v in losses.items() if k.startswith("loss_")).backward()  # with loss_dfl for a GFL head
         optimizer.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
         losses = criterion(outputs, targets)
         scored = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        (losses["loss_cls"] + losses["loss_box"]).backward()
+        sum(v for k, v in losses.items() if k.startswith("loss_")).backward()  # with loss_dfl for a GFL head
         backward = time.perf_counter()
         optimizer.step()
         marks = [start, loaded, backbone_done[-1], forward, scored, backward, time.perf_counter()]

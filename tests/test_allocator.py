@@ -1,6 +1,7 @@
 """The allocator the make targets preload: found, configured, and really loaded by a child process."""
 
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,13 @@ from detector.engine import allocator
 ROOT = Path(__file__).resolve().parents[1]
 
 
+WHEEL = pytest.mark.skipif(
+    not (sys.platform == "linux" and platform.machine() == "x86_64"),
+    reason="the cmeel-mimalloc wheel is a dependency on x86_64 Linux only",
+)
+
+
+@WHEEL
 def test_the_first_installed_allocator_is_chosen_with_its_settings():
     chosen = allocator.preload()
     assert chosen is not None, "cmeel-mimalloc is a dependency: mimalloc at least must be found"
@@ -24,6 +32,7 @@ def test_the_first_installed_allocator_is_chosen_with_its_settings():
         allocator.library("tcmalloc")
 
 
+@WHEEL
 def test_a_child_process_runs_on_the_preloaded_mimalloc(capsys):
     allocator.main(["mimalloc"])
     assignments = dict(item.split("=", 1) for item in capsys.readouterr().out.split())
@@ -37,6 +46,7 @@ def test_a_child_process_runs_on_the_preloaded_mimalloc(capsys):
     assert "libmimalloc.so" in maps and assignments["LD_PRELOAD"] == allocator.library("mimalloc")
 
 
+@WHEEL
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_make_train_preloads_it():
     recipe = subprocess.run(["make", "-n", "train"], cwd=ROOT, capture_output=True, text=True, check=True).stdout

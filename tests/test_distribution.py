@@ -197,3 +197,16 @@ def test_a_delta_head_gives_no_dfl_term():
     }
     criterion = RetinaNetCriterion(QualityFocalLoss(), GIoULoss(), IoUMatcher(), BoxCoder())
     assert set(criterion(out, [target([[0.0, 0, 30, 30]], [1])])) == {"loss_cls", "loss_box", "num_pos", "num_neg"}
+
+
+def test_the_decoder_stays_in_float32_under_autocast():
+    """bf16 logits, as an autocast forward gives them, decode as in float32: in bf16 the integral's sum
+    and anchors near 1,000 px would be off by pixels."""
+    logits = torch.randn(5, 4, REG_MAX + 1, generator=torch.Generator().manual_seed(4)).bfloat16()
+    anchors = ANCHORS[[0, 1, 2, 3, 3]] + torch.tensor([1000.0, 900.0, 1000.0, 900.0])
+    strides = STRIDES[[0, 1, 2, 3, 3]] * 8
+    expected = distances_to_boxes(anchors, integral(logits.float()), strides)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        boxes = distances_to_boxes(anchors, integral(logits), strides)
+    assert boxes.dtype == torch.float32
+    torch.testing.assert_close(boxes, expected, rtol=1e-6, atol=1e-4)

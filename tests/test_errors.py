@@ -223,3 +223,9 @@ def test_the_pair_iou_is_pycocotools():
     for crowd in (False, True):
         expected = np.diag(np.asarray(mask_utils.iou(det, gt, [int(crowd)] * len(gt))))
         np.testing.assert_array_equal(errors._iou(det, gt, crowd=crowd), expected)
+
+
+def test_a_result_whose_bbox_is_not_four_values_is_refused_with_its_index():
+    broken = [*DETECTIONS[:2], {**DETECTIONS[2], "bbox": [0.0, 0.0, 100.0]}]
+    with pytest.raises(ValueError, match=r"result 2 \(image_id 2\) has a bbox of 3 values; COCO results give"):
+        error_breakdown(TRUTH, broken)

@@ -75,7 +75,9 @@ def error_breakdown(
         code[dets], target[dets] = _classify(
             dets, det_image, det_class, det_box, boxes, gt_image, gt_class, gt_box, taken, foreground, background
         )
-    crowd_det, crowd_gt = _pairs(counted_det[code[counted_det] >= 0], det_image, np.flatnonzero(gt_crowd), gt_image)
+    errors = counted_det[code[counted_det] >= 0]
+    crowd_det, crowd_gt = _pairs(errors, det_image, np.flatnonzero(gt_crowd), gt_image)
+    crowd_det = errors[crowd_det]
     inside = _iou(det_box[crowd_det], gt_box[crowd_gt], crowd=True) >= foreground
     code[crowd_det[inside & (det_class[crowd_det] == gt_class[crowd_gt])]] = IGNORED
 
@@ -116,6 +118,11 @@ def error_breakdown(
 def _detection_arrays(results: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The results' image ids, category ids, scores and [N, 4] xywh boxes, read in one pass each."""
     count = len(results)
+    lengths = np.fromiter(map(len, map(itemgetter("bbox"), results)), np.int64, count)
+    if (lengths != 4).any():
+        index = int(np.flatnonzero(lengths != 4)[0])
+        raise ValueError(f"result {index} (image_id {results[index]['image_id']}) has a bbox of {lengths[index]} "
+                         "values; COCO results give [x, y, width, height]")  # fmt: skip
     image = np.fromiter(map(itemgetter("image_id"), results), np.int64, count)
     category = np.fromiter(map(itemgetter("category_id"), results), np.int64, count)
     score = np.fromiter(map(itemgetter("score"), results), np.float64, count)
@@ -133,12 +140,12 @@ def _image_blocks(dets: np.ndarray, images: np.ndarray, size: int) -> list[np.nd
 
 
 def _pairs(dets: np.ndarray, det_image: np.ndarray, boxes: np.ndarray, gt_image: np.ndarray):
-    """Every (detection, box) pair of the same image, as two index arrays: for each of `dets` in its order,
-    the `boxes` of its image in their order."""
+    """Every (detection, box) pair of the same image, as two index arrays: for each of `dets` in its order
+    (given by its position in `dets`), the `boxes` of its image in their order."""
     order = boxes[np.argsort(gt_image[boxes], kind="stable")]
     first = np.searchsorted(gt_image[order], det_image[dets], side="left")
     per_det = np.searchsorted(gt_image[order], det_image[dets], side="right") - first
-    pair_det = np.repeat(dets, per_det)
+    pair_det = np.repeat(np.arange(len(dets)), per_det)
     offset = np.arange(len(pair_det)) - np.repeat(np.cumsum(per_det) - per_det, per_det)
     return pair_det, order[np.repeat(first, per_det) + offset]
 
@@ -171,12 +178,12 @@ def _classify(
     """(codes, targets) of `dets` (best-scored first) against the counted `boxes` of their images: TRUE
     or the index of its kind in KINDS, and for Cls and Loc the index of the box it points at; marks
     `taken`. All images at once, over the (detection, box) pairs of each image."""
-    pair_det, pair_gt = _pairs(dets, det_image, boxes, gt_image)
-    iou = _iou(det_box[pair_det], gt_box[pair_gt])
+    pair_det, pair_gt = _pairs(dets, det_image, boxes, gt_image)  # pair_det: positions in `dets`
+    iou = _iou(det_box[dets[pair_det]], gt_box[pair_gt])
     overlapping = iou > 0  # a detection without them keeps the defaults: IoU 0 with every box, Bkg
     pair_det, pair_gt, iou = pair_det[overlapping], pair_gt[overlapping], iou[overlapping]
-    same = det_class[pair_det] == gt_class[pair_gt]
-    hit = np.zeros(len(det_image), dtype=bool)
+    same = det_class[dets[pair_det]] == gt_class[pair_gt]
+    hit = np.zeros(len(dets), dtype=bool)
     _match(pair_det, pair_gt, np.flatnonzero(same & (iou >= foreground)), iou, hit, taken)
 
     segments = np.flatnonzero(np.r_[True, pair_det[1:] != pair_det[:-1]]) if len(pair_det) else pair_det
@@ -187,8 +194,8 @@ def _classify(
     used_same = _segment_max(np.where(taken[pair_gt], same_iou, 0.0), pair_gt, segments)[0]
     best_any = np.maximum(best_same, best_other)
 
-    codes = np.full(len(det_image), KINDS.index("Bkg"), dtype=np.int64)  # a detection that overlaps no box
-    targets = np.full(len(det_image), -1, dtype=np.int64)
+    codes = np.full(len(dets), KINDS.index("Bkg"), dtype=np.int64)  # a detection that overlaps no box
+    targets = np.full(len(dets), -1, dtype=np.int64)
     loc = (best_same >= background) & (best_same < foreground)
     cls = ~loc & (best_other >= foreground)
     dupe = ~loc & ~cls & (used_same >= foreground)
@@ -200,7 +207,7 @@ def _classify(
     targets[owners] = np.where(loc, best_same_box, np.where(cls, best_other_box, -1))
     codes[hit] = TRUE
     targets[hit] = -1
-    return codes[dets], targets[dets]
+    return codes, targets
 
 
 def _match(pair_det, pair_gt, candidates, iou, hit, taken) -> None:

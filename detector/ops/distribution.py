@@ -16,16 +16,19 @@ from torch import Tensor
 
 
 def integral(logits: Tensor) -> Tensor:
-    """[..., 4, n + 1] logits → [..., 4] expected distances, in bins (strides)."""
-    bins = torch.arange(logits.shape[-1], dtype=logits.dtype, device=logits.device)
-    return logits.softmax(dim=-1) @ bins
+    """[..., 4, n + 1] logits → [..., 4] expected distances, in bins (strides), in float32 at least
+    (elementwise, so that autocast cannot lower it as it would a matmul)."""
+    probs = logits.softmax(dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
+    return (probs * torch.arange(logits.shape[-1], dtype=probs.dtype, device=logits.device)).sum(dim=-1)
 
 
 def distances_to_boxes(anchors: Tensor, distances: Tensor, strides: Tensor) -> Tensor:
-    """anchors [..., 4] xyxy, distances [..., 4] in strides, strides [...] → boxes [..., 4] xyxy."""
-    anchors = anchors.to(distances.dtype)
+    """anchors [..., 4] xyxy, distances [..., 4] in strides, strides [...] → boxes [..., 4] xyxy, in
+    float32 at least."""
+    dtype = torch.promote_types(distances.dtype, torch.float32)
+    anchors, distances = anchors.to(dtype), distances.to(dtype)
     centre = (anchors[..., :2] + anchors[..., 2:]) / 2
-    scaled = distances * strides.to(distances.dtype).unsqueeze(-1)
+    scaled = distances * strides.to(dtype).unsqueeze(-1)
     return torch.cat([centre - scaled[..., :2], centre + scaled[..., 2:]], dim=-1)
 
 
