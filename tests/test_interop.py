@@ -109,8 +109,13 @@ def test_coco_categories_select_the_matching_rows(tmp_path, torchvision_model):
 
 
 @pytest.mark.parametrize(
-    "head,sizes",
-    [("deltas", ["128x256", "256x128"]), ("gfl", ["256x128"])],  # GFL: the distribution box head, one size
+    "head,sizes",  # each export checked at a size other than its example's (256x384): the size is dynamic
+    [
+        ("deltas", ["128x256", "256x128"]),
+        # GFL's distribution head, one size; slow (a second 20 s export). In the fast tier the test below
+        # checks the same wrapper's outputs on it eagerly
+        pytest.param("gfl", ["256x128"], marks=pytest.mark.slow),
+    ],
 )
 def test_onnx_export_has_a_dynamic_image_size_and_matches_pytorch(
     tmp_path, compose_cfg, cache_dir, capsys, head, sizes
@@ -130,6 +135,20 @@ def test_onnx_export_has_a_dynamic_image_size_and_matches_pytorch(
     assert [line.split(":")[0] for line in checked] == [size.replace("x", "×") for size in sizes]
     assert all(int(line.split(", ")[1].split()[0]) > 0 for line in checked)  # detections were compared
     assert out.stat().st_size > 1e6
+
+
+@pytest.mark.parametrize("reg_max", [None, 16])
+def test_the_exported_network_gives_the_head_s_outputs_by_name(compose_cfg, reg_max):
+    model = instantiate(compose_cfg(["debug=smoke", f"model.head.reg_max={reg_max or 'null'}"]).model, num_classes=3)
+    network = export_onnx.Network(model).eval()
+    images = torch.randn(2, 3, 128, 256, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        outputs, expected = network(images), model.eval()(images)
+    box = "box_deltas" if reg_max is None else "box_distribution"
+    assert network.output_names == ["cls_logits", box]
+    for name, value in zip(network.output_names, outputs):
+        assert torch.equal(value, expected[name])
+    assert outputs[1].shape[-1] == (4 if reg_max is None else reg_max + 1)
 
 
 def test_predict_draws_boxes_and_writes_coco_results_in_file_pixels(tmp_path, compose_cfg, cache_dir):
