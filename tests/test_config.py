@@ -93,11 +93,11 @@ def test_unknown_loss_lists_the_valid_choices():
     assert "loss/nope" in result.stderr and "focal" in result.stderr
 
 
-def test_invalid_gamma_fails_before_any_data_work(tmp_path):
+def test_invalid_gamma_fails_before_any_data_work(compose_cfg, tmp_path):
+    """In-process; how train.py prints such an error: test_missing_coco_root_says_where_it_looked…."""
     cache = tmp_path / "cache"
-    result = run_script("train.py", "loss.gamma=-1", f"data.cache_dir={cache}", f"hydra.run.dir={tmp_path / 'run'}")
-    assert result.returncode != 0
-    assert "gamma must be >= 0, got -1" in result.stderr and "full_key: loss" in result.stderr
+    with pytest.raises(Exception, match=r"gamma must be >= 0, got -1(.|\n)*full_key: loss"):
+        train(compose_cfg(["loss.gamma=-1", f"data.cache_dir={cache}"]))
     assert not cache.exists()
 
 
