@@ -42,36 +42,48 @@ def fixed_batch(cache_dir):
     return next(infinite_train_batches(train_set, 2, 0, seed=0)), train_set.num_classes
 
 
-@pytest.mark.parametrize("loss,box_loss", PAIRS, ids=[f"{a}+{b}" for a, b in PAIRS])
-def test_loss_pair_trains(compose_cfg, cache_dir, fixed_batch, loss, box_loss):
+def train_on_the_batch(compose_cfg, cache_dir, fixed_batch, overrides, judge_of, measure, steps=12):
+    """Build the smoke model with `overrides` (its backbone frozen) and step it `steps` times on the fixed
+    batch with the sum of its loss terms; returns `measure(outputs, terms, judge)` of every step, taken
+    before its update, with `judge = judge_of(cfg, criterion)`."""
     (images, targets), num_classes = fixed_batch
-    cfg = compose_cfg(
-        [
-            "debug=smoke",
-            "model.backbone.frozen_stages=5",
-            f"data.cache_dir={cache_dir}",
-            f"loss={loss}",
-            f"box_loss={box_loss}",
-        ]
-    )
+    cfg = compose_cfg(["debug=smoke", "model.backbone.frozen_stages=5", f"data.cache_dir={cache_dir}", *overrides])
     torch.manual_seed(0)
     model, criterion, _ = build(cfg, num_classes)
-    judge = instantiate(cfg.criterion, cls_loss=instantiate(cfg.loss), box_loss=L1Loss())
+    judge = judge_of(cfg, criterion)
     optimizer = build_optimizer(cfg.optim, model)
     model.train()
     history = []
-    for _ in range(12):
+    for _ in range(steps):
         outputs = model(images)
         terms = criterion(outputs, targets)
-        total = terms["loss_cls"] + terms["loss_box"]
+        total = sum(value for key, value in terms.items() if key.startswith("loss_"))
         assert torch.isfinite(total), terms
         with torch.no_grad():
-            own = box_loss in ("ghm_r", "alpha_iou")
-            box_error = terms["loss_box"].item() if own else judge(outputs, targets)["loss_box"].item()
+            history.append(measure(outputs, terms, judge))
         optimizer.zero_grad()
         total.backward()
         optimizer.step()
-        history.append((terms["loss_cls"].item(), box_error))
+    return history
+
+
+@pytest.mark.parametrize("loss,box_loss", PAIRS, ids=[f"{a}+{b}" for a, b in PAIRS])
+def test_loss_pair_trains(compose_cfg, cache_dir, fixed_batch, loss, box_loss):
+    targets = fixed_batch[0][1]
+    own = box_loss in ("ghm_r", "alpha_iou")
+
+    def measure(outputs, terms, judge):
+        box_error = terms["loss_box"].item() if own else judge(outputs, targets)["loss_box"].item()
+        return terms["loss_cls"].item(), box_error
+
+    history = train_on_the_batch(
+        compose_cfg,
+        cache_dir,
+        fixed_batch,
+        [f"loss={loss}", f"box_loss={box_loss}"],
+        lambda cfg, criterion: instantiate(cfg.criterion, cls_loss=instantiate(cfg.loss), box_loss=L1Loss()),
+        measure,
+    )
     first, last = history[:3], history[-3:]
     assert sum(h[0] for h in last) < sum(h[0] for h in first), history
     if box_loss == "ghm_r":
@@ -84,26 +96,20 @@ def test_gfl_trains_its_three_terms(compose_cfg, cache_dir, fixed_batch):
     """The GFL row (QFL + GIoU + DFL on the distribution head): the box terms by their own values, the
     classification by the focal loss on one-hot targets (QFL's own value rises with its IoU targets: the
     integral boxes start 16 strides wide, at IoU near 0, and the targets grow as the boxes fit)."""
-    (images, targets), num_classes = fixed_batch
-    cfg = compose_cfg(
-        ["debug=smoke", "model.backbone.frozen_stages=5", f"data.cache_dir={cache_dir}", "+row/modern_losses=gfl"]
+    targets = fixed_batch[0][1]
+    history = train_on_the_batch(
+        compose_cfg,
+        cache_dir,
+        fixed_batch,
+        ["+row/modern_losses=gfl"],
+        lambda cfg, criterion: instantiate(
+            cfg.criterion, cls_loss=FocalLoss(), box_loss=criterion.box_loss, cls_target="onehot"
+        ),
+        lambda outputs, terms, judge: [
+            judge(outputs, targets)["loss_cls"].item(),
+            terms["loss_box"].item(),
+            terms["loss_dfl"].item(),
+        ],
     )
-    torch.manual_seed(0)
-    model, criterion, _ = build(cfg, num_classes)
-    judge = instantiate(cfg.criterion, cls_loss=FocalLoss(), box_loss=criterion.box_loss, cls_target="onehot")
-    optimizer = build_optimizer(cfg.optim, model)
-    model.train()
-    history = []
-    for _ in range(12):
-        outputs = model(images)
-        terms = criterion(outputs, targets)
-        total = terms["loss_cls"] + terms["loss_box"] + terms["loss_dfl"]
-        assert torch.isfinite(total), terms
-        with torch.no_grad():
-            classification = judge(outputs, targets)["loss_cls"].item()
-        optimizer.zero_grad()
-        total.backward()
-        optimizer.step()
-        history.append([classification, terms["loss_box"].item(), terms["loss_dfl"].item()])
     first, last = torch.tensor(history[:3]).sum(0), torch.tensor(history[-3:]).sum(0)
     assert (last < first).all(), history
