@@ -177,8 +177,6 @@ class Trainer:
         self.device = device
         self.precision = amp if isinstance(amp, Precision) else resolve_precision(amp, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision.dtype == torch.float16)
-        self.eval_period, self.log_period, self.checkpoint_period = eval_period, log_period, checkpoint_period
-        self.diagnostics_period = diagnostics_period
         self.clip_grad_norm = clip_grad_norm
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.run_config = run_config or {}
