@@ -3,7 +3,7 @@
 # make test   — same set-up, then ruff (lint and format check: make lint) and the fast test suite (what CI runs)
 # make test-slow — the heavier tests (longer training runs); make test-all — both
 # make gpu-wheels — the pinned dependencies a GPU machine's Python may lack, as wheels in .whl/ (scripts/gpu_check.sh)
-# make benchmark — ours against torchvision's RetinaNet (scripts/benchmark.py; ARGS="--sizes 800x1333 ...")
+# make benchmark — ours against torchvision's RetinaNet (detector benchmark --task train; ARGS="--sizes 800x1333 ...")
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -13,7 +13,7 @@ TRAIN_BUDGET ?= 660
 
 # The allocator that train, test-slow and test-all preload (detector/engine/allocator.py): jemalloc where
 # the system has it (Debian: libjemalloc2), else mimalloc from its wheel (a dependency); glibc malloc
-# page-faults on every large tensor. Expanded when a recipe runs, after install. scripts/benchmark.py
+# page-faults on every large tensor. Expanded when a recipe runs, after install. The train benchmark
 # chooses the allocator of its own child processes.
 RUN_ENV = $(shell $(BIN)/python -m detector.engine.allocator)
 
@@ -55,7 +55,7 @@ gpu-wheels: install
 	$(BIN)/python -m pip wheel --quiet --no-deps -w .whl antlr4-python3-runtime==4.9.3
 
 benchmark: install
-	$(BIN)/python scripts/benchmark.py $(ARGS)
+	$(BIN)/detector benchmark --task train $(ARGS)
 
 clean:
 	rm -rf .pytest_cache outputs multirun

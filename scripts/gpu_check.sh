@@ -8,7 +8,8 @@
 #    step under torch.cuda.set_sync_debug_mode("error") (host waits only where the code says),
 #    the GPU's losses and detections against the CPU's;
 # 2. a short fp16 and a short bf16 training run on the embedded data (`debug=smoke`, trainer.device=cuda);
-# 3. scripts/benchmark.py against torchvision's RetinaNet at 800x1333 in fp32, bf16 and fp16.
+# 3. the train benchmark (detector/tools/benchmarks/train.py) against torchvision's RetinaNet at 800x1333
+#    in fp32, bf16 and fp16.
 #
 # Needs the repository and a Python with torch (CUDA) and torchvision. The other pinned
 # dependencies, where that Python lacks them, travel as wheels: `make gpu-wheels` downloads them
@@ -55,7 +56,7 @@ step cuda-tests 150 "$PYTHON" -m pytest -m cuda -q -p no:cacheprovider tests/tes
 for amp in fp16 bf16; do
     step "train-$amp" 60 "$PYTHON" train.py debug=smoke trainer.device=cuda trainer.amp=$amp "hydra.run.dir=$OUT/train-$amp"
 done
-step benchmark 180 "$PYTHON" scripts/benchmark.py --device cuda --precision fp32 bf16 fp16 --sizes 800x1333 \
+step benchmark 180 "$PYTHON" -m detector.tools.benchmarks.train --device cuda --precision fp32 bf16 fp16 --sizes 800x1333 \
     --boxes 50 --allocator system --json "$OUT/benchmark.json"
 
 echo

@@ -9,7 +9,7 @@ import torch
 from torchvision.models.detection.image_list import ImageList
 
 from detector.engine.allocator import preload
-from scripts.benchmark import ours, torchvision_model
+from detector.tools.benchmarks.train import ours, torchvision_model
 from tests.conftest import ROOT
 
 

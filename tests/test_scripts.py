@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from detector.tools import main as detector
 from tests.conftest import ROOT, run_tool
 
 
@@ -15,6 +16,11 @@ def script_main(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.main
+
+
+def benchmark(task, *args):
+    """`detector benchmark --task TASK ARGS`, run in this process by `run_tool`."""
+    return run_tool(detector, "benchmark", "--task", task, *args)
 
 
 def test_plot_losses_writes_the_three_figures(tmp_path):
@@ -27,8 +33,8 @@ def test_plot_losses_writes_the_three_figures(tmp_path):
 
 def test_loss_benchmark_reports_every_loss_and_ghm_agreement(tmp_path):
     out = tmp_path / "bench.json"
-    result = run_tool(
-        script_main("benchmark_losses"),
+    result = benchmark(
+        "loss",
         "--anchors",
         "2000",
         "--classes",
@@ -53,7 +59,7 @@ def test_loss_benchmark_reports_every_loss_and_ghm_agreement(tmp_path):
 
 def test_evaluation_benchmark_times_both_backends_with_identical_stats(tmp_path):
     out = tmp_path / "evaluation.json"
-    result = run_tool(script_main("benchmark_evaluation"), "--images", "40", "--repeats", "1", "--json", out)
+    result = benchmark("eval", "--images", "40", "--repeats", "1", "--json", out)
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     assert report["identical_stats"] is True and set(report["seconds"]) == {"pycocotools", "faster_coco_eval"}
@@ -64,8 +70,8 @@ def test_evaluation_benchmark_times_both_backends_with_identical_stats(tmp_path)
 
 def test_loader_benchmark_reports_loader_and_training_throughput(tmp_path, cache_dir):
     out = tmp_path / "loader.json"
-    result = run_tool(
-        script_main("benchmark_loader"),
+    result = benchmark(
+        "loader",
         "debug=smoke",
         "data.num_workers=1",
         f"data.cache_dir={cache_dir}",
@@ -85,9 +91,7 @@ def test_loader_benchmark_reports_loader_and_training_throughput(tmp_path, cache
 
 def test_matcher_benchmark_times_blocks_against_one_call(tmp_path):
     out = tmp_path / "matcher.json"
-    result = run_tool(
-        script_main("benchmark_matcher"), "--size", "256x256", "--boxes", "5", "--repeats", "1", "--json", out
-    )
+    result = benchmark("matcher", "--size", "256x256", "--boxes", "5", "--repeats", "1", "--json", out)
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     assert report["anchors"] == 9 * sum((256 // s) ** 2 for s in (8, 16, 32, 64, 128))

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from detector.tools import SUBCOMMANDS, main
+from detector.tools.benchmark import TASKS
 from tests.test_ablation import fake_job, metrics
 from tests.test_dataset_faults import build_defective
 
@@ -30,6 +31,25 @@ def test_an_unknown_subcommand_lists_the_valid_ones(capsys):
     assert main(["train"]) == 2
     error = capsys.readouterr().err
     assert "unknown subcommand 'train'" in error and "validate-data" in error
+
+
+def test_benchmark_lists_its_tasks_and_passes_help_to_one(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["benchmark", "--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and all(f"  {task} " in out for task in TASKS)
+    with pytest.raises(SystemExit) as exit_:
+        main(["benchmark", "--task", "matcher", "--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and out.startswith("usage: detector benchmark --task matcher") and "--boxes" in out
+
+
+@pytest.mark.parametrize("argv, says", [(["--task", "speed"], "invalid choice: 'speed'"), ([], "--task is required")])
+def test_benchmark_without_a_valid_task_lists_the_tasks(argv, says, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["benchmark", *argv])
+    error = capsys.readouterr().err
+    assert exit_.value.code == 2 and says in error and all(task in error for task in TASKS)
 
 
 def test_validate_data_returns_the_exit_code_a_shell_sees(tmp_path, capsys):

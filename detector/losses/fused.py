@@ -8,7 +8,7 @@ and its backward is a single multiply: at 800×1333 that is ~20 M elements per i
 A loss whose elements depend only on their own logit and target is also computed in blocks of
 rows (`detector.ops.blocks`): its temporaries, once the peak of the whole training step's memory,
 then take a few MiB, and on the CPU the passes run in cache, so the focal loss is 1.7× (jemalloc)
-to 1.9× (glibc malloc) faster than in one block (scripts/benchmark_losses.py).
+to 1.9× (glibc malloc) faster than in one block (`detector benchmark --task loss`).
 """
 
 from __future__ import annotations

@@ -105,7 +105,7 @@ def blockwise_box_iou(boxes: Tensor, anchors: Tensor, block_elements: int | None
     widths, intersections, unions: about nine floats per pair) then stay within a block. For a
     batch of 2 at 800×1333 with 200 boxes per image they would otherwise take about 3 GB. On the
     CPU the IoU there is 4× faster in blocks than in one call with glibc malloc, 1.15× with jemalloc
-    (scripts/benchmark_matcher.py)."""
+    (`detector benchmark --task matcher`)."""
     rows = rows_per_block(anchors.device, len(boxes), block_elements)
     if len(anchors) <= rows:
         return box_iou(boxes, anchors)

@@ -15,6 +15,7 @@ SUBCOMMANDS = {  # name: (module, what it does)
     "ablation-table": ("ablation_table", "turn a finished multirun into a table beside the paper's"),
     "compare-runs": ("compare_runs", "compare runs or a multirun in one Markdown report"),
     "pretrain-backbone": ("pretrain_backbone", "pretrain a ResNet body on the glyph classification task"),
+    "benchmark": ("benchmark", "time training against torchvision's, evaluation, losses, matching or loading"),
 }
 
 

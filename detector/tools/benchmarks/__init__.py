@@ -1,0 +1,1 @@
+"""The tasks of `detector benchmark --task TASK`, one module each, and the timing they share (`timing`)."""
