@@ -31,7 +31,7 @@ from detector.engine.optimizer import GROUP_KEYS, build_optimizer, check_group_s
 from detector.engine.pictures import error_figure, pr_curve_figure
 from detector.engine.precision import resolve_precision
 from detector.engine.schedule import lambda_scheduler
-from detector.engine.trainer import Trainer, check_settings, resolve_device
+from detector.engine.trainer import Trainer, resolve_device
 from detector.models.backbone import frozen_without_weights
 
 log = logging.getLogger("detector")
@@ -119,18 +119,8 @@ def train(cfg: DictConfig) -> float:
     """Train as configured; returns the final AP (what a Hydra sweeper optimises). Under torchrun
     (or a multi-task submitit job) every process runs this; see `detector.engine.distributed`."""
     run_config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    trainer_cfg = cfg.trainer
-    check_settings(
-        trainer_cfg.max_iters,
-        trainer_cfg.eval_period,
-        trainer_cfg.log_period,
-        trainer_cfg.checkpoint_period,
-        trainer_cfg.clip_grad_norm,
-        trainer_cfg.diagnostics_period,
-        trainer_cfg.max_consecutive_nonfinite,
-        trainer_cfg.time_budget,
-        trainer_cfg.budget_probe_iters,
-    )
+    trainer_cfg = cfg.trainer  # device, amp and resume are resolved here; the other keys are the loop's settings
+    settings = instantiate({key: value for key, value in trainer_cfg.items() if key not in ("device", "amp", "resume")})
     for key in ("batch_size", "eval_batch_size"):
         if cfg.data[key] < 1:
             raise ValueError(f"data.{key} must be >= 1, got {cfg.data[key]}")
@@ -139,15 +129,15 @@ def train(cfg: DictConfig) -> float:
     resolve_backend(cfg.evaluation.backend)
     criterion = build_criterion(cfg)
     postprocessor = instantiate(cfg.postprocess)
-    schedule = instantiate(cfg.schedule, max_iters=trainer_cfg.max_iters)
+    schedule = instantiate(cfg.schedule, max_iters=settings.max_iters)
     if (
-        trainer_cfg.time_budget is not None
-        and trainer_cfg.max_iters > trainer_cfg.budget_probe_iters
-        and getattr(schedule, "warmup_iters", 0) < trainer_cfg.budget_probe_iters
+        settings.time_budget is not None
+        and settings.max_iters > settings.budget_probe_iters
+        and getattr(schedule, "warmup_iters", 0) < settings.budget_probe_iters
     ):
         raise ValueError(
             f"trainer.time_budget fixes the iteration count after trainer.budget_probe_iters="
-            f"{trainer_cfg.budget_probe_iters} iterations, which must lie inside the warmup (schedule."
+            f"{settings.budget_probe_iters} iterations, which must lie inside the warmup (schedule."
             f"warmup_iters={getattr(schedule, 'warmup_iters', 0)}) so that a rerun with that count is "
             "identical; lower trainer.budget_probe_iters or raise schedule.warmup_iters"
         )
@@ -158,13 +148,12 @@ def train(cfg: DictConfig) -> float:
     check_group_settings(**{key: cfg.optim[key] for key in GROUP_KEYS if key in cfg.optim})
     processes = distributed.setup(device.type)
     try:
-        return _train(cfg, device, precision, criterion, postprocessor, schedule, processes, run_config)
+        return _train(cfg, settings, device, precision, criterion, postprocessor, schedule, processes, run_config)
     finally:
         distributed.cleanup()
 
 
-def _train(cfg, device, precision, criterion, postprocessor, schedule, processes, run_config) -> float:
-    trainer_cfg = cfg.trainer
+def _train(cfg, settings, device, precision, criterion, postprocessor, schedule, processes, run_config) -> float:
     if processes.enabled:
         if cfg.data.batch_size % processes.world_size:
             raise ValueError(
@@ -223,32 +212,21 @@ def _train(cfg, device, precision, criterion, postprocessor, schedule, processes
             val_set, cfg.data, postprocessor, device, precision.dtype, processes, cfg.evaluation.backend
         ),
         output_dir=out,
-        max_iters=trainer_cfg.max_iters,
+        settings=settings,
         batch_size=cfg.data.batch_size,
         device=device,
         amp=precision,
-        eval_period=trainer_cfg.eval_period,
-        log_period=trainer_cfg.log_period,
-        checkpoint_period=trainer_cfg.checkpoint_period,
-        clip_grad_norm=trainer_cfg.clip_grad_norm,
-        channels_last=trainer_cfg.channels_last,
-        diagnostics_period=trainer_cfg.diagnostics_period,
-        max_consecutive_nonfinite=trainer_cfg.max_consecutive_nonfinite,
         distributed=processes,
-        sync_bn=trainer_cfg.sync_bn,
-        compile_model=trainer_cfg.compile,
         run_config=run_config,
-        time_budget=trainer_cfg.time_budget,
-        budget_probe_iters=trainer_cfg.budget_probe_iters,
         hparams=run_hparams(run_config, _sweep_overrides()),
     )
-    resume_from = _resume_path(trainer_cfg.resume, out)
+    resume_from = _resume_path(cfg.trainer.resume, out)
     if resume_from is not None:
         trainer.resume(resume_from)
-    budget = "" if trainer_cfg.time_budget is None else f" at most, or what fits in {trainer_cfg.time_budget:g} s"
+    budget = "" if settings.time_budget is None else f" at most, or what fits in {settings.time_budget:g} s"
     log.info(
         "training for %d iterations%s on %s (amp=%s, %d process%s); outputs in %s",
-        trainer_cfg.max_iters,
+        settings.max_iters,
         budget,
         device,
         precision.amp,

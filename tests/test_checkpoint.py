@@ -14,6 +14,7 @@ from detector.engine.checkpoint import (
     upgrade_training_state,
 )
 from detector.engine.inference import load_for_inference
+from detector.engine.settings import TrainerSettings
 from detector.engine.trainer import Trainer
 from detector.models import ResNetBackbone
 from tests.conftest import run_script
@@ -116,7 +117,7 @@ def test_a_checkpoint_of_another_model_is_refused_with_what_differs_and_how_to_f
         lambda start: iter(()),
         None,
         tmp_path / "resume",
-        max_iters=8,
+        settings=TrainerSettings(max_iters=8),
         batch_size=2,
         device=torch.device("cpu"),
         run_config={**OmegaConf.to_container(wider, resolve=True), "classes": config["classes"]},

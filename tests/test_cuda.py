@@ -13,6 +13,7 @@ from detector.engine import trainer as trainer_module
 from detector.engine.optimizer import build_optimizer
 from detector.engine.precision import resolve_precision
 from detector.engine.schedule import lambda_scheduler
+from detector.engine.settings import TrainerSettings
 from detector.engine.trainer import Trainer
 from detector.losses import criterion as criterion_module
 
@@ -56,11 +57,10 @@ def make_trainer(cfg, train_set, tmp_path, amp):
         lambda start: infinite_train_batches(train_set, 2, 0, 0, start, pin_memory=True),
         validator=None,
         output_dir=tmp_path,
-        max_iters=10,
+        settings=TrainerSettings(max_iters=10, channels_last=True),
         batch_size=2,
         device=CUDA,
         amp=resolve_precision(amp, CUDA),
-        channels_last=True,
     )
 
 

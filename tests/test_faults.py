@@ -11,6 +11,7 @@ from detector.data.loader import infinite_train_batches
 from detector.engine.checkpoint import load_checkpoint
 from detector.engine.optimizer import build_optimizer  # noqa: E402
 from detector.engine.schedule import lambda_scheduler
+from detector.engine.settings import TrainerSettings
 from detector.engine.trainer import Trainer
 
 
@@ -35,7 +36,7 @@ def make_trainer(compose_cfg, cache_dir, tmp_path):
     cfg = compose_cfg(["debug=smoke", f"data.cache_dir={cache_dir}"])
     train_set, _ = build_datasets(cfg.data)
 
-    def make(bad_calls, **kwargs):
+    def make(bad_calls, **settings):
         torch.manual_seed(0)
         model, criterion, _ = build(cfg, train_set.num_classes)
         optimizer = build_optimizer(cfg.optim, model)
@@ -47,9 +48,9 @@ def make_trainer(compose_cfg, cache_dir, tmp_path):
             lambda start: infinite_train_batches(train_set, 2, 0, 0, start),
             validator=None,
             output_dir=tmp_path,
+            settings=TrainerSettings(**settings),
             batch_size=2,
             device=torch.device("cpu"),
-            **kwargs,
         )
 
     return make

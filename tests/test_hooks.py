@@ -9,6 +9,7 @@ from detector.engine.evaluator import STAT_NAMES
 from detector.engine.hooks import Evaluation, GradientDiagnostics, Hook, LastCheckpoint, LossLog, TimeBudget
 from detector.engine.optimizer import build_optimizer
 from detector.engine.schedule import lambda_scheduler
+from detector.engine.settings import TrainerSettings
 from detector.engine.trainer import Trainer
 
 
@@ -58,13 +59,11 @@ def test_the_hooks_run_in_order_around_each_step(compose_cfg, cache_dir, tmp_pat
         lambda start: infinite_train_batches(train_set, 2, 0, 0, start),
         validator=FakeValidator(box, events),
         output_dir=tmp_path,
-        max_iters=3,
+        settings=TrainerSettings(
+            max_iters=3, eval_period=eval_period, log_period=1, checkpoint_period=2, diagnostics_period=2
+        ),
         batch_size=2,
         device=torch.device("cpu"),
-        eval_period=eval_period,
-        log_period=1,
-        checkpoint_period=2,
-        diagnostics_period=2,
         hooks=[Recorder(events, tmp_path / "checkpoints" / "last.pt")],
     )
     box.append(trainer)
@@ -105,10 +104,8 @@ def test_a_time_budget_hook_comes_first(compose_cfg, cache_dir, tmp_path):
         lambda start: iter(()),
         validator=None,
         output_dir=tmp_path,
-        max_iters=10,
+        settings=TrainerSettings(max_iters=10, time_budget=5.0, budget_probe_iters=4),
         batch_size=2,
         device=torch.device("cpu"),
-        time_budget=5.0,
-        budget_probe_iters=4,
     )
     assert [type(hook) for hook in trainer.hooks] == [TimeBudget, GradientDiagnostics, LossLog, LastCheckpoint]

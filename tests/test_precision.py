@@ -14,8 +14,9 @@ from detector.engine.machine import cpu_flags, describe_machine, machine_line, v
 from detector.engine.optimizer import build_optimizer
 from detector.engine.precision import Precision, bf16_conv_speedup, resolve_precision
 from detector.engine.schedule import lambda_scheduler
+from detector.engine.settings import TrainerSettings
 from detector.engine.trainer import Trainer
-from scripts import benchmark
+from detector.tools.benchmarks import train as benchmark
 
 CPU = torch.device("cpu")
 
@@ -106,7 +107,7 @@ def test_trainer_runs_and_records_the_resolved_precision(monkeypatch, compose_cf
         lambda start: infinite_train_batches(train_set, 2, 0, 0, start),
         validator=None,
         output_dir=tmp_path,
-        max_iters=1,
+        settings=TrainerSettings(max_iters=1),
         batch_size=2,
         device=CPU,
         amp="auto",

@@ -195,6 +195,7 @@ def test_parallel_launcher_runs_two_jobs_with_data_loader_workers(tmp_path, cach
 def test_sync_bn_on_cpu_under_ddp_is_refused_with_the_alternative(compose_cfg, cache_dir, tmp_path):
     from detector.cli import build
     from detector.engine.distributed import Distributed
+    from detector.engine.settings import TrainerSettings
     from detector.engine.trainer import Trainer
 
     cfg = compose_cfg(["debug=smoke", f"data.cache_dir={cache_dir}"])
@@ -209,9 +210,8 @@ def test_sync_bn_on_cpu_under_ddp_is_refused_with_the_alternative(compose_cfg, c
             lambda start: iter(()),
             None,
             tmp_path,
-            max_iters=1,
+            settings=TrainerSettings(max_iters=1, sync_bn=True),
             batch_size=2,
             device=torch.device("cpu"),
             distributed=Distributed(rank=0, world_size=2),
-            sync_bn=True,
         )

@@ -2,6 +2,7 @@
 
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from detector.data.loader import infinite_train_batches
 from detector.engine.hooks import TimeBudget
 from detector.engine.optimizer import build_optimizer
 from detector.engine.schedule import WarmupCosine, WarmupMultiStep, lambda_scheduler
+from detector.engine.settings import TrainerSettings
 from detector.engine.trainer import Trainer
 
 
@@ -62,7 +64,7 @@ class WarmingClock(FakeClock):
         return self.now
 
 
-def smoke_trainer(compose_cfg, cache_dir, output_dir, max_iters, schedule=None, **budget):
+def smoke_trainer(compose_cfg, cache_dir, output_dir, max_iters, schedule=None, clock=time.perf_counter, **budget):
     cfg = compose_cfg(["debug=smoke", f"data.cache_dir={cache_dir}"])
     train_set, _ = build_datasets(cfg.data)
     torch.manual_seed(0)
@@ -77,11 +79,10 @@ def smoke_trainer(compose_cfg, cache_dir, output_dir, max_iters, schedule=None, 
         lambda start: infinite_train_batches(train_set, 2, 0, 0, start),
         validator=None,
         output_dir=output_dir,
-        max_iters=max_iters,
+        settings=TrainerSettings(max_iters=max_iters, checkpoint_period=4, **budget),
         batch_size=2,
         device=torch.device("cpu"),
-        checkpoint_period=4,
-        **budget,
+        clock=clock,
     )
 
 

@@ -12,6 +12,7 @@ from detector.cli import build, build_datasets
 from detector.data.loader import infinite_train_batches
 from detector.engine.optimizer import build_optimizer
 from detector.engine.schedule import lambda_scheduler
+from detector.engine.settings import TrainerSettings
 from detector.engine.trainer import Trainer
 from tests.conftest import run_script
 
@@ -117,7 +118,7 @@ def test_training_lowers_the_loss(compose_cfg, cache_dir, tmp_path):
         lambda start: infinite_train_batches(train_set, 2, 0, 0, start),
         validator=None,
         output_dir=tmp_path,
-        max_iters=40,
+        settings=TrainerSettings(max_iters=40),
         batch_size=2,
         device=torch.device("cpu"),
     )
@@ -145,7 +146,7 @@ def test_gradient_diagnostics_do_not_change_the_step(compose_cfg, cache_dir, tmp
             lambda start: iter([batch]),
             validator=None,
             output_dir=tmp_path,
-            max_iters=1,
+            settings=TrainerSettings(max_iters=1),
             batch_size=2,
             device=torch.device("cpu"),
         )
@@ -182,7 +183,7 @@ def test_bf16_autocast_on_cpu_trains_with_float32_losses(compose_cfg, cache_dir,
         lambda start: itertools.repeat(batch),
         validator=None,
         output_dir=tmp_path,
-        max_iters=8,
+        settings=TrainerSettings(max_iters=8),
         batch_size=2,
         device=torch.device("cpu"),
         amp="bf16",
@@ -223,11 +224,9 @@ def test_a_run_resumed_at_its_end_keeps_its_metrics_without_training_or_evaluati
             batches,
             validator,
             tmp_path,
-            max_iters=2,
+            settings=TrainerSettings(max_iters=2, eval_period=0, log_period=1),
             batch_size=2,
             device=torch.device("cpu"),
-            eval_period=0,
-            log_period=1,
         )
 
     validator = CountingValidator()

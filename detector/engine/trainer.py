@@ -35,6 +35,7 @@ from detector.engine.hparams import log_hparams
 from detector.engine.machine import describe_machine
 from detector.engine.pictures import error_figure, pr_curve_figure
 from detector.engine.precision import Precision, resolve_precision
+from detector.engine.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
 
@@ -49,41 +50,10 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def check_settings(
-    max_iters: int,
-    eval_period: int,
-    log_period: int,
-    checkpoint_period: int,
-    clip_grad_norm: float | None,
-    diagnostics_period: int = 0,
-    max_consecutive_nonfinite: int = 5,
-    time_budget: float | None = None,
-    budget_probe_iters: int = 20,
-) -> None:
-    """Raise ValueError naming the trainer key whose value is out of range."""
-    if max_iters < 1:
-        raise ValueError(f"trainer.max_iters must be >= 1, got {max_iters}")
-    if time_budget is not None and time_budget <= 0:
-        raise ValueError(f"trainer.time_budget must be > 0 seconds or null, got {time_budget}")
-    if time_budget is not None and budget_probe_iters < 1:  # >= max_iters: the run ends before the budget acts
-        raise ValueError(f"trainer.budget_probe_iters must be >= 1, got {budget_probe_iters}")
-    if max_consecutive_nonfinite < 1:
-        raise ValueError(f"trainer.max_consecutive_nonfinite must be >= 1, got {max_consecutive_nonfinite}")
-    for name, value in (
-        ("eval_period", eval_period),
-        ("log_period", log_period),
-        ("checkpoint_period", checkpoint_period),
-        ("diagnostics_period", diagnostics_period),
-    ):
-        if value < 0:
-            raise ValueError(f"trainer.{name} must be >= 0 (0 turns it off), got {value}")
-    if clip_grad_norm is not None and clip_grad_norm <= 0:
-        raise ValueError(f"trainer.clip_grad_norm must be > 0 or null, got {clip_grad_norm}")
-
-
 class Trainer:
-    """Trains `model` with `criterion` for `max_iters` iterations, the forward under `amp` (a
-    `Precision`, or a `trainer.amp` value resolved by `resolve_precision`).
+    """Trains `model` with `criterion` as `settings` say (a `TrainerSettings`; the settings below are
+    its fields), the forward under `amp` (a `Precision`, or a `trainer.amp` value resolved by
+    `resolve_precision`).
 
     With a `time_budget` (seconds of training steps, evaluation excluded), `max_iters` is only the
     upper bound: after `budget_probe_iters` iterations the measured seconds per iteration (over the
@@ -97,7 +67,7 @@ class Trainer:
     `batches(iteration)` returns this process's training batches from that iteration on (so a
     resumed run continues the same stream). Under DDP (`distributed`) the model is wrapped in
     `DistributedDataParallel` (BatchNorm made synchronous with `sync_bn`, CUDA only; with
-    `compile_model` the training forward is `torch.compile`d, after the DDP wrap), logged
+    `compile` the training forward is `torch.compile`d, after the DDP wrap), logged
     losses are averaged over processes, evaluation runs on every process and is scored on rank 0,
     and only rank 0 writes logs, TensorBoard events, checkpoints and metrics.
 
@@ -123,40 +93,19 @@ class Trainer:
         batches: Callable[[int], Iterator],
         validator: Callable | None,
         output_dir: str | Path,
-        max_iters: int,
+        settings: TrainerSettings,
         batch_size: int,
         device: torch.device,
         amp: str | Precision = "off",
-        eval_period: int = 0,
-        log_period: int = 20,
-        checkpoint_period: int = 0,
-        clip_grad_norm: float | None = None,
-        channels_last: bool = False,
-        diagnostics_period: int = 0,
-        max_consecutive_nonfinite: int = 5,
         distributed: Distributed | None = None,
-        sync_bn: bool = False,
-        compile_model: bool = False,
         run_config: dict | None = None,
-        time_budget: float | None = None,
-        budget_probe_iters: int = 20,
         clock: Callable[[], float] = time.perf_counter,
         hparams: dict | None = None,
         hooks: list[Hook] | None = None,
     ):
-        check_settings(
-            max_iters,
-            eval_period,
-            log_period,
-            checkpoint_period,
-            clip_grad_norm,
-            diagnostics_period,
-            max_consecutive_nonfinite,
-            time_budget,
-            budget_probe_iters,
-        )
+        self.settings = settings
         self.distributed = distributed or Distributed()
-        if sync_bn and self.distributed.enabled and device.type != "cuda":
+        if settings.sync_bn and self.distributed.enabled and device.type != "cuda":
             raise ValueError(
                 "trainer.sync_bn=true needs CUDA (PyTorch's SyncBatchNorm is GPU-only); on CPU use "
                 "trainer.sync_bn=false or a backbone without batch statistics (model.backbone.norm=gn)"
@@ -167,24 +116,20 @@ class Trainer:
         self.optimizer, self.scheduler = optimizer, scheduler
         self.batches, self.validator = batches, validator
         self.stream: Iterator | None = None
-        self.sync_bn = sync_bn
-        self.compile_model = compile_model
         self.output_dir = Path(output_dir)
-        self.max_iters, self.batch_size = max_iters, batch_size
-        self.time_budget, self.budget_probe_iters, self.clock = time_budget, budget_probe_iters, clock
+        self.max_iters = settings.max_iters  # the horizon: a time budget or a resumed checkpoint may move it
+        self.batch_size, self.clock = batch_size, clock
         self.budget_fixed = False
         self.probe_start: tuple[int, float] | None = None  # (iteration, train_seconds) where the probe's timing starts
         self.device = device
         self.precision = amp if isinstance(amp, Precision) else resolve_precision(amp, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision.dtype == torch.float16)
-        self.clip_grad_norm = clip_grad_norm
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
         self.run_config = run_config or {}
         self.hparams = hparams
         self.iteration = 0
         self.best_ap = -math.inf
         self.train_seconds = 0.0
-        self.max_consecutive_nonfinite = max_consecutive_nonfinite
         self.nonfinite_in_a_row = 0
         self.skipped_steps = 0
         self.replaced_images: set[int] = set()
@@ -192,11 +137,11 @@ class Trainer:
         self.metrics: dict | None = None  # the latest evaluation's stats
         self.diagnose = False  # whether the next step computes the gradient statistics
         self.hooks = [
-            *([TimeBudget(time_budget, budget_probe_iters)] if time_budget is not None else []),
-            GradientDiagnostics(diagnostics_period),
-            LossLog(log_period),
-            *([Evaluation(eval_period)] if validator is not None else []),
-            LastCheckpoint(checkpoint_period),
+            *([TimeBudget(settings.time_budget, settings.budget_probe_iters)] if settings.time_budget else []),
+            GradientDiagnostics(settings.diagnostics_period),
+            LossLog(settings.log_period),
+            *([Evaluation(settings.eval_period)] if validator is not None else []),
+            LastCheckpoint(settings.checkpoint_period),
             *(hooks or []),
         ]
 
@@ -232,10 +177,11 @@ class Trainer:
         self.train_seconds = state["train_seconds"]
         self.skipped_steps, self.nonfinite_in_a_row = state["skipped_steps"], state["nonfinite_in_a_row"]
         self.replaced_images = set(state["replaced_images"])
-        if self.time_budget is not None and state["budget_fixed"]:
+        budgeted, probe = self.settings.time_budget is not None, self.settings.budget_probe_iters
+        if budgeted and state["budget_fixed"]:
             self.budget_fixed = True
             self.max_iters = state["max_iters"]  # the count the budget fixed before the interruption
-        elif self.time_budget is not None and self.budget_probe_iters // 4 <= self.iteration < self.budget_probe_iters:
+        elif budgeted and probe // 4 <= self.iteration < probe:
             self.probe_start = (self.iteration, self.train_seconds)  # time the probe's rest in this process
         if state["max_iters"] != self.max_iters:
             log.warning(
@@ -261,11 +207,11 @@ class Trainer:
         self.module.to(self.device, memory_format=self.memory_format)
         self.criterion.to(self.device)
         if self.distributed.enabled:
-            if self.sync_bn:
+            if self.settings.sync_bn:
                 self.module = nn.SyncBatchNorm.convert_sync_batchnorm(self.module)  # shares the parameters
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.module, device_ids=device_ids)
-        if self.compile_model:  # the training forward only; evaluation and checkpoints use the bare module
+        if self.settings.compile:  # the training forward only; evaluation and checkpoints use the bare module
             self.model = torch.compile(self.model)
         self.model.train()
         main = self.distributed.is_main
@@ -345,9 +291,9 @@ class Trainer:
         self.nonfinite_in_a_row = 0
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        if self.clip_grad_norm is not None:
+        if self.settings.clip_grad_norm is not None:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.clip_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -376,12 +322,13 @@ class Trainer:
         )  # detector ablation-table reads "non-finite loss"
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        if self.nonfinite_in_a_row >= self.max_consecutive_nonfinite:
+        limit = self.settings.max_consecutive_nonfinite
+        if self.nonfinite_in_a_row >= limit:
             raise FloatingPointError(
                 f"non-finite loss for {self.nonfinite_in_a_row} iterations in a row (trainer.max_consecutive_nonfinite="
-                f"{self.max_consecutive_nonfinite}), the last at iteration {self.iteration + 1} in {terms}; training "
-                f"stopped. The last good checkpoint is {self.output_dir / 'checkpoints' / 'last.pt'}; try a lower "
-                "optim.lr, a longer schedule.warmup_iters or trainer.clip_grad_norm."
+                f"{limit}), the last at iteration {self.iteration + 1} in {terms}; training stopped. The last good "
+                f"checkpoint is {self.output_dir / 'checkpoints' / 'last.pt'}; try a lower optim.lr, a longer "
+                "schedule.warmup_iters or trainer.clip_grad_norm."
             )
 
     def _reduce(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -459,11 +406,11 @@ class Trainer:
             if key in stats:
                 metrics[key] = stats[key]
         replaced = sorted({i for ids in gather_to_main([sorted(self.replaced_images)]) or [] for i in ids})
-        if self.time_budget is not None:
+        if self.settings.time_budget is not None:
             metrics["time_budget"] = {
-                "seconds": self.time_budget,
+                "seconds": self.settings.time_budget,
                 "max_iters": self.max_iters,
-                "probe_iters": self.budget_probe_iters,
+                "probe_iters": self.settings.budget_probe_iters,
             }
         metrics.update(
             iteration=self.iteration,
