@@ -141,10 +141,10 @@ def train(cfg: DictConfig) -> float:
             f"warmup_iters={getattr(schedule, 'warmup_iters', 0)}) so that a rerun with that count is "
             "identical; lower trainer.budget_probe_iters or raise schedule.warmup_iters"
         )
+    _refuse_frozen_random_backbone(cfg.model.backbone, trainer_cfg.resume)  # before minutes of pretraining
     if cfg.get("pretrain") is not None:  # e.g. experiment=paper_cpu: its backbone, built once into the cache
         instantiate(cfg.pretrain)
     _check_model_values(cfg.model)
-    _refuse_frozen_random_backbone(cfg.model.backbone, trainer_cfg.resume)
     check_group_settings(**{key: cfg.optim[key] for key in GROUP_KEYS if key in cfg.optim})
     processes = distributed.setup(device.type)
     try:

@@ -1,4 +1,4 @@
-"""The allocator the make targets preload: found, configured, and really loaded by a child process."""
+"""The allocator that the entry points and make targets preload: found, configured, and really loaded."""
 
 import os
 import platform
@@ -53,3 +53,52 @@ def test_make_train_preloads_it():
     name, env = allocator.preload()
     line = next(line for line in recipe.splitlines() if "train.py" in line)
     assert line.startswith(" ".join(f"{key}={value}" for key, value in env.items())), line
+
+
+@pytest.mark.parametrize(
+    ("environment", "expected"),
+    [
+        ({}, "first"),
+        ({"DETECTOR_ALLOCATOR": "mimalloc"}, "mimalloc"),
+        ({"DETECTOR_ALLOCATOR": "system"}, None),
+        ({"LD_PRELOAD": "/usr/lib/libasan.so"}, None),  # the user's preload is kept
+    ],
+)
+@WHEEL
+def test_the_entry_points_restart_with_the_allocator_unless_told_otherwise(monkeypatch, environment, expected):
+    for key in ("LD_PRELOAD", "DETECTOR_ALLOCATOR"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value)
+    restarts = []
+    monkeypatch.setattr(os, "execve", lambda path, argv, env: restarts.append((path, argv, env)))
+    allocator.reexec_preloaded()
+    if expected is None:
+        assert restarts == []
+        return
+    name, preload_env = allocator.preload(None if expected == "first" else expected)
+    [(path, argv, env)] = restarts
+    assert path == sys.executable and argv == sys.orig_argv  # same interpreter, flags and arguments
+    assert env == {**os.environ, **preload_env}
+
+
+@WHEEL
+def test_a_restarted_entry_point_runs_once_on_the_allocator_with_its_arguments(tmp_path):
+    entry = tmp_path / "entry.py"
+    entry.write_text(
+        "import os, sys\n"
+        "from detector.engine.allocator import reexec_preloaded\n"
+        "if __name__ == '__main__':\n"
+        "    print('start', os.getpid(), flush=True)\n"
+        "    reexec_preloaded()\n"
+        "    maps = open('/proc/self/maps').read()\n"
+        "    print('libmimalloc.so' in maps or 'libjemalloc' in maps)\n"
+        "    print(sys.argv[1:])\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key not in ("LD_PRELOAD", "DETECTOR_ALLOCATOR")}
+    result = subprocess.run(
+        [sys.executable, "-X", "utf8", str(entry), "a=1", "b"], env=env, capture_output=True, text=True, check=True
+    )
+    first, second, loaded, arguments = result.stdout.splitlines()
+    assert first == second and first.startswith("start ")  # restarted in place: the same PID, twice through
+    assert loaded == "True" and arguments == "['a=1', 'b']"

@@ -160,6 +160,15 @@ def test_the_paper_recipe_without_imagenet_weights_is_refused_before_any_data_wo
     assert "no weights_path" not in str(raised.value)
 
 
+def test_a_frozen_backbone_without_weights_is_refused_before_the_preset_pretrains(tmp_path, compose_cfg):
+    """experiment=paper_cpu builds its backbone first (minutes): a run that would then be refused must not wait for it."""
+    backbone = tmp_path / "pretrained" / "resnet18-glyphs.pth"
+    overrides = ["experiment=paper_cpu", "model.backbone.weights_path=null", f"pretrain.out={backbone}"]
+    with pytest.raises(ValueError, match=r"frozen_bn and frozen_stages=3 but no weights_path"):
+        train(compose_cfg([*overrides, f"data.cache_dir={tmp_path / 'cache'}"]))
+    assert not backbone.parent.exists() and not (tmp_path / "cache").exists()
+
+
 def test_missing_coco_root_says_where_it_looked_and_how_to_lay_it_out(tmp_path):
     root = tmp_path / "nowhere"
     result = run_script("train.py", "data=coco", f"data.root={root}", f"hydra.run.dir={tmp_path / 'run'}")

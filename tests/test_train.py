@@ -10,6 +10,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from detector.cli import build, build_datasets
 from detector.data.loader import infinite_train_batches
+from detector.engine import allocator
 from detector.engine.optimizer import build_optimizer
 from detector.engine.schedule import lambda_scheduler
 from detector.engine.settings import TrainerSettings
@@ -46,6 +47,8 @@ def test_smoke_training_writes_metrics_checkpoints_and_events_then_evaluates(tmp
     assert "per-class AP" in (run / "train.log").read_text()
     assert metrics["precision"] == {"used": "fp32", "requested": "off", "reason": "as requested"}  # debug=smoke
     assert metrics["iteration"] == 4 and metrics["images_per_second"] > 0 and metrics["status"] == "finished"
+    chosen = allocator.preload()  # train.py restarted itself with the first installed allocator preloaded
+    assert metrics["machine"]["allocator"] == (chosen[0] if chosen else "system")
     assert all(0.0 <= metrics[k] <= 100.0 or metrics[k] == -1.0 for k in ("AP", "AP50", "APl"))
     assert (run / "checkpoints" / "last.pt").is_file() and (run / "checkpoints" / "best.pt").is_file()
     events = EventAccumulator(str(run / "tb"), size_guidance={IMAGES: 0})
