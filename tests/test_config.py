@@ -161,7 +161,7 @@ def test_the_paper_recipe_without_imagenet_weights_is_refused_before_any_data_wo
 
 
 def test_a_frozen_backbone_without_weights_is_refused_before_the_preset_pretrains(tmp_path, compose_cfg):
-    """experiment=paper_cpu builds its backbone first (minutes): a run that would then be refused must not wait for it."""
+    """experiment=paper_cpu builds its backbone first (minutes): a run to be refused must not wait for it."""
     backbone = tmp_path / "pretrained" / "resnet18-glyphs.pth"
     overrides = ["experiment=paper_cpu", "model.backbone.weights_path=null", f"pretrain.out={backbone}"]
     with pytest.raises(ValueError, match=r"frozen_bn and frozen_stages=3 but no weights_path"):

@@ -40,6 +40,18 @@ from detector.engine.settings import TrainerSettings
 log = logging.getLogger(__name__)
 
 
+def forward_losses(
+    model: nn.Module, criterion: nn.Module, images: torch.Tensor, targets: list[dict], precision: Precision
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The training step's forward: the model under `precision`'s autocast, the criterion in float32;
+    returns (the sum of the `loss_*` terms, the criterion's dict). The benchmark times this same call."""
+    with precision.autocast(images.device):
+        outputs = model(images)
+    with torch.autocast(images.device.type, enabled=False):
+        loss_dict = criterion(outputs, targets)
+    return sum(v for k, v in loss_dict.items() if k.startswith("loss_")), loss_dict
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -269,18 +281,12 @@ class Trainer:
         buffers = [*self.module.buffers(), *self.criterion.buffers()]  # BatchNorm statistics, loss EMAs
         saved = [b.detach().clone() for b in buffers]
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-        with self.precision.autocast(self.device):
-            outputs = self.model(images)
-        with (
-            torch.autocast(self.device.type, enabled=False),
-            classification_inputs(self.criterion.cls_loss, enabled=diagnose) as seen,
-        ):
-            loss_dict = self.criterion(outputs, targets)
+        with classification_inputs(self.criterion.cls_loss, enabled=diagnose) as seen:
+            loss, loss_dict = forward_losses(self.model, self.criterion, images, targets, self.precision)
         gradients = None
         if diagnose:
             logits, cls_targets = zip(*seen)
             gradients = gradient_statistics(loss_dict["loss_cls"], logits, cls_targets, self.criterion.cls_loss)
-        loss = sum(v for k, v in loss_dict.items() if k.startswith("loss_"))
         losses = self._reduce({"loss": loss, **loss_dict})
         if not math.isfinite(losses["loss"]):  # the same verdict on every process
             with torch.no_grad():

@@ -10,7 +10,8 @@ batch (multiples of 32), the same random boxes; SGD. The measurements interleave
 (A B A B …) after warm-up and report medians:
 
 - training images/s: forward + loss + backward + SGD step (batch `--batch`), per image size and
-  boxes per image; our step runs the model under autocast and the losses in float32, as training does;
+  boxes per image; our step is the training loop's own forward (`detector.engine.trainer.forward_losses`:
+  the model under autocast, the losses in float32);
 - inference images/s including postprocessing, batch 1 and 8, at the first size;
 - training memory: each model alone in a fresh process (built, two training steps), the peak
   above what the process held before the model was built — RSS high-water mark on CPU (glibc with
@@ -57,7 +58,8 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from detector.engine.allocator import SETTINGS, preload
 from detector.engine.machine import describe_machine, machine_line
-from detector.engine.precision import bf16_fast_path, resolve_precision
+from detector.engine.precision import Precision, bf16_fast_path, resolve_precision
+from detector.engine.trainer import forward_losses
 from detector.losses import FocalLoss, RetinaNetCriterion, SmoothL1Loss
 from detector.models import AnchorGenerator, ResNetBackbone, RetinaNet, RetinaNetFPN, RetinaNetHead
 from detector.ops import BoxCoder, IoUMatcher
@@ -195,7 +197,9 @@ class Contender:
         height: int,
         width: int,
     ):
-        self.name, self.device, self.dtype = name, device, dtype
+        self.name, self.device = name, device
+        amp = {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+        self.precision = Precision(amp, amp, "the benchmark's row")
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if name == "ours":
             self.model, self.criterion, self.postprocess = ours()
@@ -207,16 +211,13 @@ class Contender:
         self.optimizer = torch.optim.SGD([p for p in self.model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
+        return self.precision.autocast(self.device)
 
     def train_step(self, images: torch.Tensor, targets: list[dict]) -> None:
         self.model.train()
-        if self.name == "ours":
-            with self.autocast():
-                outputs = self.runner(images.contiguous(memory_format=self.memory_format))
-            with torch.autocast(self.device.type, enabled=False):
-                losses = self.criterion(outputs, targets)
-            loss = losses["loss_cls"] + losses["loss_box"]
+        if self.name == "ours":  # the training loop's own forward (Trainer.step calls it too)
+            images = images.contiguous(memory_format=self.memory_format)
+            loss, _ = forward_losses(self.runner, self.criterion, images, targets, self.precision)
         else:
             with self.autocast():
                 loss = sum(self.runner(list(images), targets).values())  # classification + bbox_regression
