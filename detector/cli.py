@@ -142,10 +142,10 @@ def train(cfg: DictConfig) -> float:
             "identical; lower trainer.budget_probe_iters or raise schedule.warmup_iters"
         )
     _refuse_frozen_random_backbone(cfg.model.backbone, trainer_cfg.resume)  # before minutes of pretraining
+    check_group_settings(**{key: cfg.optim[key] for key in GROUP_KEYS if key in cfg.optim})
     if cfg.get("pretrain") is not None:  # e.g. experiment=paper_cpu: its backbone, built once into the cache
         instantiate(cfg.pretrain)
-    _check_model_values(cfg.model)
-    check_group_settings(**{key: cfg.optim[key] for key in GROUP_KEYS if key in cfg.optim})
+    _check_model_values(cfg.model)  # builds the model: after the file it loads exists
     processes = distributed.setup(device.type)
     try:
         return _train(cfg, settings, device, precision, criterion, postprocessor, schedule, processes, run_config)

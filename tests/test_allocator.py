@@ -78,8 +78,26 @@ def test_the_entry_points_restart_with_the_allocator_unless_told_otherwise(monke
         return
     name, preload_env = allocator.preload(None if expected == "first" else expected)
     [(path, argv, env)] = restarts
-    assert path == sys.executable and argv == sys.orig_argv  # same interpreter, flags and arguments
+    assert path == argv[0] == sys.executable and argv[1:] == sys.orig_argv[1:]  # same interpreter, flags, arguments
     assert env == {**os.environ, **preload_env}
+
+
+def test_an_allocator_asked_for_by_name_must_be_installed(monkeypatch):
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    monkeypatch.setenv("DETECTOR_ALLOCATOR", "jemalloc")
+    monkeypatch.setattr(allocator, "JEMALLOC_PATHS", ("/nonexistent/libjemalloc.so.2",))
+    monkeypatch.setattr(os, "execve", lambda *args: pytest.fail("restarted without the allocator asked for"))
+    with pytest.raises(RuntimeError, match="DETECTOR_ALLOCATOR=jemalloc: jemalloc is not installed"):
+        allocator.reexec_preloaded()
+    monkeypatch.setenv("DETECTOR_ALLOCATOR", "tcmalloc")
+    with pytest.raises(ValueError, match=r"unknown allocator 'tcmalloc'.*or system"):
+        allocator.reexec_preloaded()
+
+
+def test_the_make_targets_keep_glibc_when_told(monkeypatch, capsys):
+    monkeypatch.setenv("DETECTOR_ALLOCATOR", "system")
+    allocator.main([])
+    assert capsys.readouterr().out == ""
 
 
 @WHEEL

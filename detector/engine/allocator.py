@@ -11,7 +11,8 @@ The first one installed wins:
     python -m detector.engine.allocator [jemalloc|mimalloc]   # prints LD_PRELOAD=… and its settings
 
 The assignments print on one line, for `env` or a Makefile; nothing prints when no allocator is found.
-`DETECTOR_ALLOCATOR=system|jemalloc|mimalloc` chooses for the entry points (`reexec_preloaded`).
+`DETECTOR_ALLOCATOR=system|jemalloc|mimalloc` chooses for the entry points (`reexec_preloaded`) and, without an
+argument, for this command (the make targets).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def library(name: str) -> str | None:
     elif name == "mimalloc":
         candidates = [Path(sysconfig.get_paths()["purelib"]) / "cmeel.prefix" / "lib" / "libmimalloc.so"]
     else:
-        raise ValueError(f"unknown allocator {name!r}; choose one of {sorted(SETTINGS)}")
+        raise ValueError(f"unknown allocator {name!r}; choose one of {sorted(SETTINGS)} (or system: glibc's)")
     return next((str(path) for path in candidates if path.exists()), None)
 
 
@@ -58,17 +59,22 @@ def reexec_preloaded() -> None:
     preloaded: `DETECTOR_ALLOCATOR`'s, by default the first installed. Nothing happens where
     LD_PRELOAD is already set (the user's, or this restart's), where DETECTOR_ALLOCATOR=system, or
     where no allocator is installed. Call it before anything heavy is imported."""
-    choice = os.environ.get("DETECTOR_ALLOCATOR", "")
+    choice = os.environ.get("DETECTOR_ALLOCATOR") or None
     if os.environ.get("LD_PRELOAD") or choice == "system" or not sys.platform.startswith("linux"):
         return
-    chosen = preload(choice or None)
+    chosen = preload(choice)
+    if chosen is None and choice is not None:
+        raise RuntimeError(f"DETECTOR_ALLOCATOR={choice}: {choice} is not installed; unset it or set it to system")
     if chosen is not None:
-        os.execve(sys.executable, sys.orig_argv, {**os.environ, **chosen[1]})
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **chosen[1]})
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    chosen = preload(argv[0] if argv else None)
+    name = argv[0] if argv else os.environ.get("DETECTOR_ALLOCATOR") or None
+    if name == "system":
+        return
+    chosen = preload(name)
     if chosen is not None:
         print(" ".join(f"{key}={value}" for key, value in chosen[1].items()))
 

@@ -57,7 +57,7 @@ class GlyphCrops(Dataset):
 def pretrain_backbone(
     out: str | Path,
     depth: int = 18,
-    steps: int = 700,
+    steps: int = 1400,
     batch_size: int = 128,
     crop_size: int = 48,
     lr: float = 0.1,
@@ -72,7 +72,7 @@ def pretrain_backbone(
 ) -> dict:
     """Train ResNet-`depth` (trainable BatchNorm) to classify glyph crops with SGD (momentum 0.9,
     Nesterov, no decay on norms and biases), linear warmup then cosine; write its state dict to
-    `out` and the record to `out` with suffix .json; return the record. Defaults: 700 steps of
+    `out` and the record to `out` with suffix .json; return the record. Defaults: 1400 steps of
     128 crops of 48 px, LR 0.1 after 50 warmup steps, weight decay 1e-4."""
     out = Path(out).expanduser()
     settings = dict(

@@ -1,6 +1,6 @@
 """Pretrain a ResNet body on the glyph generator's classification task: the CPU protocol's ImageNet.
 
-    detector pretrain-backbone [--depth 18] [--steps 700] [--batch-size 128] [--crop-size 48]
+    detector pretrain-backbone [--depth 18] [--steps 1400] [--batch-size 128] [--crop-size 48]
         [--lr 0.1] [--warmup-steps 50] [--seed 0] [--out .cache/pretrained/resnet18-glyphs.pth]
 
 Writes a torchvision ResNet state dict (train with model.backbone.weights_path=OUT) and OUT.json
@@ -21,7 +21,7 @@ from detector.engine.pretrain import pretrain_backbone
 def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--depth", type=int, default=18, choices=[18, 34, 50, 101])
-    parser.add_argument("--steps", type=int, default=700)
+    parser.add_argument("--steps", type=int, default=1400)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--crop-size", type=int, default=48)
     parser.add_argument("--lr", type=float, default=0.1)

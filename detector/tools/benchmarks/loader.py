@@ -26,7 +26,7 @@ from detector.cli import build_criterion, build_datasets, seed_everything
 from detector.data.loader import infinite_train_batches
 from detector.engine.optimizer import build_optimizer
 from detector.engine.precision import resolve_precision
-from detector.engine.trainer import resolve_device
+from detector.engine.trainer import forward_losses, resolve_device
 from detector.tools.benchmarks.timing import median_seconds, timed
 
 ROOT = Path(__file__).resolve().parents[3]  # the repository: configs/
@@ -75,12 +75,9 @@ def training_images_per_second(cfg, train_set, steps: int) -> float:
         images, targets = next(batches)
         images = images.to(device, memory_format=memory_format)
         targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
-        with precision.autocast(device):
-            outputs = model(images)
-        with torch.autocast(device.type, enabled=False):
-            losses = criterion(outputs, targets)
+        loss, _ = forward_losses(model, criterion, images, targets, precision)  # the training loop's forward
         optimizer.zero_grad(set_to_none=True)
-        sum(v for k, v in losses.items() if k.startswith("loss_")).backward()  # with loss_dfl for a GFL head
+        loss.backward()
         optimizer.step()
 
     return cfg.data.batch_size / median_seconds(step, steps, warmup=1, device=device)  # the first step warms up
