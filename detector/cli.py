@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Subset
@@ -120,7 +121,14 @@ def train(cfg: DictConfig) -> float:
     (or a multi-task submitit job) every process runs this; see `detector.engine.distributed`."""
     run_config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     trainer_cfg = cfg.trainer  # device, amp and resume are resolved here; the other keys are the loop's settings
-    settings = instantiate({key: value for key, value in trainer_cfg.items() if key not in ("device", "amp", "resume")})
+    try:
+        settings = instantiate(
+            {key: value for key, value in trainer_cfg.items() if key not in ("device", "amp", "resume")}
+        )
+    except InstantiationException as error:  # TrainerSettings' own message, which names the key, not Hydra's wrapper
+        if isinstance(error.__cause__, ValueError):
+            raise error.__cause__ from None
+        raise
     for key in ("batch_size", "eval_batch_size"):
         if cfg.data[key] < 1:
             raise ValueError(f"data.{key} must be >= 1, got {cfg.data[key]}")

@@ -160,6 +160,11 @@ def test_the_paper_recipe_without_imagenet_weights_is_refused_before_any_data_wo
     assert "no weights_path" not in str(raised.value)
 
 
+def test_a_trainer_setting_out_of_range_is_a_value_error_that_names_its_key(compose_cfg):
+    with pytest.raises(ValueError, match=r"^trainer.log_period must be >= 0 \(0 turns it off\), got -1$"):
+        train(compose_cfg(["trainer.log_period=-1"]))
+
+
 def test_a_frozen_backbone_without_weights_is_refused_before_the_preset_pretrains(tmp_path, compose_cfg):
     """experiment=paper_cpu builds its backbone first (minutes): a run to be refused must not wait for it."""
     backbone = tmp_path / "pretrained" / "resnet18-glyphs.pth"
