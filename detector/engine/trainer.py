@@ -149,7 +149,11 @@ class Trainer:
         self.metrics: dict | None = None  # the latest evaluation's stats
         self.diagnose = False  # whether the next step computes the gradient statistics
         self.hooks = [
-            *([TimeBudget(settings.time_budget, settings.budget_probe_iters)] if settings.time_budget else []),
+            *(
+                [TimeBudget(settings.time_budget, settings.budget_probe_iters)]
+                if settings.time_budget is not None
+                else []
+            ),
             GradientDiagnostics(settings.diagnostics_period),
             LossLog(settings.log_period),
             *([Evaluation(settings.eval_period)] if validator is not None else []),

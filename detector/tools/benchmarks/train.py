@@ -58,6 +58,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from detector.engine.allocator import SETTINGS, preload
 from detector.engine.machine import describe_machine, machine_line
+from detector.engine.precision import DTYPES as AMP_DTYPES
 from detector.engine.precision import Precision, bf16_fast_path, resolve_precision
 from detector.engine.trainer import forward_losses
 from detector.losses import FocalLoss, RetinaNetCriterion, SmoothL1Loss
@@ -198,7 +199,7 @@ class Contender:
         width: int,
     ):
         self.name, self.device = name, device
-        amp = {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+        amp = {value: key for key, value in AMP_DTYPES.items()}[dtype]  # "off", "bf16" or "fp16"
         self.precision = Precision(amp, amp, "the benchmark's row")
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if name == "ours":
