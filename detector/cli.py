@@ -151,9 +151,10 @@ def train(cfg: DictConfig) -> float:
         )
     _refuse_frozen_random_backbone(cfg.model.backbone, trainer_cfg.resume)  # before minutes of pretraining
     check_group_settings(**{key: cfg.optim[key] for key in GROUP_KEYS if key in cfg.optim})
+    _check_model_values(cfg.model)
     if cfg.get("pretrain") is not None:  # e.g. experiment=paper_cpu: its backbone, built once into the cache
         instantiate(cfg.pretrain)
-    _check_model_values(cfg.model)  # builds the model: after the file it loads exists
+    _check_weights_file(cfg.model)
     processes = distributed.setup(device.type)
     try:
         return _train(cfg, settings, device, precision, criterion, postprocessor, schedule, processes, run_config)
@@ -301,15 +302,20 @@ def evaluate(cfg: DictConfig) -> dict:
 
 def _check_model_values(model: DictConfig) -> None:
     """Build the model on the meta device (no memory, no weights read) so that every value is
-    checked before any data work; a missing weights file is named now too."""
+    checked before any pretraining or data work."""
+    with torch.device("meta"):
+        instantiate(OmegaConf.merge(model, {"backbone": {"weights_path": None}}), num_classes=1)
+
+
+def _check_weights_file(model: DictConfig) -> None:
+    """A missing backbone weights file is named before any data work (after the pretraining that
+    may write it)."""
     weights_path = OmegaConf.select(model, "backbone.weights_path")
     if weights_path is not None and not Path(weights_path).expanduser().is_file():
         raise FileNotFoundError(
             f"model.backbone.weights_path={weights_path}: no such file. Place a torchvision ResNet "
             "state dict or one of this project's checkpoints there, or set it to null."
         )
-    with torch.device("meta"):
-        instantiate(OmegaConf.merge(model, {"backbone": {"weights_path": None}}), num_classes=1)
 
 
 def _refuse_frozen_random_backbone(backbone: DictConfig, resume: str | None) -> None:

@@ -165,11 +165,18 @@ def test_a_trainer_setting_out_of_range_is_a_value_error_that_names_its_key(comp
         train(compose_cfg(["trainer.log_period=-1"]))
 
 
-def test_a_frozen_backbone_without_weights_is_refused_before_the_preset_pretrains(tmp_path, compose_cfg):
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("model.backbone.weights_path=null", r"frozen_bn and frozen_stages=3 but no weights_path"),
+        ("model.head.channels=48", r"head channels must be a multiple of 32 for GroupNorm \(32 groups\), got 48"),
+    ],
+)
+def test_a_run_to_be_refused_is_refused_before_the_preset_pretrains(tmp_path, compose_cfg, override, message):
     """experiment=paper_cpu builds its backbone first (minutes): a run to be refused must not wait for it."""
     backbone = tmp_path / "pretrained" / "resnet18-glyphs.pth"
-    overrides = ["experiment=paper_cpu", "model.backbone.weights_path=null", f"pretrain.out={backbone}"]
-    with pytest.raises(ValueError, match=r"frozen_bn and frozen_stages=3 but no weights_path"):
+    overrides = ["experiment=paper_cpu", override, f"pretrain.out={backbone}"]
+    with pytest.raises(Exception, match=message):
         train(compose_cfg([*overrides, f"data.cache_dir={tmp_path / 'cache'}"]))
     assert not backbone.parent.exists() and not (tmp_path / "cache").exists()
 
