@@ -241,6 +241,30 @@ def test_jobs_killed_before_hydra_wrote_their_folder_stay_visible_as_failed(tmp_
     assert rows["job 2 (no .hydra/overrides.yaml)"][1] == "0 ok, 1 failed (seed None)"
 
 
+def test_rows_run_one_at_a_time_are_tabulated_against_their_sweep(tmp_path):
+    """`+row/fl_table3=NAME` runs, each started on its own in a folder of its choosing, beside a run
+    of the same table named by its loss (no row group): the paper's table is found from the row group."""
+    rows = {
+        "ce_s0": ({"row/fl_table3": "ce"}, "detector.losses.SigmoidCrossEntropyLoss", {}, 1.0),
+        "flstar_g4_b0_s0": ({"row/fl_table3": "flstar_g4_b0"}, "detector.losses.FocalStarLoss", {"beta": 0.0}, 3.0),
+        "fl": ({"loss": "focal"}, "detector.losses.FocalLoss", {}, 6.0),
+    }
+    for name, (choices, target, extra, ap) in rows.items():
+        job = tmp_path / name
+        (job / ".hydra").mkdir(parents=True)
+        row = f"+row/fl_table3={choices['row/fl_table3']}" if "row/fl_table3" in choices else "loss=focal"
+        (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["experiment=paper_cpu", row]))
+        loss = {"_target_": target, "gamma": 4.0 if extra else 2.0, **extra}
+        (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"loss": loss, "seed": 0}))
+        (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": choices}}}))
+        (job / "metrics.json").write_text(json.dumps(metrics(ap)))
+    lines = tabulate(tmp_path)
+    assert lines[0] == f"# fl_table3: {tmp_path}"
+    table = {line.split(" | ")[0][2:]: line.split(" | ") for line in lines if line.startswith(("| +row", "| loss"))}
+    assert table["+row/fl_table3=ce"][2] == "1.00" and table["+row/fl_table3=ce"][-1] == "31.10 |"
+    assert table["+row/fl_table3=flstar_g4_b0"][-1] == "33.90 |" and table["loss=focal"][-1] == "34.00 |"
+
+
 @pytest.mark.slow  # 27 s; the fast tier keeps a real multirun (test_scale's parallel launcher) and the table's parsing
 def test_two_job_smoke_multirun_completes_and_tabulates(tmp_path, cache_dir):
     sweep_dir = tmp_path / "sweep"

@@ -2,8 +2,10 @@
 
     detector ablation-table MULTIRUN_DIR [--paper docs/paper_tables.yaml] [--no-picture]
 
-Reads every job folder's `.hydra/` (overrides, config, the sweep it belongs to) and
-`metrics.json`. Jobs that differ only in their seed form one row: each metric is shown as
+MULTIRUN_DIR is a multirun, or a folder of runs started one at a time (`python train.py
++row/fl_table3=ce seed=0 hydra.run.dir=DIR/ce_s0`, a row a session). Reads every job folder's
+`.hydra/` (overrides, config, the sweep it belongs to: its `sweep=` choice or its `+row/SWEEP=`
+group) and `metrics.json`. Jobs that differ only in their seed form one row: each metric is shown as
 mean ± sample std over the seeds that finished, and the row's runs column counts them. A job
 that did not finish stays visible there: "diverged" if its metrics.json says so (or, for runs
 without that status and without a checkpoint, its log reports a non-finite loss), "unfinished" if
@@ -54,7 +56,7 @@ def read_job(job_dir: Path) -> dict:
         "dir": job_dir,
         "overrides": overrides,
         "config": config,
-        "sweep": hydra.hydra.runtime.choices.get("sweep") if hydra is not None else None,
+        "sweep": None if hydra is None else sweep_of(hydra.hydra.runtime.choices),
         "metrics": None,
         "status": "failed",
     }
@@ -68,6 +70,15 @@ def read_job(job_dir: Path) -> dict:
     elif any("non-finite loss" in log.read_text(errors="replace") for log in job_dir.glob("*.log")):
         job["status"] = "diverged"
     return job
+
+
+def sweep_of(choices) -> str | None:
+    """The stored sweep a job belongs to: its `sweep=` choice, or for a row run on its own
+    (`+row/fl_table3=ce`, the sweeps' row groups are named after them) the row's group."""
+    if choices.get("sweep"):
+        return choices["sweep"]
+    rows = [group.split("/", 1)[1] for group in choices if group.startswith("row/")]
+    return rows[0] if len(rows) == 1 else None
 
 
 def find_jobs(multirun_dir: Path) -> list[dict]:
