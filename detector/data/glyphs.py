@@ -24,7 +24,6 @@ Written once into `cache_dir/glyphs-HASH` like the shapes dataset, then read as 
 
 from __future__ import annotations
 
-import json
 import math
 from functools import cache
 from pathlib import Path
@@ -33,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from detector.data.coco import CocoSplits
-from detector.data.synthetic import background, coco_paths, finish_image, occlude, paint, write_once
+from detector.data.synthetic import background, coco_paths, finish_image, occlude, paint, write_coco_split, write_once
 
 GLYPHS = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ") + tuple("123456789") + tuple("abefghijkmnprty")
 SHAPES = (
@@ -159,38 +158,14 @@ def object_count_probabilities(max_objects: int, exponent: float) -> np.ndarray:
 def _write_split(
     root: Path, split: str, count: int, rng: np.random.Generator, params: dict, frequencies: np.ndarray
 ) -> None:
-    (root / split).mkdir(parents=True)
-    (root / "annotations").mkdir(exist_ok=True)
     size = params["image_size"]
     counts = object_count_probabilities(params["max_objects"], params["count_exponent"])
-    images, annotations = [], []
-    for image_id in range(1, count + 1):
-        image, objects = render_image(rng, size, params, frequencies, counts)
-        file_name = f"{image_id:06d}.jpg"
-        image.save(root / split / file_name, quality=90)
-        images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
-        for label, (x0, y0, x1, y1) in objects:
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": label + 1,
-                    "bbox": [x0, y0, x1 - x0, y1 - y0],
-                    "area": (x1 - x0) * (y1 - y0),
-                    "iscrowd": 0,
-                }
-            )
+    rendered = (render_image(rng, size, params, frequencies, counts) for _ in range(count))
     categories = [
         {"id": i + 1, "name": name, "supercategory": "glyph" if name in GLYPHS else "shape"}
         for i, name in enumerate(CLASSES)
     ]
-    coco = {
-        "info": {"description": f"synthetic glyphs and shapes ({split})", "params": params},
-        "images": images,
-        "annotations": annotations,
-        "categories": categories,
-    }
-    (root / "annotations" / f"{split}.json").write_text(json.dumps(coco))
+    write_coco_split(root, split, rendered, categories, f"synthetic glyphs and shapes ({split})", params)
 
 
 def render_image(

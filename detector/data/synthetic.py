@@ -102,16 +102,16 @@ def write_once(cache_dir: str, prefix: str, params: dict, write) -> Path:
     return root
 
 
-def _write_split(root: Path, split: str, count: int, rng: np.random.Generator, params: dict) -> None:
+def write_coco_split(root: Path, split: str, rendered, categories: list[dict], description: str, params: dict) -> None:
+    """Save `rendered`, (image, [(label, xyxy box)]) pairs for the image ids 1, 2, …, as
+    `root/split/NNNNNN.jpg` and `root/annotations/split.json` (category id = label + 1)."""
     (root / split).mkdir(parents=True)
     (root / "annotations").mkdir(exist_ok=True)
-    size = params["image_size"]
     images, annotations = [], []
-    for image_id in range(1, count + 1):
-        image, objects = render_image(rng, size, params)
+    for image_id, (image, objects) in enumerate(rendered, start=1):
         file_name = f"{image_id:06d}.jpg"
         image.save(root / split / file_name, quality=90)
-        images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
+        images.append({"id": image_id, "file_name": file_name, "width": image.width, "height": image.height})
         for label, (x0, y0, x1, y1) in objects:
             annotations.append(
                 {
@@ -123,14 +123,19 @@ def _write_split(root: Path, split: str, count: int, rng: np.random.Generator, p
                     "iscrowd": 0,
                 }
             )
-    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASSES)]
     coco = {
-        "info": {"description": f"synthetic shapes ({split})", "params": params},
+        "info": {"description": description, "params": params},
         "images": images,
         "annotations": annotations,
         "categories": categories,
     }
     (root / "annotations" / f"{split}.json").write_text(json.dumps(coco))
+
+
+def _write_split(root: Path, split: str, count: int, rng: np.random.Generator, params: dict) -> None:
+    rendered = (render_image(rng, params["image_size"], params) for _ in range(count))
+    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASSES)]
+    write_coco_split(root, split, rendered, categories, f"synthetic shapes ({split})", params)
 
 
 def render_image(rng: np.random.Generator, size: int, params: dict) -> tuple[Image.Image, list]:
