@@ -34,6 +34,26 @@ class CocoSplits(NamedTuple):
     val_dir: str
 
 
+def coco_results(detections: dict, image_id: int, scale: tuple[float, float], category_ids) -> list[dict]:
+    """One image's detections as COCO result records in the image file's pixels: the boxes (xyxy,
+    in the network input's pixels) times `scale` = (sx, sy) as [x, y, w, h], and the dataset's
+    `category_ids[label]`."""
+    sx, sy = scale
+    boxes = detections["boxes"].detach().float().cpu() * torch.tensor([sx, sy, sx, sy])
+    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+    return [
+        {
+            "image_id": image_id,
+            "category_id": category_ids[label],
+            "bbox": box,
+            "score": score,
+            "area": box[2] * box[3],
+            "iscrowd": 0,
+        }
+        for box, score, label in zip(xywh, detections["scores"].tolist(), detections["labels"].tolist())
+    ]
+
+
 def coco_splits(train_ann: str, train_dir: str, val_ann: str, val_dir: str) -> CocoSplits:
     """The paths of an existing COCO-format dataset (checked by `check_split` when used)."""
     return CocoSplits(train_ann, train_dir, val_ann, val_dir)

@@ -16,6 +16,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from detector.data.coco import coco_results
 from detector.data.images import read_rgb
 from detector.engine.distributed import gather_to_main
 from detector.engine.errors import error_breakdown
@@ -69,20 +70,7 @@ class CocoEvaluator:
             if len(det["boxes"]) == 0:
                 continue
             (orig_h, orig_w), (h, w) = target["orig_size"], target["size"]
-            scale = torch.tensor([orig_w / w, orig_h / h, orig_w / w, orig_h / h])
-            boxes = det["boxes"].detach().float().cpu() * scale
-            xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
-            for box, score, label in zip(xywh, det["scores"].tolist(), det["labels"].tolist()):
-                self.results.append(
-                    {
-                        "image_id": int(target["image_id"]),
-                        "category_id": self.category_ids[label],
-                        "bbox": box,
-                        "score": score,
-                        "area": box[2] * box[3],
-                        "iscrowd": 0,
-                    }
-                )
+            self.results += coco_results(det, int(target["image_id"]), (orig_w / w, orig_h / h), self.category_ids)
 
     def summarize(self) -> tuple[dict[str, float], str]:
         """(stats in percent keyed by STAT_NAMES, pycocotools' printed table); `self.seconds` then

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torchvision.io import write_png
 
+from detector.data.coco import coco_results
 from detector.data.images import read_rgb
 from detector.data.loader import PadCollate
 from detector.data.transforms import eval_transforms
@@ -61,19 +62,10 @@ def predict(checkpoint: Path, files: list[Path], out: Path, score: float, amp: s
         with precision.autocast(device):
             predictions = model(images)
         detections = postprocess(predictions, [tuple(tensor.shape[-2:])])[0]
-        scale = torch.tensor([pixels.shape[1] / tensor.shape[2], pixels.shape[0] / tensor.shape[1]]).repeat(2)
-        boxes = detections["boxes"] * scale
-        for box, value, label in zip(boxes.tolist(), detections["scores"].tolist(), detections["labels"].tolist()):
-            results.append(
-                {
-                    "image_id": image_id,
-                    "file_name": str(path),
-                    "category_id": label,
-                    "category": classes[label],
-                    "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
-                    "score": value,
-                }
-            )
+        scale = (pixels.shape[1] / tensor.shape[2], pixels.shape[0] / tensor.shape[1])
+        for record in coco_results(detections, image_id, scale, range(len(classes))):
+            results.append({**record, "file_name": str(path), "category": classes[record["category_id"]]})
+        boxes = detections["boxes"] * torch.tensor(scale).repeat(2)
         shown = detections["scores"] >= score
         picture = draw_detections(
             pixels, boxes[shown], detections["labels"][shown], detections["scores"][shown], classes
