@@ -45,6 +45,10 @@ def test_load_for_inference_round_trips_a_checkpoint_without_its_pretrained_back
     assert loaded.postprocessor.score_thresh == 0.3 and loaded.config.postprocess.score_thresh == 0.3
     for name, value in model.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[name], value), name
+    state = {"model": model.state_dict(), "config": config, "iteration": 42, "format": CHECKPOINT_FORMAT + 1}
+    save_checkpoint(state, tmp_path / "newer.pt")
+    with pytest.raises(CheckpointError, match=f"newer.pt has checkpoint format {CHECKPOINT_FORMAT + 1}; this code"):
+        load_for_inference(tmp_path / "newer.pt")
 
 
 def test_checkpoint_formats_older_ones_upgraded_newer_ones_refused():

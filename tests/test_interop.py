@@ -17,7 +17,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from detector.data.loader import PadCollate
 from detector.data.transforms import eval_transforms
-from detector.engine.checkpoint import load_checkpoint
+from detector.engine.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from detector.tools import convert_torchvision, export_onnx, predict
 from tests.conftest import run_tool
 
@@ -65,6 +65,7 @@ def convert(tmp_path, model, *extra):
     result = run_tool(convert_torchvision.main, weights, output, *extra)  # detector convert-torchvision
     assert result.returncode == 0, result.stderr[-3000:]
     state = load_checkpoint(output)
+    assert state["format"] == CHECKPOINT_FORMAT
     config = OmegaConf.create(state["config"])
     ours = instantiate(config.model, num_classes=len(state["config"]["classes"]))
     ours.load_state_dict(state["model"])

@@ -56,17 +56,23 @@ def load_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {error}") from None
 
 
-def upgrade_training_state(state: dict, path: str | Path, max_iters: int) -> dict:
-    """`state` in the current CHECKPOINT_FORMAT: an older training checkpoint gets what its format
-    lacked (no steps skipped, none non-finite, no images replaced, this run's horizon, no generator
-    state); one written by a newer version of this code is refused."""
+def checkpoint_format(state: dict, path: str | Path) -> int:
+    """The format `state` was written in (1 before the key existed); one written by a newer version
+    of this code is refused."""
     version = state.get("format", 1)
     if version > CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{path} has checkpoint format {version}; this code reads formats up to {CHECKPOINT_FORMAT}. "
-            "Update the code (git pull) to resume from it."
+            "Update the code (git pull) to read it."
         )
-    if version == 1:
+    return version
+
+
+def upgrade_training_state(state: dict, path: str | Path, max_iters: int) -> dict:
+    """`state` in the current CHECKPOINT_FORMAT: an older training checkpoint gets what its format
+    lacked (no steps skipped, none non-finite, no images replaced, this run's horizon, no generator
+    state); one written by a newer version of this code is refused."""
+    if checkpoint_format(state, path) == 1:
         state = {
             "skipped_steps": 0,
             "nonfinite_in_a_row": 0,

@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from detector.engine.checkpoint import load_checkpoint, load_model_weights
+from detector.engine.checkpoint import checkpoint_format, load_checkpoint, load_model_weights
 
 
 @dataclass
@@ -28,6 +28,7 @@ def load_for_inference(checkpoint: str | Path, overrides: dict | None = None) ->
     The backbone's `weights_path` is not read: the checkpoint holds every weight, so a model
     evaluates after its pretrained backbone file has gone."""
     state = load_checkpoint(checkpoint)
+    checkpoint_format(state, checkpoint)  # every format so far holds the model and its config alike
     config = OmegaConf.create(state["config"])
     for key, value in (overrides or {}).items():
         OmegaConf.update(config, key, value, merge=False)

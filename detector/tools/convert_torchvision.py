@@ -24,7 +24,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from detector.engine.checkpoint import save_checkpoint
+from detector.engine.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: configs/
 
@@ -113,7 +113,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     model = instantiate(OmegaConf.create(config["model"]), num_classes=len(names))
     model.load_state_dict(converted)  # strict: every tensor mapped, every shape right
     save_checkpoint(
-        {"model": model.state_dict(), "iteration": 0, "config": config, "source": str(args.torchvision_weights)},
+        {
+            "model": model.state_dict(),
+            "iteration": 0,
+            "config": config,
+            "source": str(args.torchvision_weights),
+            "format": CHECKPOINT_FORMAT,
+        },
         args.output,
     )
     print(
