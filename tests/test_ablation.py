@@ -128,6 +128,9 @@ def fake_job(root, index, alpha, metrics=None, log="", seed=None):
     (job / "train.log").write_text(log)
 
 
+DIVERGED = {"status": "diverged", "iteration": 7, "error": "non-finite loss for 3 iterations in a row"}
+
+
 def metrics(ap):
     return {
         "AP": ap,
@@ -164,8 +167,9 @@ def test_ablation_table_on_a_fabricated_multirun(tmp_path):
     fake_job(tmp_path, 0, 0.25, metrics(5.0))
     fake_job(tmp_path, 1, 0.5, metrics(20.0))
     fake_job(tmp_path, 2, 0.75, metrics(25.0))
-    fake_job(tmp_path, 3, 0.9, log="[x][detector.engine.trainer][ERROR] - non-finite loss at iteration 7: {}")
-    fake_job(tmp_path, 4, 0.99)  # killed: no metrics, no error
+    fake_job(tmp_path, 3, 0.9, DIVERGED, log="[x][detector.engine.trainer][ERROR] - non-finite loss at iteration 7")
+    skipped = "[x][detector.engine.trainer][WARNING] - non-finite loss at iteration 5 (…); step skipped, 1 in a row"
+    fake_job(tmp_path, 4, 0.99, log=skipped)  # killed after a skipped step: failed (only metrics.json says diverged)
     fake_job(tmp_path, 10, 0.999, metrics(1.0))  # job folders sort by number, not as text
     lines = tabulate(tmp_path, as_script=True)
     assert lines[0] == f"# fl_table1a: {tmp_path}"
@@ -200,8 +204,7 @@ def test_seeds_are_one_row_with_mean_std_interval_and_noise(tmp_path):
     index = 0
     for alpha, aps in values.items():
         for seed, ap in enumerate(aps):
-            log = "" if ap is not None else "[x][detector.engine.trainer][ERROR] - non-finite loss at iteration 9: {}"
-            fake_job(tmp_path, index, alpha, metrics(ap) if ap is not None else None, log=log, seed=seed)
+            fake_job(tmp_path, index, alpha, metrics(ap) if ap is not None else DIVERGED, seed=seed)
             index += 1
     lines = tabulate(tmp_path)
     rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in lines if line.startswith("| loss.alpha")}

@@ -329,7 +329,7 @@ class Trainer:
             terms,
             losses,
             self.nonfinite_in_a_row,
-        )  # detector ablation-table reads "non-finite loss"
+        )
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         limit = self.settings.max_consecutive_nonfinite
@@ -346,9 +346,8 @@ class Trainer:
         if self.distributed.enabled:
             stacked = sum_over_processes(stacked)
         world = self.distributed.world_size
-        host = (
-            stacked.tolist()
-        )  # a wait for the device (the criterion's row counts are the other): the verdict needs them
+        # a wait for the device (the criterion's row counts are the other one): the verdict needs them
+        host = stacked.tolist()
         return {name: v if name in ("num_pos", "num_neg") else v / world for name, v in zip(values, host)}
 
     def evaluate(self) -> dict | None:

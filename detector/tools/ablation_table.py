@@ -7,8 +7,7 @@ MULTIRUN_DIR is a multirun, or a folder of runs started one at a time (`python t
 `.hydra/` (overrides, config, the sweep it belongs to: its `sweep=` choice or its `+row/SWEEP=`
 group) and `metrics.json`. Jobs that differ only in their seed form one row: each metric is shown as
 mean ± sample std over the seeds that finished, and the row's runs column counts them. A job
-that did not finish stays visible there: "diverged" if its metrics.json says so (or, for runs
-without that status and without a checkpoint, its log reports a non-finite loss), "unfinished" if
+that did not finish stays visible there: "diverged" if its metrics.json says so, "unfinished" if
 it has a checkpoint and no metrics.json (stopped or still running; `trainer.resume=auto` continues
 it), "failed" otherwise.
 
@@ -66,9 +65,7 @@ def read_job(job_dir: Path) -> dict:
         diverged = job["metrics"].get("status") == "diverged"
         job["status"] = "diverged" if diverged else "ok" if "AP" in job["metrics"] else "failed"
     elif (job_dir / "checkpoints" / "last.pt").is_file():  # stopped mid-way; trainer.resume=auto continues it
-        job["status"] = "unfinished"  # (a skipped non-finite step before the stop does not make it diverged)
-    elif any("non-finite loss" in log.read_text(errors="replace") for log in job_dir.glob("*.log")):
-        job["status"] = "diverged"
+        job["status"] = "unfinished"
     return job
 
 
