@@ -1,7 +1,7 @@
 """The one place where Hydra configs become objects; `train.py` and `evaluate.py` call in here.
 
-Everything cheap is built and validated first (losses, criterion, postprocessor, schedule,
-trainer settings), so a bad value fails before any data is generated or read.
+Everything is validated first (trainer settings, schedule, and the parts `build` makes, the model on
+the meta device), so a bad value fails before any pretraining, or any data is generated or read.
 """
 
 from __future__ import annotations
@@ -135,8 +135,6 @@ def train(cfg: DictConfig) -> float:
     device = resolve_device(trainer_cfg.device)
     precision = resolve_precision(trainer_cfg.amp, device)
     resolve_backend(cfg.evaluation.backend)
-    criterion = build_criterion(cfg)
-    postprocessor = instantiate(cfg.postprocess)
     schedule = instantiate(cfg.schedule, max_iters=settings.max_iters)
     if (
         settings.time_budget is not None
@@ -151,18 +149,18 @@ def train(cfg: DictConfig) -> float:
         )
     _refuse_frozen_random_backbone(cfg.model.backbone, trainer_cfg.resume)  # before minutes of pretraining
     check_group_settings(**{key: cfg.optim[key] for key in GROUP_KEYS if key in cfg.optim})
-    _check_model_values(cfg.model)
+    _check_buildable(cfg)
     if cfg.get("pretrain") is not None:  # e.g. experiment=paper_cpu: its backbone, built once into the cache
         instantiate(cfg.pretrain)
     _check_weights_file(cfg.model)
     processes = distributed.setup(device.type)
     try:
-        return _train(cfg, settings, device, precision, criterion, postprocessor, schedule, processes, run_config)
+        return _train(cfg, settings, device, precision, schedule, processes, run_config)
     finally:
         distributed.cleanup()
 
 
-def _train(cfg, settings, device, precision, criterion, postprocessor, schedule, processes, run_config) -> float:
+def _train(cfg, settings, device, precision, schedule, processes, run_config) -> float:
     if processes.enabled:
         if cfg.data.batch_size % processes.world_size:
             raise ValueError(
@@ -186,7 +184,7 @@ def _train(cfg, settings, device, precision, criterion, postprocessor, schedule,
         train_set.num_classes,
         ", ".join(train_set.class_names),
     )
-    model = instantiate(cfg.model, num_classes=train_set.num_classes)
+    model, criterion, postprocessor = build(cfg, train_set.num_classes)
     log.info(
         "model: %.2fM parameters (%.2fM trainable)",
         sum(p.numel() for p in model.parameters()) / 1e6,
@@ -300,11 +298,11 @@ def evaluate(cfg: DictConfig) -> dict:
     return metrics
 
 
-def _check_model_values(model: DictConfig) -> None:
-    """Build the model on the meta device (no memory, no weights read) so that every value is
-    checked before any pretraining or data work."""
+def _check_buildable(cfg: DictConfig) -> None:
+    """`build` once on the meta device (no memory, no weights read), so that every value of the
+    model, losses, criterion and postprocessor is checked before any pretraining or data work."""
     with torch.device("meta"):
-        instantiate(OmegaConf.merge(model, {"backbone": {"weights_path": None}}), num_classes=1)
+        build(OmegaConf.merge(cfg, {"model": {"backbone": {"weights_path": None}}}), num_classes=1)
 
 
 def _check_weights_file(model: DictConfig) -> None:
