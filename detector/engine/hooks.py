@@ -17,6 +17,9 @@ import time
 
 from detector.engine.checkpoint import save_checkpoint
 from detector.engine.distributed import broadcast_from_main
+from detector.engine.errors import format_errors
+from detector.engine.evaluator import STAT_NAMES, format_per_class
+from detector.engine.pictures import error_figure, pr_curve_figure
 
 log = logging.getLogger("detector.engine.trainer")
 
@@ -169,8 +172,11 @@ class LossLog(Hook):
 
 
 class Evaluation(Hook):
-    """Every `period` iterations, and at the end if the last iteration was not one of them:
-    `trainer.evaluate()` (which keeps `checkpoints/best.pt`); the latest stats are `trainer.metrics`."""
+    """Every `period` iterations, and at the end if the last iteration was not one of them: every
+    process predicts its share of the validation set (`trainer.validator`), rank 0 scores it, logs
+    the COCO table, per-class AP and the TIDE breakdown, sends them to TensorBoard with the PR curves,
+    the error bars and a few pictures (`pr_curves.png` and `errors.png` in the run directory are the
+    latest evaluation's), and keeps `checkpoints/best.pt` by AP. The latest stats are `trainer.metrics`."""
 
     def __init__(self, period: int):
         self.period = period
@@ -182,11 +188,52 @@ class Evaluation(Hook):
     def after_step(self, trainer, losses: dict) -> None:
         self.evaluated = due(trainer, self.period)
         if self.evaluated:
-            trainer.metrics = trainer.evaluate()
+            trainer.metrics = self.evaluate(trainer)
 
     def after_train(self, trainer) -> None:
         if not self.evaluated:
-            trainer.metrics = trainer.evaluate()
+            trainer.metrics = self.evaluate(trainer)
+
+    def evaluate(self, trainer) -> dict | None:
+        result = trainer.validator(trainer.module)
+        if result is None:  # ranks other than 0
+            return None
+        stats, table, detections = result
+        iteration = trainer.iteration
+        log.info("evaluation at iteration %d:\n%s", iteration, table.rstrip())
+        if stats.get("per_class"):
+            log.info("per-class AP at iteration %d:\n%s", iteration, format_per_class(stats["per_class"]))
+        if stats.get("errors"):
+            log.info("errors at iteration %d (TIDE): %s", iteration, format_errors(stats["errors"]))
+        if trainer.writer is not None:
+            self.write(trainer, stats, detections)
+        if stats["AP"] > trainer.best_ap:
+            trainer.best_ap = stats["AP"]
+            save_checkpoint(trainer.state_dict(), trainer.output_dir / "checkpoints" / "best.pt")
+        return stats
+
+    @staticmethod
+    def write(trainer, stats: dict, detections) -> None:
+        writer, iteration, out = trainer.writer, trainer.iteration, trainer.output_dir
+        for name in STAT_NAMES[:6]:
+            writer.add_scalar(f"eval/{name}", stats[name], iteration)
+        for row in stats.get("per_class", []):
+            writer.add_scalar(f"eval_per_class/{row['class']}", row["AP"], iteration)
+            for name in ("AP50", "AP75"):
+                writer.add_scalar(f"eval_per_class_{name}/{row['class']}", row[name], iteration)
+        title = f"iteration {iteration}"
+        figures = {
+            "pr_curves": pr_curve_figure(stats["pr_curves"], title) if "pr_curves" in stats else None,
+            "errors": error_figure(stats["errors"], title) if "errors" in stats else None,
+        }
+        for name, figure in figures.items():
+            if figure is not None:  # None without matplotlib
+                figure.savefig(out / f"{name}.png", dpi=110)
+                writer.add_figure(f"eval/{name}", figure, iteration)
+        for kind, gain in stats.get("errors", {}).get("dAP", {}).items():
+            writer.add_scalar(f"eval_errors/{kind}", gain, iteration)
+        for index, picture in enumerate(getattr(trainer.validator, "pictures", lambda _: [])(detections)):
+            writer.add_image(f"eval/detections_{index}", picture, iteration)  # red: predicted, green: truth
 
 
 class LastCheckpoint(Hook):

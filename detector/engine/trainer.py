@@ -23,17 +23,14 @@ from detector.engine.checkpoint import (
     load_checkpoint,
     load_model_weights,
     restore_rng_state,
-    save_checkpoint,
     upgrade_training_state,
 )
 from detector.engine.diagnostics import classification_inputs, gradient_statistics
 from detector.engine.distributed import Distributed, broadcast_from_main, gather_to_main, sum_over_processes
-from detector.engine.errors import format_errors
-from detector.engine.evaluator import STAT_NAMES, format_metrics, format_per_class
+from detector.engine.evaluator import STAT_NAMES, format_metrics
 from detector.engine.hooks import Evaluation, GradientDiagnostics, Hook, LastCheckpoint, LossLog, TimeBudget
 from detector.engine.hparams import log_hparams
 from detector.engine.machine import describe_machine
-from detector.engine.pictures import error_figure, pr_curve_figure
 from detector.engine.precision import Precision, resolve_precision
 from detector.engine.settings import TrainerSettings
 
@@ -349,43 +346,6 @@ class Trainer:
         # a wait for the device (the criterion's row counts are the other one): the verdict needs them
         host = stacked.tolist()
         return {name: v if name in ("num_pos", "num_neg") else v / world for name, v in zip(values, host)}
-
-    def evaluate(self) -> dict | None:
-        """Every process predicts its share; rank 0 scores them, logs them (and to TensorBoard while
-        training), keeps `checkpoints/best.pt` by AP and returns the stats (others None)."""
-        writer = self.writer
-        result = self.validator(self.module)
-        if result is None:
-            return None
-        stats, table, detections = result
-        log.info("evaluation at iteration %d:\n%s", self.iteration, table.rstrip())
-        if stats.get("per_class"):
-            log.info("per-class AP at iteration %d:\n%s", self.iteration, format_per_class(stats["per_class"]))
-        if stats.get("errors"):
-            log.info("errors at iteration %d (TIDE): %s", self.iteration, format_errors(stats["errors"]))
-        if writer is not None:
-            for name in STAT_NAMES[:6]:
-                writer.add_scalar(f"eval/{name}", stats[name], self.iteration)
-            for row in stats.get("per_class", []):
-                writer.add_scalar(f"eval_per_class/{row['class']}", row["AP"], self.iteration)
-            figure = (
-                pr_curve_figure(stats["pr_curves"], f"iteration {self.iteration}") if "pr_curves" in stats else None
-            )
-            if figure is not None:
-                figure.savefig(self.output_dir / "pr_curves.png", dpi=110)  # the latest evaluation's
-                writer.add_figure("eval/pr_curves", figure, self.iteration)
-            figure = error_figure(stats["errors"], f"iteration {self.iteration}") if "errors" in stats else None
-            if figure is not None:
-                figure.savefig(self.output_dir / "errors.png", dpi=110)
-                writer.add_figure("eval/errors", figure, self.iteration)
-            for kind, gain in stats.get("errors", {}).get("dAP", {}).items():
-                writer.add_scalar(f"eval_errors/{kind}", gain, self.iteration)
-            for index, picture in enumerate(getattr(self.validator, "pictures", lambda _: [])(detections)):
-                writer.add_image(f"eval/detections_{index}", picture, self.iteration)  # red: predicted, green: truth
-        if stats["AP"] > self.best_ap:
-            self.best_ap = stats["AP"]
-            save_checkpoint(self.state_dict(), self.output_dir / "checkpoints" / "best.pt")
-        return stats
 
     # ---------------------------------------------------------------- helpers
     def _finished_metrics(self) -> dict | None:
