@@ -170,11 +170,11 @@ def test_batched_atss_equals_a_per_image_loop():
     anchors = generator([torch.zeros(1, 1, 128 // s, 128 // s) for s in generator.strides])
     levels = [(128 // s) ** 2 * 9 for s in generator.strides]
     g = torch.Generator().manual_seed(3)
-    corner = torch.rand(2, 6, 2, generator=g) * 90
-    boxes = torch.cat([corner, corner + 8 + torch.rand(2, 6, 2, generator=g) * 60], -1)
-    valid = torch.tensor([[True] * 6, [True] * 3 + [False] * 3])
+    corner = torch.rand(3, 6, 2, generator=g) * 90
+    boxes = torch.cat([corner, corner + 8 + torch.rand(3, 6, 2, generator=g) * 60], -1)
+    valid = torch.tensor([[True] * 6, [True] * 3 + [False] * 3, [False] * 6])  # the last image has no box
     batched = ATSSMatcher()(anchors, boxes, valid, num_anchors_per_level=levels)
-    for image in range(2):
+    for image in range(3):
         expected = atss_per_image(anchors, boxes[image][valid[image]], levels, 9)
         assert torch.equal(batched[image], expected)
-    assert (batched >= 0).sum() > 20
+    assert (batched[:2] >= 0).sum() > 20 and (batched[2] == BACKGROUND).all()
