@@ -70,6 +70,7 @@ def test_smoke_training_writes_metrics_checkpoints_and_events_then_evaluates(tmp
     ).session_start_info.hparams
     assert session["loss"].string_value == "FocalLoss" and session["loss.gamma"].number_value == 2.0
     assert session["overrides"].string_value == "debug=smoke" and session["model.backbone.depth"].number_value == 18
+    assert session["model.head.reg_max"].string_value == "none" and session["model.prior_prob"].number_value == 0.01
     assert events.Scalars("hparam/AP")[-1].value == pytest.approx(metrics["AP"])  # the final metrics beside them
     assert "iter 4/4" in (run / "train.log").read_text()
     assert "AP50" in result.stdout

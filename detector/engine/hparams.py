@@ -6,12 +6,22 @@ from __future__ import annotations
 from torch.utils.tensorboard import SummaryWriter
 
 SECTIONS = ("loss", "box_loss", "optim", "schedule", "criterion.matcher")
+MODEL_KEYS = (  # what tells two models of this project apart
+    "backbone.depth",
+    "backbone.norm",
+    "backbone.frozen_stages",
+    "fpn.out_channels",
+    "head.channels",
+    "head.norm",
+    "head.reg_max",
+    "prior_prob",
+)
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
 def run_hparams(run_config: dict, overrides: list[str] | None = None) -> dict[str, float | int | str | bool]:
     """The run's choices flattened to scalars: each section's class name and parameters (e.g.
-    `loss`: "FocalLoss", `loss.gamma`: 2.0), the backbone depth and norm, the batch size, the seed,
+    `loss`: "FocalLoss", `loss.gamma`: 2.0), the model's MODEL_KEYS (null as "none"), the batch size, the seed,
     and the command-line overrides that make it a sweep row (`overrides`, one string)."""
     hparams: dict[str, float | int | str | bool] = {}
     for section in SECTIONS:
@@ -25,10 +35,13 @@ def run_hparams(run_config: dict, overrides: list[str] | None = None) -> dict[st
                 hparams[f"{section}.{key}"] = value
             elif isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value):
                 hparams[f"{section}.{key}"] = str(list(value))
-    backbone = run_config.get("model", {}).get("backbone", {})
-    for key in ("depth", "norm", "frozen_stages"):
-        if key in backbone:
-            hparams[f"model.backbone.{key}"] = backbone[key]
+    for path in MODEL_KEYS:
+        node, keys = run_config.get("model", {}), path.split(".")
+        for key in keys[:-1]:
+            node = node.get(key, {})
+        if keys[-1] in node:
+            value = node[keys[-1]]
+            hparams[f"model.{path}"] = "none" if value is None else value
     hparams["data.batch_size"] = run_config.get("data", {}).get("batch_size", 0)
     hparams["seed"] = run_config.get("seed", 0)
     hparams["overrides"] = " ".join(overrides or []) or "(defaults)"
