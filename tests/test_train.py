@@ -59,7 +59,7 @@ def test_smoke_training_writes_metrics_checkpoints_and_events_then_evaluates(tmp
     assert "eval/errors" in events.Tags()["images"] and (run / "errors.png").is_file()  # the TIDE breakdown
     star = next(row for row in metrics["per_class"] if row["class"] == "star")
     for name, tag in (("AP", "eval_per_class"), ("AP50", "eval_per_class_AP50"), ("AP75", "eval_per_class_AP75")):
-        assert events.Scalars(f"{tag}/star")[-1].value == pytest.approx(star[name])  # at each evaluation
+        assert events.Scalars(f"{tag}/star")[-1].value == pytest.approx(star[name])  # the final evaluation's
     errors = metrics["errors"]
     assert set(errors["dAP"]) == {"Cls", "Loc", "Both", "Dupe", "Bkg", "Miss"} and sum(errors["count"].values()) > 0
     assert errors["AP50"] == pytest.approx(metrics["AP50"], abs=0.5)  # its AP50 is COCOeval's, up to max_dets

@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# The layout of a training checkpoint (Trainer.state_dict). 1: before the run's status (skipped
-# steps, non-finite steps in a row, replaced images), its horizon (max_iters, budget_fixed) and the
-# generators' states were saved; `upgrade_training_state` fills them in.
+# The layout of a checkpoint: a training one (Trainer.state_dict), or one that holds only the model and
+# its config (detector convert-torchvision). 1: before the run's status (skipped steps, non-finite steps
+# in a row, replaced images), its horizon (max_iters, budget_fixed) and the generators' states were
+# saved; `upgrade_training_state` fills them in.
 CHECKPOINT_FORMAT = 2
 
 

@@ -24,6 +24,7 @@ from detector.data.coco import coco_results
 from detector.data.images import read_rgb
 from detector.data.loader import PadCollate
 from detector.data.transforms import eval_transforms
+from detector.engine.evaluator import RESULT_KEYS
 from detector.engine.inference import load_for_inference
 from detector.engine.pictures import draw_detections
 from detector.engine.precision import resolve_precision
@@ -64,7 +65,8 @@ def predict(checkpoint: Path, files: list[Path], out: Path, score: float, amp: s
         detections = postprocess(predictions, [tuple(tensor.shape[-2:])])[0]
         scale = (pixels.shape[1] / tensor.shape[2], pixels.shape[0] / tensor.shape[1])
         for record in coco_results(detections, image_id, scale, range(len(classes))):
-            results.append({**record, "file_name": str(path), "category": classes[record["category_id"]]})
+            kept = {key: record[key] for key in RESULT_KEYS}
+            results.append({**kept, "file_name": str(path), "category": classes[record["category_id"]]})
         boxes = detections["boxes"] * torch.tensor(scale).repeat(2)
         shown = detections["scores"] >= score
         picture = draw_detections(
