@@ -278,6 +278,18 @@ def test_two_job_smoke_multirun_completes_and_tabulates(tmp_path, cache_dir):
     rows = [line for line in tabulate(sweep_dir, as_script=True) if line.startswith("| loss=")]
     assert [r.split(" | ")[:2] for r in rows] == [["| loss=focal", "1 ok"], ["| loss=ce", "1 ok"]]
 
+    # the two real runs compared: every section, with the values their metrics.json and events hold
+    result = run_tool(compare_runs.main, sweep_dir / "0", sweep_dir / "1", "--out", tmp_path / "report")
+    assert result.returncode == 0, result.stderr
+    report = (tmp_path / "report" / "report.md").read_text()
+    focal = json.loads((sweep_dir / "0" / "metrics.json").read_text())
+    assert f"| loss=focal | 1 ok | {focal['AP']:.2f} | {focal['AP50']:.2f} |" in report
+    for section in ("## Per-class AP", "## Where the classification gradient goes", "## AP at each evaluation"):
+        assert section in report
+    assert "## AP50 gained by fixing each kind of error" in report and "| row | Cls | Loc |" in report
+    for picture in ("pr_curves.png", "losses.png", "errors.png", "eval_ap.png"):
+        assert (tmp_path / "report" / picture).stat().st_size > 5000
+
     # the same runs drawn by the gradient diagnostics: logged at the last iteration, one line per run
     picture = tmp_path / "gradients.png"
     result = subprocess.run(
