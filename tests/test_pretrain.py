@@ -116,21 +116,22 @@ def test_the_paper_preset_builds_its_backbone_on_first_use_and_loads_it(compose_
     assert torch.equal(model.backbone.stem[1].running_mean, saved["bn1.running_mean"])
 
 
-def test_train_builds_the_preset_backbone_before_it_checks_the_model(compose_cfg, tmp_path):
-    """train() runs the `pretrain` node first, so the weights file the model names exists when the
-    model's values are checked (here a head of 0 channels stops it right after)."""
+def test_train_checks_the_model_before_the_preset_backbone_and_its_file_after(compose_cfg, tmp_path, monkeypatch):
+    """train() checks the model's values first (a head of 0 channels is refused before any pretraining),
+    then runs the `pretrain` node, so the weights file the model names exists when it is checked; the
+    data come after (here refused: no validation images)."""
     from hydra.errors import InstantiationException
 
+    from detector import cli
     from detector.cli import train
 
+    monkeypatch.setattr(cli, "output_dir", lambda: tmp_path / "run")  # in process: no Hydra run directory
     out = tmp_path / "resnet18-glyphs.pth"
-    cfg = compose_cfg(
-        [
-            *tiny_paper_preset(out),
-            "model.head.channels=0",
-            f"data.cache_dir={tmp_path / 'data'}",
-        ]
-    )
+    bad = compose_cfg([*tiny_paper_preset(out), "model.head.channels=0", f"data.cache_dir={tmp_path / 'data'}"])
     with pytest.raises(InstantiationException, match="head needs num_convs >= 0 and channels >= 1"):
+        train(bad)
+    assert not out.exists()
+    cfg = compose_cfg([*tiny_paper_preset(out), "data.num_val=0", f"data.cache_dir={tmp_path / 'data'}"])
+    with pytest.raises(InstantiationException, match="glyph data needs num_train, num_val, max_objects >= 1"):
         train(cfg)
-    assert out.is_file() and not (tmp_path / "data").exists()  # built; no data work yet
+    assert out.is_file() and not (tmp_path / "data").exists()  # built and found; no data written
