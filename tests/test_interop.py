@@ -174,7 +174,8 @@ def test_predict_draws_boxes_and_writes_coco_results_in_file_pixels(tmp_path, co
         pixels = (torch.rand(height, width, 3, generator=generator) * 255).to(torch.uint8).numpy()
         Image.fromarray(pixels).save(folder / name)
     out = tmp_path / "out"
-    result = run_tool(predict.main, checkpoint, folder, "--out", out, "--score", "0.1")  # detector predict
+    # --amp off: the comparison below runs the model in fp32; auto is bf16 where it is fast (an AMX CPU)
+    result = run_tool(predict.main, checkpoint, folder, "--out", out, "--score", "0.1", "--amp", "off")
     assert result.returncode == 0, result.stderr[-3000:]
     assert Image.open(out / "wide.png").size == (300, 150) and Image.open(out / "tall.png").size == (128, 256)
     detections = json.loads((out / "detections.json").read_text())
