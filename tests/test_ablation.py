@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -242,6 +243,25 @@ def test_jobs_killed_before_hydra_wrote_their_folder_stay_visible_as_failed(tmp_
     assert rows["loss.alpha=0.25"][1] == "1 ok, 1 failed (seed 1)" and rows["loss.alpha=0.25"][2] == "5.00"
     assert rows["loss.alpha=0.5"][1] == "1 ok, 1 diverged (seed 1), 1 unfinished (seed 2)"  # from metrics.json
     assert rows["job 2 (no .hydra/overrides.yaml)"][1] == "0 ok, 1 failed (seed None)"
+
+
+def test_a_seed_finished_twice_in_one_row_is_refused_and_a_failed_attempt_beside_it_is_kept(tmp_path):
+    """Seed 1 of α .25 finished in jobs 1 and 2: as two samples they would give n 3 and a smaller
+    std, so the table refuses and names the folders. A failed attempt of a seed beside its finished
+    run (job 4 beside job 3, both seed 0 of α .5) is kept visible and does not count."""
+    fake_job(tmp_path, 0, 0.25, metrics(5.0), seed=0)
+    fake_job(tmp_path, 1, 0.25, metrics(6.0), seed=1)
+    fake_job(tmp_path, 2, 0.25, metrics(6.5), seed=1)
+    fake_job(tmp_path, 3, 0.5, metrics(20.0), seed=0)
+    refused = run_tool(ablation_table.main, tmp_path)
+    assert refused.returncode == 1 and not (tmp_path / "table.md").exists()
+    assert "row 'loss.alpha=0.25': seed 1 finished in 2 job folders (1, 2)" in refused.stderr
+    shutil.rmtree(tmp_path / "2")
+    fake_job(tmp_path, 4, 0.5, DIVERGED, seed=0)
+    lines = tabulate(tmp_path)
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in lines if line.startswith("| loss.alpha")}
+    assert rows["loss.alpha=0.25"][1:3] == ["2 ok", "5.50 ± 0.71"]
+    assert rows["loss.alpha=0.5"][1:3] == ["1 ok, 1 diverged (seed 0)", "20.00"]
 
 
 def test_rows_run_one_at_a_time_are_tabulated_against_their_sweep(tmp_path):

@@ -9,7 +9,7 @@ group) and `metrics.json`. Jobs that differ only in their seed form one row: eac
 mean ± sample std over the seeds that finished, and the row's runs column counts them. A job
 that did not finish stays visible there: "diverged" if its metrics.json says so, "unfinished" if
 it has a checkpoint and no metrics.json (stopped or still running; `trainer.resume=auto` continues
-it), "failed" otherwise.
+it), "failed" otherwise. A row with two finished runs of one seed is refused: they are not two samples.
 
 When the sweep is one of the papers' tables, the published AP of the matching row stands beside
 ours, with the Spearman rank correlation ρ between our mean AP and the paper's, and its 95 %
@@ -148,8 +148,29 @@ def build_table(multirun_dir: Path, paper_file: Path = DEFAULT_PAPER) -> tuple[s
                 "dir": job["dir"].name,
             }
         )
+    for label, members in groups.items():
+        refuse_repeated_seeds(label, members)
     rows = [_row(label, members, table) for label, members in groups.items()]
     return _markdown(multirun_dir, sweep, table, rows), rows, runs
+
+
+def refuse_repeated_seeds(label: str, jobs: list[dict]) -> None:
+    """Two finished runs of one row with the same seed are not two samples of the seed's spread
+    (a rerun on another machine, or a copied folder); counted as such they would shrink the std and
+    inflate n. An unfinished or failed run beside a finished one of its seed is kept: it is a
+    visible attempt, not a sample."""
+    folders: dict = {}
+    for job in jobs:
+        if job["status"] == "ok":
+            folders.setdefault(job["config"].get("seed"), []).append(job["dir"].name)
+    repeated = {seed: names for seed, names in folders.items() if len(names) > 1}
+    if repeated:
+        seed, names = next(iter(repeated.items()))
+        raise SystemExit(
+            f"row {label!r}: seed {seed} finished in {len(names)} job folders ({', '.join(names)}); "
+            "a row takes one run per seed. Move the repeats out of this directory (or rerun them "
+            "with another seed=) and tabulate again."
+        )
 
 
 def _row(label: str, jobs: list[dict], table: dict | None) -> dict:
