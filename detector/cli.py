@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from detector.data.coco import CocoDetection, CocoSplits, check_split
 from detector.data.loader import eval_loader, infinite_train_batches
 from detector.data.transforms import eval_transforms, train_transforms
 from detector.engine import distributed
+from detector.engine.checkpoint import CheckpointError
 from detector.engine.errors import format_errors
 from detector.engine.evaluator import RESULT_KEYS, CocoValidator, format_metrics, format_per_class, resolve_backend
 from detector.engine.hparams import run_hparams
@@ -228,8 +230,16 @@ def _train(cfg, settings, device, precision, schedule, processes, run_config) ->
         hparams=run_hparams(run_config, _sweep_overrides()),
     )
     resume_from = _resume_path(cfg.trainer.resume, out)
-    if resume_from is not None:
-        trainer.resume(resume_from)
+    if resume_from is None:
+        if processes.is_main:
+            _keep_launch_record(out)
+    else:
+        try:
+            trainer.resume(resume_from)
+        except CheckpointError:
+            if processes.is_main and resume_from == out / "checkpoints" / "last.pt":
+                _restore_launch_record(out)
+            raise
     budget = "" if settings.time_budget is None else f" at most, or what fits in {settings.time_budget:g} s"
     log.info(
         "training for %d iterations%s on %s (amp=%s, %d process%s); outputs in %s",
@@ -353,6 +363,25 @@ def _resume_path(resume: str | None, out: Path) -> Path | None:
             return None
         return last
     return Path(resume)
+
+
+def _keep_launch_record(out: Path) -> None:
+    """Copy the `.hydra/` that Hydra wrote for a new run to checkpoints/hydra/: Hydra rewrites `.hydra/`
+    at every launch into the folder, before a resume there can be refused (`_restore_launch_record`)."""
+    subdir = HydraConfig.get().output_subdir
+    if subdir is not None and (out / subdir).is_dir():
+        shutil.copytree(out / subdir, out / "checkpoints" / "hydra", dirs_exist_ok=True)
+
+
+def _restore_launch_record(out: Path) -> None:
+    """After a refused resume: put back the `.hydra/` of the run whose checkpoint this folder holds, so
+    that its overrides and config (what `detector ablation-table` names it by) are not the refused launch's."""
+    subdir, kept = HydraConfig.get().output_subdir, out / "checkpoints" / "hydra"
+    if subdir is None or not kept.is_dir():
+        log.warning("%s/%s now describes this refused launch, not the run whose checkpoint is there", out, subdir)
+        return
+    shutil.copytree(kept, out / subdir, dirs_exist_ok=True)
+    log.info("%s/%s: the record of the run that wrote the checkpoint, put back", out, subdir)
 
 
 def _sweep_overrides() -> list[str]:

@@ -80,6 +80,41 @@ def test_every_stored_sweep_runs_three_seeds_a_row():
     assert all({f"seed={seed}" for seed in range(3)} <= set(sweep_rows(name)) for name in SWEEPS)
 
 
+def test_every_stored_sweep_has_a_folder_of_its_own_and_resumes_its_jobs():
+    """multirun/<experiment>/<sweep>, not a timestamp: rerunning the line finds its jobs' checkpoints."""
+    for name in SWEEPS:
+        stored = yaml.safe_load((CONFIGS / "sweep" / f"{name}.yaml").read_text())
+        assert stored["hydra"]["sweep"]["dir"] == f"multirun/${{hydra.runtime.choices.experiment}}/{name}", name
+        assert stored["trainer"]["resume"] == "auto", name
+
+
+def test_a_stored_sweep_rerun_resumes_in_its_folder_and_a_changed_line_cannot_take_a_job_over(tmp_path, cache_dir):
+    """The same line twice: the second launch finds the finished job and trains nothing. A line whose job 0
+    is another configuration is refused, and the job's `.hydra/` (what ablation-table names it by) is the
+    finished run's again."""
+
+    def launch(loss):
+        return subprocess.run(
+            [sys.executable, str(ROOT / "train.py"), "-m", "sweep=prior", "experiment=ablation_cpu", "debug=smoke"]
+            + ["seed=0", f"loss={loss}", "model.prior_prob=0.01", f"data.cache_dir={cache_dir}"],
+            cwd=tmp_path,  # the sweep's folder is relative, as from the repository root
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    job = tmp_path / "multirun" / "ablation_cpu" / "prior" / "0"
+    assert launch("focal").returncode == 0
+    metrics = (job / "metrics.json").read_text()
+    again = launch("focal")
+    assert again.returncode == 0 and "nothing to train or evaluate" in again.stdout + again.stderr
+    other = launch("ce")
+    assert other.returncode != 0 and "loss._target_: 'detector.losses.FocalLoss' in the checkpoint" in other.stderr
+    assert "loss=focal" in OmegaConf.load(job / ".hydra" / "overrides.yaml")
+    assert OmegaConf.load(job / ".hydra" / "config.yaml").loss._target_ == "detector.losses.FocalLoss"
+    assert (job / "metrics.json").read_text() == metrics
+
+
 def test_fl_table1b_rows_are_the_papers(compose_cfg):
     pairs = set()
     for row in (row for row in sweep_rows("fl_table1b") if not row.startswith("seed=")):

@@ -152,6 +152,45 @@ def load_model_weights(model: torch.nn.Module, state: dict, path: str | Path, co
     )
 
 
+# What a resumed run may set differently from the run that wrote its checkpoint: how long and how it
+# runs, where its files are and how it is evaluated. Any other difference changes what is trained.
+RESUME_MAY_CHANGE = (
+    "trainer.",
+    "evaluation.",
+    "postprocess.",
+    "data.cache_dir",
+    "data.prepare.cache_dir",
+    "data.root",
+    "data.num_workers",
+    "data.pin_memory",
+    "data.eval_batch_size",
+    "pretrain.out",
+    "model.backbone.weights_path",
+)
+RESUME_MUST_KEEP = ("trainer.clip_grad_norm", "trainer.sync_bn")
+
+
+def check_same_training(saved: dict, current: dict, path: str | Path) -> None:
+    """Refuse to resume from `path` when its run config `saved` and this run's `current` differ in a
+    setting that changes what is trained (the loss, model, data, optimizer, schedule, seed, …): a
+    CheckpointError naming each one. Keys that only one of them has (a setting added to or removed
+    from the code since) are not compared; nor is anything in RESUME_MAY_CHANGE."""
+    flat_saved, flat_current = _flatten_config(saved), _flatten_config(current)
+    differences = [
+        f"{key}: {flat_saved[key]!r} in the checkpoint, {flat_current[key]!r} here"
+        for key in sorted(flat_saved.keys() & flat_current.keys())
+        if flat_saved[key] != flat_current[key] and (key in RESUME_MUST_KEEP or not key.startswith(RESUME_MAY_CHANGE))
+    ]
+    if differences:
+        raise CheckpointError(
+            f"{path} was written by a run with other settings; resuming it here would train something else:\n  "
+            + "\n  ".join(differences[:10])
+            + (f"\n  … and {len(differences) - 10} more" if len(differences) > 10 else "")
+            + "\nTo continue that run, rerun it with its own settings (its .hydra/overrides.yaml); to start this "
+            "one, give it another directory (hydra.run.dir=…, or hydra.sweep.dir=… for a sweep)."
+        )
+
+
 def _config_differences(saved: dict, current: dict) -> dict[str, tuple]:
     """Differing `model.*` values and class lists of two run configs."""
     flat_saved, flat_current = _flatten(saved.get("model", {}), "model"), _flatten(current.get("model", {}), "model")
@@ -163,6 +202,11 @@ def _config_differences(saved: dict, current: dict) -> dict[str, tuple]:
     if "classes" in saved and "classes" in current and list(saved["classes"]) != list(current["classes"]):
         differences["classes"] = (f"{len(saved['classes'])} classes", f"{len(current['classes'])} classes")
     return differences
+
+
+def _flatten_config(config: dict) -> dict:
+    """{"model.head.channels": 64, "seed": 0, …}: every leaf of a run config under its dotted key."""
+    return {key: value for name, child in config.items() for key, value in _flatten(child, name).items()}
 
 
 def _flatten(node, prefix: str) -> dict:

@@ -20,6 +20,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from detector.engine.checkpoint import (
     CHECKPOINT_FORMAT,
     capture_rng_state,
+    check_same_training,
     load_checkpoint,
     load_model_weights,
     restore_rng_state,
@@ -182,6 +183,7 @@ class Trainer:
     def resume(self, path: str | Path) -> None:
         state = upgrade_training_state(load_checkpoint(path), path, self.max_iters)
         load_model_weights(self.module, state, path, self.run_config)
+        check_same_training(state.get("config") or {}, self.run_config, path)
         self.criterion.load_state_dict(state["criterion"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
