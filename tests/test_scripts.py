@@ -121,10 +121,21 @@ def test_gpu_check_says_so_without_a_gpu(tmp_path):
 def test_profile_step_splits_a_real_step_into_its_phases(tmp_path, cache_dir):
     out = tmp_path / "profile.json"
     result = run_tool(
-        script_main("profile_step"), "debug=smoke", f"data.cache_dir={cache_dir}", "--steps", "2", "--json", out
+        script_main("profile_step"),
+        "debug=smoke",
+        f"data.cache_dir={cache_dir}",
+        "--steps",
+        "2",
+        "--ops",
+        "3",
+        "--json",
+        out,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     assert list(report["seconds"]) == ["data", "backbone", "fpn+heads", "criterion", "backward", "optimizer"]
     assert all(value > 0 for value in report["seconds"].values()) and report["batch"] == [2, 3, 128, 128]
     assert report["step"] == sum(report["seconds"].values()) and "backward" in result.stdout
+    assert report["layout"] == "channels-last"  # what training runs in (trainer.channels_last)
+    assert len(report["operators"]) == 3 and "aten::convolution_backward" in report["operators"]
+    assert all(value > 0 for value in report["operators"].values())
