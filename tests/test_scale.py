@@ -79,7 +79,11 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     assert "2 processes" in (two / "train.log").read_text()
     writers = {path.name.split(".")[-2] for path in (two / "tb").glob("events.out.tfevents.*")}
     assert len(writers) == 1  # one process wrote the events (its training log and its HParams record)
-    assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    # one process wrote the checkpoints and the record of the run's launch (a refused resume puts it back)
+    assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["best.pt", "hydra", "last.pt"]
+    assert sorted(p.name for p in (two / "checkpoints" / "hydra").iterdir()) == sorted(
+        p.name for p in (two / ".hydra").iterdir()
+    )
     scored_one, scored_two = (json.loads((d / "metrics.json").read_text()) for d in (one, two))
     assert {k: scored_two[k] for k in ("AP", "AP50", "iteration")} == {
         k: scored_one[k] for k in ("AP", "AP50", "iteration")
