@@ -162,7 +162,6 @@ RESUME_MAY_CHANGE = (
     "data.prepare.cache_dir",
     "data.root",
     "data.num_workers",
-    "data.pin_memory",
     "data.eval_batch_size",
     "pretrain.out",
     "model.backbone.weights_path",
