@@ -230,16 +230,15 @@ def _train(cfg, settings, device, precision, schedule, processes, run_config) ->
         hparams=run_hparams(run_config, _sweep_overrides()),
     )
     resume_from = _resume_path(cfg.trainer.resume, out)
-    if resume_from is None:
-        if processes.is_main:
-            _keep_launch_record(out)
-    else:
+    if resume_from is not None:
         try:
             trainer.resume(resume_from)
         except CheckpointError:
             if processes.is_main and resume_from == out / "checkpoints" / "last.pt":
                 _restore_launch_record(out)
             raise
+    if processes.is_main:
+        _keep_launch_record(out)
     budget = "" if settings.time_budget is None else f" at most, or what fits in {settings.time_budget:g} s"
     log.info(
         "training for %d iterations%s on %s (amp=%s, %d process%s); outputs in %s",
@@ -366,11 +365,12 @@ def _resume_path(resume: str | None, out: Path) -> Path | None:
 
 
 def _keep_launch_record(out: Path) -> None:
-    """Copy the `.hydra/` that Hydra wrote for a new run to checkpoints/hydra/: Hydra rewrites `.hydra/`
-    at every launch into the folder, before a resume there can be refused (`_restore_launch_record`)."""
-    subdir = HydraConfig.get().output_subdir
-    if subdir is not None and (out / subdir).is_dir():
-        shutil.copytree(out / subdir, out / "checkpoints" / "hydra", dirs_exist_ok=True)
+    """Once per run folder, copy the `.hydra/` of its first launch that trains (a new run, or the first
+    accepted resume of an older one) to checkpoints/hydra/: Hydra rewrites `.hydra/` at every launch
+    into the folder, before a resume there can be refused (`_restore_launch_record`)."""
+    subdir, kept = HydraConfig.get().output_subdir, out / "checkpoints" / "hydra"
+    if subdir is not None and (out / subdir).is_dir() and not kept.exists():
+        shutil.copytree(out / subdir, kept)
 
 
 def _restore_launch_record(out: Path) -> None:

@@ -106,8 +106,11 @@ def test_a_stored_sweep_rerun_resumes_in_its_folder_and_a_changed_line_cannot_ta
     job = tmp_path / "multirun" / "ablation_cpu" / "prior" / "0"
     assert launch("focal").returncode == 0
     metrics = (job / "metrics.json").read_text()
+    assert (job / "checkpoints" / "hydra" / "overrides.yaml").is_file()
+    shutil.rmtree(job / "checkpoints" / "hydra")  # as a run of older code: its first accepted resume keeps one
     again = launch("focal")
     assert again.returncode == 0 and "nothing to train or evaluate" in again.stdout + again.stderr
+    assert (job / "checkpoints" / "hydra" / "overrides.yaml").is_file()
     other = launch("ce")
     assert other.returncode != 0 and "loss._target_: 'detector.losses.FocalLoss' in the checkpoint" in other.stderr
     assert "loss=focal" in OmegaConf.load(job / ".hydra" / "overrides.yaml")
