@@ -238,7 +238,7 @@ def _train(cfg, settings, device, precision, schedule, processes, run_config) ->
                 _restore_launch_record(out)
             raise
     if processes.is_main:
-        _keep_launch_record(out)
+        _keep_launch_record(out, replace=resume_from is None)
     budget = "" if settings.time_budget is None else f" at most, or what fits in {settings.time_budget:g} s"
     log.info(
         "training for %d iterations%s on %s (amp=%s, %d process%s); outputs in %s",
@@ -364,13 +364,13 @@ def _resume_path(resume: str | None, out: Path) -> Path | None:
     return Path(resume)
 
 
-def _keep_launch_record(out: Path) -> None:
-    """Once per run folder, copy the `.hydra/` of its first launch that trains (a new run, or the first
-    accepted resume of an older one) to checkpoints/hydra/: Hydra rewrites `.hydra/` at every launch
-    into the folder, before a resume there can be refused (`_restore_launch_record`)."""
+def _keep_launch_record(out: Path, replace: bool) -> None:
+    """Copy the `.hydra/` of the launch that trains here to checkpoints/hydra/: a new run's (`replace`), or
+    the first accepted resume's of a run without one. Hydra rewrites `.hydra/` at every launch into the
+    folder, before a resume there can be refused (`_restore_launch_record`)."""
     subdir, kept = HydraConfig.get().output_subdir, out / "checkpoints" / "hydra"
-    if subdir is not None and (out / subdir).is_dir() and not kept.exists():
-        shutil.copytree(out / subdir, kept)
+    if subdir is not None and (out / subdir).is_dir() and (replace or not kept.exists()):
+        shutil.copytree(out / subdir, kept, dirs_exist_ok=True)
 
 
 def _restore_launch_record(out: Path) -> None:
