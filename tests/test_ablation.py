@@ -91,12 +91,13 @@ def test_every_stored_sweep_has_a_folder_of_its_own_and_resumes_its_jobs():
 def test_a_stored_sweep_rerun_resumes_in_its_folder_and_a_changed_line_cannot_take_a_job_over(tmp_path, cache_dir):
     """The same line twice: the second launch finds the finished job and trains nothing. A line whose job 0
     is another configuration is refused, and the job's `.hydra/` (what ablation-table names it by) is the
-    finished run's again."""
+    finished run's again. A fresh start over the job (`trainer.resume=null`) makes its record the new run's,
+    so that a later refused launch puts back the run that the folder now holds."""
 
-    def launch(loss):
+    def launch(loss, *extra):
         return subprocess.run(
             [sys.executable, str(ROOT / "train.py"), "-m", "sweep=prior", "experiment=ablation_cpu", "debug=smoke"]
-            + ["seed=0", f"loss={loss}", "model.prior_prob=0.01", f"data.cache_dir={cache_dir}"],
+            + ["seed=0", f"loss={loss}", "model.prior_prob=0.01", f"data.cache_dir={cache_dir}", *extra],
             cwd=tmp_path,  # the sweep's folder is relative, as from the repository root
             capture_output=True,
             text=True,
@@ -116,6 +117,11 @@ def test_a_stored_sweep_rerun_resumes_in_its_folder_and_a_changed_line_cannot_ta
     assert "loss=focal" in OmegaConf.load(job / ".hydra" / "overrides.yaml")
     assert OmegaConf.load(job / ".hydra" / "config.yaml").loss._target_ == "detector.losses.FocalLoss"
     assert (job / "metrics.json").read_text() == metrics
+    assert launch("ce", "trainer.resume=null").returncode == 0
+    assert "loss=ce" in OmegaConf.load(job / "checkpoints" / "hydra" / "overrides.yaml")
+    refused = launch("focal")
+    assert refused.returncode != 0 and "in the checkpoint" in refused.stderr
+    assert OmegaConf.load(job / ".hydra" / "config.yaml").loss._target_ == "detector.losses.SigmoidCrossEntropyLoss"
 
 
 def test_fl_table1b_rows_are_the_papers(compose_cfg):
