@@ -3,10 +3,20 @@ import io
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from detector.cli import build, build_datasets
+from detector.data.loader import infinite_train_batches
+from detector.engine.optimizer import build_optimizer
+from detector.engine.schedule import lambda_scheduler
+from detector.engine.settings import TrainerSettings
+from detector.engine.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -27,6 +37,56 @@ def compose_cfg():
             return compose(config_name=config_name, overrides=list(overrides))
 
     return _compose
+
+
+@pytest.fixture
+def smoke_trainer(compose_cfg, cache_dir, tmp_path):
+    """smoke_trainer(*overrides, **options) → a CPU Trainer of the `debug=smoke` configuration with those
+    overrides, as the training-loop tests use it: the model built after torch.manual_seed(0), batches of 2
+    from the training set's stream, a constant LR, no validator, its files in tmp_path. The keywords of
+    TrainerSettings set its settings (max_iters: the config's unless given); `schedule` (iteration → LR
+    factor), `batches` (start iteration → batches), `wrap_criterion` (criterion → criterion), `validator`,
+    `output_dir`, `amp`, `clock` and `hooks` replace those parts; `run_config=True` passes the composed
+    config and the class names, as train.py does."""
+
+    def make(
+        *overrides,
+        schedule=lambda iteration: 1.0,
+        batches=None,
+        wrap_criterion=None,
+        validator=None,
+        output_dir=None,
+        amp="off",
+        clock=time.perf_counter,
+        hooks=None,
+        run_config=False,
+        **settings,
+    ):
+        cfg = compose_cfg(["debug=smoke", f"data.cache_dir={cache_dir}", *overrides])
+        train_set, _ = build_datasets(cfg.data)
+        torch.manual_seed(0)
+        model, criterion, _ = build(cfg, train_set.num_classes)
+        optimizer = build_optimizer(cfg.optim, model)
+        return Trainer(
+            model,
+            criterion if wrap_criterion is None else wrap_criterion(criterion),
+            optimizer,
+            lambda_scheduler(optimizer, schedule),
+            batches or (lambda start: infinite_train_batches(train_set, 2, 0, 0, start)),
+            validator,
+            output_dir or tmp_path,
+            settings=TrainerSettings(**{"max_iters": cfg.trainer.max_iters, **settings}),
+            batch_size=2,
+            device=torch.device("cpu"),
+            amp=amp,
+            run_config={**OmegaConf.to_container(cfg, resolve=True), "classes": train_set.class_names}
+            if run_config
+            else None,
+            clock=clock,
+            hooks=hooks,
+        )
+
+    return make
 
 
 def run_script(script: str, *overrides: str, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -5,8 +5,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from detector.cli import build, build_criterion, build_datasets
-from detector.data.loader import infinite_train_batches
+from detector.cli import build_criterion
 from detector.engine.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
@@ -15,8 +14,6 @@ from detector.engine.checkpoint import (
     upgrade_training_state,
 )
 from detector.engine.inference import load_for_inference
-from detector.engine.optimizer import build_optimizer
-from detector.engine.schedule import lambda_scheduler
 from detector.engine.settings import TrainerSettings
 from detector.engine.trainer import Trainer
 from detector.models import ResNetBackbone
@@ -140,32 +137,13 @@ def test_a_checkpoint_of_another_model_is_refused_with_what_differs_and_how_to_f
         torch.testing.assert_close(backbone.state_dict()[ours], saved[theirs], rtol=0, atol=0)
 
 
-def test_a_resume_refuses_another_configuration_s_checkpoint_and_lets_run_control_change(
-    compose_cfg, cache_dir, tmp_path
-):
+def test_a_resume_refuses_another_configuration_s_checkpoint_and_lets_run_control_change(smoke_trainer, tmp_path):
     """trainer.resume=auto in a directory that holds another configuration's run (a sweep rerun whose
     jobs moved, a row rerun with another loss) must not continue that run as this one; how long it
     runs, where its files are and how it is evaluated may change."""
 
     def trainer(*overrides):
-        cfg = compose_cfg(["debug=smoke", f"data.cache_dir={cache_dir}", *overrides])
-        train_set, _ = build_datasets(cfg.data)
-        torch.manual_seed(0)
-        model, criterion, _ = build(cfg, train_set.num_classes)
-        optimizer = build_optimizer(cfg.optim, model)
-        return Trainer(
-            model,
-            criterion,
-            optimizer,
-            lambda_scheduler(optimizer, lambda it: 1.0),
-            lambda start: infinite_train_batches(train_set, 2, 0, 0, start),
-            None,
-            tmp_path,
-            settings=TrainerSettings(max_iters=cfg.trainer.max_iters, log_period=1),
-            batch_size=2,
-            device=torch.device("cpu"),
-            run_config={**OmegaConf.to_container(cfg, resolve=True), "classes": train_set.class_names},
-        )
+        return smoke_trainer(*overrides, log_period=1, run_config=True)
 
     trainer("trainer.max_iters=2").train()
     last = tmp_path / "checkpoints" / "last.pt"

@@ -6,13 +6,7 @@ import logging
 import pytest
 import torch
 
-from detector.cli import build, build_datasets
-from detector.data.loader import infinite_train_batches
 from detector.engine.checkpoint import load_checkpoint
-from detector.engine.optimizer import build_optimizer  # noqa: E402
-from detector.engine.schedule import lambda_scheduler
-from detector.engine.settings import TrainerSettings
-from detector.engine.trainer import Trainer
 
 
 class NaNAt(torch.nn.Module):
@@ -32,26 +26,9 @@ class NaNAt(torch.nn.Module):
 
 
 @pytest.fixture
-def make_trainer(compose_cfg, cache_dir, tmp_path):
-    cfg = compose_cfg(["debug=smoke", f"data.cache_dir={cache_dir}"])
-    train_set, _ = build_datasets(cfg.data)
-
+def make_trainer(smoke_trainer):
     def make(bad_calls, **settings):
-        torch.manual_seed(0)
-        model, criterion, _ = build(cfg, train_set.num_classes)
-        optimizer = build_optimizer(cfg.optim, model)
-        return Trainer(
-            model,
-            NaNAt(criterion, bad_calls),
-            optimizer,
-            lambda_scheduler(optimizer, lambda it: 1.0),
-            lambda start: infinite_train_batches(train_set, 2, 0, 0, start),
-            validator=None,
-            output_dir=tmp_path,
-            settings=TrainerSettings(**settings),
-            batch_size=2,
-            device=torch.device("cpu"),
-        )
+        return smoke_trainer(wrap_criterion=lambda criterion: NaNAt(criterion, bad_calls), **settings)
 
     return make
 

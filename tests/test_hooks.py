@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from detector.cli import build, build_datasets
-from detector.data.loader import infinite_train_batches
+from detector.cli import build
 from detector.engine.evaluator import STAT_NAMES
 from detector.engine.hooks import Evaluation, GradientDiagnostics, Hook, LastCheckpoint, LossLog, TimeBudget
 from detector.engine.optimizer import build_optimizer
@@ -44,27 +43,16 @@ class FakeValidator:
 
 
 @pytest.mark.parametrize("eval_period", [2, 0])
-def test_the_hooks_run_in_order_around_each_step(compose_cfg, cache_dir, tmp_path, eval_period):
-    cfg = compose_cfg(["debug=smoke", f"data.cache_dir={cache_dir}"])
-    train_set, _ = build_datasets(cfg.data)
-    torch.manual_seed(0)
-    model, criterion, _ = build(cfg, train_set.num_classes)
-    optimizer = build_optimizer(cfg.optim, model)
+def test_the_hooks_run_in_order_around_each_step(smoke_trainer, tmp_path, eval_period):
     events, box = [], []
-    trainer = Trainer(
-        model,
-        criterion,
-        optimizer,
-        lambda_scheduler(optimizer, lambda it: 1.0),
-        lambda start: infinite_train_batches(train_set, 2, 0, 0, start),
+    trainer = smoke_trainer(
         validator=FakeValidator(box, events),
-        output_dir=tmp_path,
-        settings=TrainerSettings(
-            max_iters=3, eval_period=eval_period, log_period=1, checkpoint_period=2, diagnostics_period=2
-        ),
-        batch_size=2,
-        device=torch.device("cpu"),
         hooks=[Recorder(events, tmp_path / "checkpoints" / "last.pt")],
+        max_iters=3,
+        eval_period=eval_period,
+        log_period=1,
+        checkpoint_period=2,
+        diagnostics_period=2,
     )
     box.append(trainer)
     assert [type(hook) for hook in trainer.hooks] == [

@@ -7,15 +7,9 @@ import logging
 import pytest
 import torch
 
-from detector.cli import build, build_datasets
-from detector.data.loader import infinite_train_batches
 from detector.engine import precision as precision_module
 from detector.engine.machine import cpu_flags, describe_machine, machine_line, vector_kind
-from detector.engine.optimizer import build_optimizer
 from detector.engine.precision import Precision, bf16_conv_speedup, resolve_precision
-from detector.engine.schedule import lambda_scheduler
-from detector.engine.settings import TrainerSettings
-from detector.engine.trainer import Trainer
 from detector.tools.benchmarks import train as benchmark
 
 CPU = torch.device("cpu")
@@ -93,27 +87,11 @@ def test_the_real_probe_times_both_precisions_quickly_and_leaves_the_random_stre
 
 
 @pytest.mark.parametrize(("speedup", "used"), [(2.3, "bf16"), (0.072, "fp32")])
-def test_trainer_runs_and_records_the_resolved_precision(monkeypatch, compose_cfg, cache_dir, tmp_path, speedup, used):
+def test_trainer_runs_and_records_the_resolved_precision(monkeypatch, smoke_trainer, tmp_path, speedup, used):
     probe_gives(monkeypatch, speedup)
-    cfg = compose_cfg(["debug=smoke", f"data.cache_dir={cache_dir}"])
-    train_set, _ = build_datasets(cfg.data)
-    model, criterion, _ = build(cfg, train_set.num_classes)
-    optimizer = build_optimizer(cfg.optim, model)
-    trainer = Trainer(
-        model,
-        criterion,
-        optimizer,
-        lambda_scheduler(optimizer, lambda it: 1.0),
-        lambda start: infinite_train_batches(train_set, 2, 0, 0, start),
-        validator=None,
-        output_dir=tmp_path,
-        settings=TrainerSettings(max_iters=1),
-        batch_size=2,
-        device=CPU,
-        amp="auto",
-    )
+    trainer = smoke_trainer(amp="auto", max_iters=1)
     seen = {}
-    model.head.register_forward_hook(lambda module, args, output: seen.update(head=output["cls_logits"].dtype))
+    trainer.model.head.register_forward_hook(lambda module, args, output: seen.update(head=output["cls_logits"].dtype))
     trainer.train()
     assert seen["head"] == (torch.bfloat16 if used == "bf16" else torch.float32)
     metrics = json.loads((tmp_path / "metrics.json").read_text())

@@ -2,18 +2,12 @@
 
 import json
 import math
-import time
 
 import pytest
 import torch
 
-from detector.cli import build, build_datasets
-from detector.data.loader import infinite_train_batches
 from detector.engine.hooks import TimeBudget
-from detector.engine.optimizer import build_optimizer
-from detector.engine.schedule import WarmupCosine, WarmupMultiStep, lambda_scheduler
-from detector.engine.settings import TrainerSettings
-from detector.engine.trainer import Trainer
+from detector.engine.schedule import WarmupCosine, WarmupMultiStep
 
 
 def test_cosine_decays_from_the_end_of_warmup_to_the_final_factor():
@@ -64,34 +58,22 @@ class WarmingClock(FakeClock):
         return self.now
 
 
-def smoke_trainer(compose_cfg, cache_dir, output_dir, max_iters, schedule=None, clock=time.perf_counter, **budget):
-    cfg = compose_cfg(["debug=smoke", f"data.cache_dir={cache_dir}"])
-    train_set, _ = build_datasets(cfg.data)
-    torch.manual_seed(0)
-    model, criterion, _ = build(cfg, train_set.num_classes)
-    optimizer = build_optimizer(cfg.optim, model)
-    schedule = schedule or WarmupCosine(max_iters=max_iters, warmup_iters=4)
-    return Trainer(
-        model,
-        criterion,
-        optimizer,
-        lambda_scheduler(optimizer, schedule),
-        lambda start: infinite_train_batches(train_set, 2, 0, 0, start),
-        validator=None,
-        output_dir=output_dir,
-        settings=TrainerSettings(max_iters=max_iters, checkpoint_period=4, **budget),
-        batch_size=2,
-        device=torch.device("cpu"),
-        clock=clock,
-    )
+@pytest.fixture
+def cosine_trainer(smoke_trainer):
+    """cosine_trainer(output_dir, max_iters, **options): a smoke trainer on a cosine schedule over max_iters
+    (4 iterations of warm-up) unless `schedule` is given, with a checkpoint every 4 iterations."""
+
+    def make(output_dir, max_iters, schedule=None, **options):
+        schedule = schedule or WarmupCosine(max_iters=max_iters, warmup_iters=4)
+        return smoke_trainer(
+            output_dir=output_dir, max_iters=max_iters, schedule=schedule, checkpoint_period=4, **options
+        )
+
+    return make
 
 
-def test_time_budget_ends_the_schedule_on_time_and_a_rerun_with_its_count_is_identical(
-    compose_cfg, cache_dir, tmp_path
-):
-    budgeted = smoke_trainer(
-        compose_cfg,
-        cache_dir,
+def test_time_budget_ends_the_schedule_on_time_and_a_rerun_with_its_count_is_identical(cosine_trainer, tmp_path):
+    budgeted = cosine_trainer(
         tmp_path / "budget",
         max_iters=50,
         time_budget=3.0,
@@ -104,7 +86,7 @@ def test_time_budget_ends_the_schedule_on_time_and_a_rerun_with_its_count_is_ide
     assert budgeted.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # the cosine ended at 6
     assert json.loads((tmp_path / "budget" / "metrics.json").read_text())["time_budget"]["max_iters"] == 6
 
-    rerun = smoke_trainer(compose_cfg, cache_dir, tmp_path / "rerun", max_iters=6)
+    rerun = cosine_trainer(tmp_path / "rerun", max_iters=6)
     assert rerun.train()["iteration"] == 6 and "time_budget" not in json.loads(
         (tmp_path / "rerun" / "metrics.json").read_text()
     )
@@ -112,10 +94,8 @@ def test_time_budget_ends_the_schedule_on_time_and_a_rerun_with_its_count_is_ide
         torch.testing.assert_close(rerun.module.state_dict()[name], value, rtol=0, atol=0, msg=name)
 
 
-def test_time_budget_is_capped_by_max_iters_and_kept_on_resume(compose_cfg, cache_dir, tmp_path):
-    capped = smoke_trainer(
-        compose_cfg,
-        cache_dir,
+def test_time_budget_is_capped_by_max_iters_and_kept_on_resume(cosine_trainer, tmp_path):
+    capped = cosine_trainer(
         tmp_path / "capped",
         max_iters=4,
         time_budget=1e6,
@@ -124,9 +104,7 @@ def test_time_budget_is_capped_by_max_iters_and_kept_on_resume(compose_cfg, cach
     )
     assert capped.train()["iteration"] == 4
 
-    first = smoke_trainer(
-        compose_cfg,
-        cache_dir,
+    first = cosine_trainer(
         tmp_path / "first",
         max_iters=50,
         time_budget=2.5,
@@ -136,9 +114,7 @@ def test_time_budget_is_capped_by_max_iters_and_kept_on_resume(compose_cfg, cach
     first.train()  # 5 iterations
     state = torch.load(tmp_path / "first" / "checkpoints" / "last.pt", weights_only=True)
     assert state["max_iters"] == 5 and state["budget_fixed"]
-    resumed = smoke_trainer(
-        compose_cfg,
-        cache_dir,
+    resumed = cosine_trainer(
         tmp_path / "first",
         max_iters=50,
         time_budget=2.5,
@@ -149,12 +125,10 @@ def test_time_budget_is_capped_by_max_iters_and_kept_on_resume(compose_cfg, cach
     assert resumed.max_iters == 5 and resumed.scheduler.lr_lambdas[0].max_iters == 5
 
 
-def test_the_probe_times_its_last_three_quarters_and_keeps_milestones_out_of_it(compose_cfg, cache_dir, tmp_path):
+def test_the_probe_times_its_last_three_quarters_and_keeps_milestones_out_of_it(cosine_trainer, tmp_path):
     # steps 1-2 take 10 s (warm-up), the rest 0.5 s; the probe (8 iterations) times iterations 3-8:
     # 23 s spent, (26 - 23) / 0.5 = 6 more, N = 14. Timing all 8 (2.875 s/it) would give N = 9.
-    warm = smoke_trainer(
-        compose_cfg,
-        cache_dir,
+    warm = cosine_trainer(
         tmp_path / "warm",
         max_iters=1000,
         time_budget=26.0,
@@ -165,9 +139,7 @@ def test_the_probe_times_its_last_three_quarters_and_keeps_milestones_out_of_it(
     assert warm.train()["iteration"] == 14 and warm.scheduler.lr_lambdas[0].max_iters == 14
 
     steps = WarmupMultiStep(max_iters=1000, milestones=(0.5, 0.9), warmup_iters=8)
-    stepped = smoke_trainer(
-        compose_cfg,
-        cache_dir,
+    stepped = cosine_trainer(
         tmp_path / "steps",
         max_iters=1000,
         schedule=steps,
@@ -181,10 +153,8 @@ def test_the_probe_times_its_last_three_quarters_and_keeps_milestones_out_of_it(
     assert stepped.max_iters == 18 and steps.steps[0] == 9  # 13-17 round the drop to 6, 7 or 8
 
 
-def test_a_resume_follows_this_run_s_horizon_not_the_checkpoint_s(compose_cfg, cache_dir, tmp_path):
-    budgeted = smoke_trainer(
-        compose_cfg,
-        cache_dir,
+def test_a_resume_follows_this_run_s_horizon_not_the_checkpoint_s(cosine_trainer, tmp_path):
+    budgeted = cosine_trainer(
         tmp_path / "run",
         max_iters=50,
         time_budget=2.5,
@@ -192,7 +162,7 @@ def test_a_resume_follows_this_run_s_horizon_not_the_checkpoint_s(compose_cfg, c
         clock=FakeClock(0.5),
     )
     budgeted.train()  # 5 iterations, the cosine at 0 from iteration 5 on
-    longer = smoke_trainer(compose_cfg, cache_dir, tmp_path / "run", max_iters=9)  # time_budget=null, 9 iterations
+    longer = cosine_trainer(tmp_path / "run", max_iters=9)  # time_budget=null, 9 iterations
     longer.resume(tmp_path / "run" / "checkpoints" / "last.pt")
     assert longer.max_iters == 9 and longer.scheduler.lr_lambdas[0].max_iters == 9
     longer.train()

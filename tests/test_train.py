@@ -8,13 +8,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from detector.cli import build, build_datasets
+from detector.cli import build_datasets
 from detector.data.loader import infinite_train_batches
 from detector.engine import allocator
-from detector.engine.optimizer import build_optimizer
-from detector.engine.schedule import lambda_scheduler
-from detector.engine.settings import TrainerSettings
-from detector.engine.trainer import Trainer
 from tests.conftest import run_script
 
 
@@ -111,55 +107,25 @@ def test_smoke_training_writes_metrics_checkpoints_and_events_then_evaluates(tmp
     assert "train2017" not in result.stderr.split("Lay out")[0]
 
 
-def test_training_lowers_the_loss(compose_cfg, cache_dir, tmp_path):
-    cfg = compose_cfg(["debug=smoke", f"data.cache_dir={cache_dir}"])
-    torch.manual_seed(0)
-    train_set, _ = build_datasets(cfg.data)
-    model, criterion, _ = build(cfg, train_set.num_classes)
-    optimizer = build_optimizer(cfg.optim, model)
-    trainer = Trainer(
-        model,
-        criterion,
-        optimizer,
-        lambda_scheduler(optimizer, lambda it: 1.0),
-        lambda start: infinite_train_batches(train_set, 2, 0, 0, start),
-        validator=None,
-        output_dir=tmp_path,
-        settings=TrainerSettings(max_iters=40),
-        batch_size=2,
-        device=torch.device("cpu"),
-    )
-    model.train()
+def test_training_lowers_the_loss(smoke_trainer):
+    trainer = smoke_trainer(max_iters=40)
+    trainer.model.train()
     losses = [trainer.step()["loss"] for _ in range(40)]
     first, last = sum(losses[:8]) / 8, sum(losses[-8:]) / 8
     assert last < 0.8 * first, losses
 
 
 @pytest.mark.parametrize("loss", ["focal", "ghm_c"])  # GHM-C: one loss call per level, every call seen
-def test_gradient_diagnostics_do_not_change_the_step(compose_cfg, cache_dir, tmp_path, loss):
+def test_gradient_diagnostics_do_not_change_the_step(compose_cfg, cache_dir, smoke_trainer, loss):
     cfg = compose_cfg(["debug=smoke", f"data.cache_dir={cache_dir}", f"loss={loss}"])
     train_set, _ = build_datasets(cfg.data)
     batch = next(infinite_train_batches(train_set, 2, 0, seed=0))
     results = []
     for diagnose in (False, True):
-        torch.manual_seed(0)
-        model, criterion, _ = build(cfg, train_set.num_classes)
-        optimizer = build_optimizer(cfg.optim, model)
-        trainer = Trainer(
-            model,
-            criterion,
-            optimizer,
-            lambda_scheduler(optimizer, lambda it: 1.0),
-            lambda start: iter([batch]),
-            validator=None,
-            output_dir=tmp_path,
-            settings=TrainerSettings(max_iters=1),
-            batch_size=2,
-            device=torch.device("cpu"),
-        )
-        model.train()
+        trainer = smoke_trainer(f"loss={loss}", batches=lambda start: iter([batch]), max_iters=1)
+        trainer.model.train()
         losses = trainer.step(diagnose)
-        results.append((losses, model.state_dict()))
+        results.append((losses, trainer.model.state_dict()))
     (plain, plain_state), (diagnosed, diagnosed_state) = results
     stats = diagnosed.pop("gradients")
     assert plain == diagnosed
@@ -173,34 +139,20 @@ def test_gradient_diagnostics_do_not_change_the_step(compose_cfg, cache_dir, tmp
     )  # a per-level loss reports the gradient share only
 
 
-def test_bf16_autocast_on_cpu_trains_with_float32_losses(compose_cfg, cache_dir, tmp_path):
+def test_bf16_autocast_on_cpu_trains_with_float32_losses(compose_cfg, cache_dir, smoke_trainer):
     """One batch of 2, stepped on 8 times: bf16 on a CPU without bf16 kernels runs PyTorch's slow fallback
     (the backbone is frozen: its backward pass in bf16 was most of this test's time)."""
-    cfg = compose_cfg(["debug=smoke", "model.backbone.frozen_stages=5", f"data.cache_dir={cache_dir}"])
-    train_set, _ = build_datasets(cfg.data)
-    torch.manual_seed(0)
-    model, criterion, _ = build(cfg, train_set.num_classes)
-    optimizer = build_optimizer(cfg.optim, model)
+    train_set, _ = build_datasets(compose_cfg(["debug=smoke", f"data.cache_dir={cache_dir}"]).data)
     batch = next(infinite_train_batches(train_set, 2, 0, 0, 0))
-    trainer = Trainer(
-        model,
-        criterion,
-        optimizer,
-        lambda_scheduler(optimizer, lambda it: 1.0),
-        lambda start: itertools.repeat(batch),
-        validator=None,
-        output_dir=tmp_path,
-        settings=TrainerSettings(max_iters=8),
-        batch_size=2,
-        device=torch.device("cpu"),
-        amp="bf16",
+    trainer = smoke_trainer(
+        "model.backbone.frozen_stages=5", batches=lambda start: itertools.repeat(batch), amp="bf16", max_iters=8
     )
     seen = {}
-    model.head.register_forward_hook(lambda module, args, output: seen.update(head=output["cls_logits"].dtype))
-    criterion.register_forward_hook(lambda module, args, output: seen.update(loss=output["loss_cls"].dtype))
+    trainer.model.head.register_forward_hook(lambda module, args, output: seen.update(head=output["cls_logits"].dtype))
+    trainer.criterion.register_forward_hook(lambda module, args, output: seen.update(loss=output["loss_cls"].dtype))
     losses = trainer.step()
     assert seen["head"] == torch.bfloat16 and seen["loss"] == torch.float32  # the network ran in bf16 ...
-    assert all(p.dtype == torch.float32 for p in model.parameters())  # ... on float32 weights
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # ... on float32 weights
     history = [losses["loss"]] + [trainer.step()["loss"] for _ in range(7)]
     assert all(torch.isfinite(torch.tensor(history))) and sum(history[-2:]) < 0.9 * sum(history[:2]), history
 
@@ -214,30 +166,14 @@ class CountingValidator:
         return {name: 12.5 for name in ("AP", "AP50", "AP75", "APs", "APm", "APl")}, "", []
 
 
-def test_a_run_resumed_at_its_end_keeps_its_metrics_without_training_or_evaluating(compose_cfg, cache_dir, tmp_path):
+def test_a_run_resumed_at_its_end_keeps_its_metrics_without_training_or_evaluating(smoke_trainer, tmp_path):
     """A sweep rerun with trainer.resume=auto: its finished jobs cost neither a step nor an evaluation."""
-    cfg = compose_cfg(["debug=smoke", f"data.cache_dir={cache_dir}"])
-    train_set, _ = build_datasets(cfg.data)
-    torch.manual_seed(0)
 
-    def trainer_for(validator, batches):
-        model, criterion, _ = build(cfg, train_set.num_classes)
-        optimizer = build_optimizer(cfg.optim, model)
-        return Trainer(
-            model,
-            criterion,
-            optimizer,
-            lambda_scheduler(optimizer, lambda it: 1.0),
-            batches,
-            validator,
-            tmp_path,
-            settings=TrainerSettings(max_iters=2, eval_period=0, log_period=1),
-            batch_size=2,
-            device=torch.device("cpu"),
-        )
+    def trainer_for(validator, batches=None):
+        return smoke_trainer(validator=validator, batches=batches, max_iters=2, eval_period=0, log_period=1)
 
     validator = CountingValidator()
-    first = trainer_for(validator, lambda start: infinite_train_batches(train_set, 2, 0, 0, start)).train()
+    first = trainer_for(validator).train()
     assert validator.calls == 1 and first["AP"] == 12.5 and first["iteration"] == 2
     written = (tmp_path / "metrics.json").read_text()
 
