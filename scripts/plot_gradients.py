@@ -5,9 +5,11 @@
 Reads the `gradients/*` histograms and scalars that training writes to each run's `tb/`
 (`trainer.diagnostics_period`) and draws, one line per run: the density of g = |p − y| over
 negative and over positive elements, the share of the loss's gradient |∂L/∂x| falling at each g,
-and the easy-negative share of the gradient during training. Histograms are averaged over the
-last `--average` logged iterations. Prints the final easy-negative shares as a markdown table.
-Runs are labelled by the overrides in which they differ (e.g. `+row/fl_table3=ce`).
+and the easy-negative share of the gradient during training. Runs whose box loss works on deltas
+add a third row: the density of g_r = |d| / √(d² + μ²) over the positives' box coordinates (GHM-R's
+axis) and the share of the box loss's gradient at each g_r. Histograms are averaged over the last
+`--average` logged iterations. Prints the final easy-negative shares, and the box figures, as
+markdown tables. Runs are labelled by the overrides in which they differ (e.g. `+row/fl_table3=ce`).
 """
 
 from __future__ import annotations
@@ -30,11 +32,14 @@ from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E4
 from detector.tools.ablation_table import row_labels  # noqa: E402
 
 HISTOGRAM_TAGS = ("gradients/g_negative", "gradients/g_positive", "gradients/gradient_by_g")
+BOX_HISTOGRAM_TAGS = ("gradients/box_g", "gradients/box_gradient_by_g")
 SHARE_TAGS = (
     "gradients/easy_negative_fraction",
     "gradients/easy_negative_loss_share",
     "gradients/easy_negative_gradient_share",
 )
+BOX_SCALAR_TAG = "gradients/box_mean_abs_residual"
+FAR_G = 0.9  # g_r ≥ 0.9: |d| ≥ 0.041, past about 2μ
 
 
 def read_run(run_dir: Path, average: int) -> dict:
@@ -45,7 +50,7 @@ def read_run(run_dir: Path, average: int) -> dict:
     if HISTOGRAM_TAGS[0] not in tags["histograms"]:
         raise SystemExit(f"{run_dir / 'tb'} has no gradient diagnostics; train with trainer.diagnostics_period > 0")
     densities = {}
-    for tag in HISTOGRAM_TAGS:
+    for tag in (*HISTOGRAM_TAGS, *(t for t in BOX_HISTOGRAM_TAGS if t in tags["histograms"])):
         recent = events.Histograms(tag)[-average:]
         limits = np.asarray(recent[-1].histogram_value.bucket_limit)
         counts = [np.asarray(h.histogram_value.bucket, dtype=float) for h in recent]
@@ -54,7 +59,7 @@ def read_run(run_dir: Path, average: int) -> dict:
         densities[tag] = (centres, mean)
     scalars = {
         tag: ([e.step for e in events.Scalars(tag)], [e.value for e in events.Scalars(tag)])
-        for tag in SHARE_TAGS
+        for tag in (*SHARE_TAGS, BOX_SCALAR_TAG)
         if tag in tags["scalars"]
     }
     return {"densities": densities, "scalars": scalars}
@@ -70,17 +75,27 @@ def labels_for(run_dirs: list[Path]) -> list[str]:
 
 
 def plot(runs: list[tuple[str, dict]], out: Path) -> None:
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    with_box = any(BOX_HISTOGRAM_TAGS[0] in run["densities"] for _, run in runs)
+    fig, axes = plt.subplots(3 if with_box else 2, 2, figsize=(11, 12 if with_box else 8))
+    axis_g = "gradient norm g = |p − y|"
     panels = [
-        (axes[0, 0], "gradients/g_negative", "negative elements: density of g"),
-        (axes[0, 1], "gradients/g_positive", "positive elements: density of g"),
-        (axes[1, 0], "gradients/gradient_by_g", "share of the loss's gradient |∂L/∂x| at g"),
+        (axes[0, 0], "gradients/g_negative", "negative elements: density of g", axis_g),
+        (axes[0, 1], "gradients/g_positive", "positive elements: density of g", axis_g),
+        (axes[1, 0], "gradients/gradient_by_g", "share of the loss's gradient |∂L/∂x| at g", axis_g),
     ]
-    for ax, tag, title in panels:
+    if with_box:
+        axis_r = "box residual's g_r = |d| / √(d² + μ²), μ = 0.02"
+        panels += [
+            (axes[2, 0], "gradients/box_g", "positives' box coordinates: density of g_r", axis_r),
+            (axes[2, 1], "gradients/box_gradient_by_g", "share of the box loss's gradient |∂L/∂d| at g_r", axis_r),
+        ]
+    for ax, tag, title, xlabel in panels:
         for label, run in runs:
+            if tag not in run["densities"]:
+                continue
             centres, density = run["densities"][tag]
             ax.plot(centres, np.where(density > 0, density, np.nan), marker=".", label=label)
-        ax.set(yscale="log", xlabel="gradient norm g = |p − y|", xlim=(0, 1), title=title)
+        ax.set(yscale="log", xlabel=xlabel, xlim=(0, 1), title=title)
     ax = axes[1, 1]
     for label, run in runs:
         steps, values = run["scalars"].get("gradients/easy_negative_gradient_share", ([], []))
@@ -105,6 +120,24 @@ def share_table(runs: list[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
+def box_table(runs: list[tuple[str, dict]]) -> str:
+    """Per run with box diagnostics: the mean |d| of the positives' coordinates, the share of them
+    at g_r ≥ 0.9, and that share of the box gradient (histograms averaged as drawn)."""
+    lines = [
+        f"| run | mean abs residual | coordinates at g_r ≥ {FAR_G} | their share of the box gradient |",
+        "|---|---|---|---|",
+    ]
+    for label, run in runs:
+        if BOX_HISTOGRAM_TAGS[0] not in run["densities"]:
+            continue
+        cells = [f"{run['scalars'][BOX_SCALAR_TAG][1][-1]:.4f}" if BOX_SCALAR_TAG in run["scalars"] else "–"]
+        for tag in BOX_HISTOGRAM_TAGS:
+            centres, density = run["densities"][tag]
+            cells.append(f"{100 * density[centres >= FAR_G].sum():.1f} %")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (each with a tb/ subfolder)")
@@ -120,6 +153,9 @@ def main() -> None:
     runs = [(label, read_run(run_dir, args.average)) for label, run_dir in zip(labels, args.runs)]
     plot(runs, args.out)
     print(share_table(runs))
+    box = box_table(runs)
+    if box:
+        print(f"\n{box}")
     print(f"\nwrote {args.out}")
 
 

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from detector.tools import ablation_table, compare_runs
 from detector.tools.ablation_table import DEFAULT_PAPER, paper_row
@@ -371,16 +372,26 @@ def test_two_job_smoke_multirun_completes_and_tabulates(tmp_path, cache_dir):
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
+    share_lines, box_lines = result.stdout.split("\n\n")[:2]
     shares = {
         line.split(" | ")[0]: [float(c.rstrip(" %|")) for c in line.split(" | ")[1:]]
-        for line in result.stdout.splitlines()
+        for line in share_lines.splitlines()
         if line.startswith("| loss=")
     }
     assert set(shares) == {"| loss=focal", "| loss=ce"}
     assert all(0.0 <= value <= 100.0 for row in shares.values() for value in row)
     # CE spends most of its gradient on easy negatives; FL (gamma 2, alpha 0.25) much less
     assert shares["| loss=ce"][2] > 50.0 > shares["| loss=focal"][2]
-    assert Image.open(picture).size[0] > 500
+    # both runs' Smooth L1 on deltas: a box table, its mean |d| the last logged value
+    box = {line.split(" | ")[0]: line.split(" | ")[1:] for line in box_lines.splitlines() if line.startswith("| loss=")}
+    assert set(box) == {"| loss=focal", "| loss=ce"}
+    events = EventAccumulator(str(sweep_dir / "0" / "tb"))
+    events.Reload()
+    assert float(box["| loss=focal"][0]) == pytest.approx(
+        events.Scalars("gradients/box_mean_abs_residual")[-1].value, abs=1e-4
+    )
+    assert all(0.0 < float(cell.rstrip(" %|")) <= 100.0 for row in box.values() for cell in row[1:])
+    assert Image.open(picture).size[1] > 1200  # three rows of panels
     labelled = subprocess.run(
         [
             sys.executable,
@@ -399,10 +410,8 @@ def test_two_job_smoke_multirun_completes_and_tabulates(tmp_path, cache_dir):
         timeout=120,
     )
     assert labelled.returncode == 0, labelled.stderr
-    assert [line.split(" | ")[0] for line in labelled.stdout.splitlines() if line.startswith("| ")][1:] == [
-        "| FL",
-        "| CE",
-    ]
+    first_table = labelled.stdout.split("\n\n")[0]
+    assert [line.split(" | ")[0] for line in first_table.splitlines() if line.startswith("| ")][1:] == ["| FL", "| CE"]
 
 
 def fake_run(root, name, overrides, ap, per_class, shares, losses, seed=0):

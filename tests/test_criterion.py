@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from detector.engine.diagnostics import classification_inputs
+from detector.engine.diagnostics import loss_inputs
 from detector.losses import FocalLoss, GHMCLoss, GHMRLoss, QualityFocalLoss, RetinaNetCriterion, SmoothL1Loss
 from detector.losses import criterion as criterion_module
 from detector.losses.criterion import pad_targets
@@ -363,13 +363,13 @@ def test_iou_targets_give_each_positive_the_iou_of_its_predicted_box():
     targets = [target([[1, 0, 11, 10]], [2])]
     soft = RetinaNetCriterion(QualityFocalLoss(), SmoothL1Loss(beta=0.11), IoUMatcher(), BoxCoder())
     assert soft.cls_target == "iou"
-    with classification_inputs(soft.cls_loss) as seen:  # what the loss was given
+    with loss_inputs(soft.cls_loss) as seen:  # what the loss was given
         soft(out, targets)
     expected = torch.zeros(5, K)
     expected[0, 2] = 90 / 110
     torch.testing.assert_close(seen[0][1], expected)
     onehot = criterion()
-    with classification_inputs(onehot.cls_loss) as seen:
+    with loss_inputs(onehot.cls_loss) as seen:
         onehot(out, targets)
     hard = seen[0][1]
     assert onehot.cls_target == "onehot" and hard[0, 2] == 1.0 and hard.sum() == 1.0

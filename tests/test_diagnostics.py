@@ -1,11 +1,11 @@
-"""Gradient diagnostics against the closed-form gradients of CE and FL, in float64."""
+"""Gradient diagnostics against the closed-form gradients of CE, FL, Smooth L1 and ASL1, in float64."""
 
 import numpy as np
 import pytest
 import torch
 
-from detector.engine.diagnostics import EASY_NEGATIVE_P, gradient_statistics
-from detector.losses import FocalLoss, GHMCLoss, OHEMLoss, SigmoidCrossEntropyLoss
+from detector.engine.diagnostics import ASL1_MU, EASY_NEGATIVE_P, box_gradient_statistics, gradient_statistics
+from detector.losses import FocalLoss, GHMCLoss, GHMRLoss, OHEMLoss, SigmoidCrossEntropyLoss, SmoothL1Loss
 
 
 def batch(seed=0, m=400, k=5):
@@ -105,3 +105,67 @@ def test_losses_that_are_not_a_sum_report_the_gradient_share_only():
     stats = gradient_statistics(value, leaf, targets, loss)
     assert set(stats.scalars) == {"easy_negative_fraction", "easy_negative_gradient_share"}
     assert 0.0 <= stats.scalars["easy_negative_gradient_share"] < 1.0
+
+
+def residuals(seed=6, p=120):
+    """Target deltas and predictions whose residuals span precise (|d| ≪ μ) to outlying (|d| ≈ 1)."""
+    generator = torch.Generator().manual_seed(seed)
+    targets = torch.randn(p, 4, generator=generator, dtype=torch.float64) * 0.3
+    scale = torch.logspace(-3.5, 0, p, dtype=torch.float64).unsqueeze(1)
+    return targets + torch.randn(p, 4, generator=generator, dtype=torch.float64) * scale, targets
+
+
+def box_statistics(loss, predictions, targets, normalizer=5.0, bins=20):
+    leaf = predictions.clone().requires_grad_(True)
+    value = loss(leaf, targets, normalizer)
+    return box_gradient_statistics(value, leaf, targets, bins=bins), value, leaf
+
+
+def test_box_histograms_match_smooth_l1s_closed_form_gradient():
+    predictions, targets = residuals()
+    stats, _, _ = box_statistics(SmoothL1Loss(beta=0.11), predictions, targets)
+    d = (predictions - targets).abs().numpy().ravel()
+    g = d / np.sqrt(d * d + ASL1_MU**2)
+    assert (g < 0.5).sum() > 20 and (g > 0.95).sum() > 100  # both ends of the axis are populated
+    edges = np.linspace(0, 1, 21)
+    np.testing.assert_array_equal(stats.g.counts.numpy(), np.histogram(g, edges)[0])
+    assert stats.g.total == d.size == 480
+    # |∂SL1/∂d| = min(|d| / β, 1), divided by the normalizer
+    expected = np.histogram(g, edges, weights=np.minimum(d / 0.11, 1.0) / 5.0)[0]
+    np.testing.assert_allclose(stats.gradient_by_g.counts.numpy(), expected, rtol=1e-9)
+    assert stats.scalars["box_mean_abs_residual"] == pytest.approx(d.mean(), rel=1e-12)
+
+
+def test_asl1s_gradient_is_the_axis_itself_and_per_level_chunks_join():
+    predictions, targets = residuals(seed=7)
+    loss = GHMRLoss(mu=ASL1_MU, bins=1, momentum=0.0)  # ASL1: every weight 1, Σ ASL1 / 4P per call
+    leaves = [predictions[:50].clone().requires_grad_(True), predictions[50:].clone().requires_grad_(True)]
+    value = loss(leaves[0], targets[:50]) + loss(leaves[1], targets[50:])
+    stats = box_gradient_statistics(value, leaves, [targets[:50], targets[50:]], bins=20)
+    d = (predictions - targets).abs().numpy()
+    g = d / np.sqrt(d * d + ASL1_MU**2)
+    per_coordinate = np.concatenate([g[:50].ravel() / 200.0, g[50:].ravel() / 280.0])  # ∂ASL1/∂d = g_r, over 4P
+    expected = np.histogram(g.ravel(), np.linspace(0, 1, 21), weights=per_coordinate)[0]
+    np.testing.assert_allclose(stats.gradient_by_g.counts.numpy(), expected, rtol=1e-9)
+    value.backward()  # the graph survives for the training step
+    assert leaves[0].grad is not None and leaves[1].grad is not None
+
+
+def test_ghm_r_moves_box_gradient_off_the_crowded_bins():
+    predictions, targets = residuals(seed=8)
+    asl1, _, _ = box_statistics(GHMRLoss(bins=1, momentum=0.0), predictions, targets)
+    ghm_r, _, _ = box_statistics(GHMRLoss(bins=10, momentum=0.0), predictions, targets)
+    last = slice(-2, None)  # g_r ≥ 0.9, where most residuals lie
+
+    def share(stats):
+        return float(stats.gradient_by_g.counts[last].sum() / stats.gradient_by_g.total)
+
+    assert share(ghm_r) < share(asl1) - 0.2
+
+
+def test_a_batch_without_positives_gives_empty_box_histograms():
+    empty = torch.zeros(0, 4, dtype=torch.float64, requires_grad=True)
+    value = SmoothL1Loss()(empty, torch.zeros(0, 4, dtype=torch.float64), 1.0)
+    stats = box_gradient_statistics(value, empty, torch.zeros(0, 4, dtype=torch.float64))
+    assert stats.g.total == 0 and float(stats.gradient_by_g.counts.sum()) == 0.0
+    assert stats.scalars == {"box_mean_abs_residual": 0.0}

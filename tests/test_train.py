@@ -115,24 +115,33 @@ def test_training_lowers_the_loss(smoke_trainer):
     assert last < 0.8 * first, losses
 
 
-@pytest.mark.parametrize("loss", ["focal", "ghm_c"])  # GHM-C: one loss call per level, every call seen
-def test_gradient_diagnostics_do_not_change_the_step(compose_cfg, cache_dir, smoke_trainer, loss):
-    cfg = compose_cfg(["debug=smoke", f"data.cache_dir={cache_dir}", f"loss={loss}"])
+@pytest.mark.parametrize(  # GHM-C and GHM-R: one loss call per level, every call seen; GIoU: decoded boxes
+    "loss,box_loss", [("focal", "smooth_l1"), ("ghm_c", "ghm_r"), ("focal", "giou")]
+)
+def test_gradient_diagnostics_do_not_change_the_step(compose_cfg, cache_dir, smoke_trainer, loss, box_loss):
+    overrides = [f"loss={loss}", f"box_loss={box_loss}"]
+    cfg = compose_cfg(["debug=smoke", f"data.cache_dir={cache_dir}", *overrides])
     train_set, _ = build_datasets(cfg.data)
     batch = next(infinite_train_batches(train_set, 2, 0, seed=0))
     results = []
     for diagnose in (False, True):
-        trainer = smoke_trainer(f"loss={loss}", batches=lambda start: iter([batch]), max_iters=1)
+        trainer = smoke_trainer(*overrides, batches=lambda start: iter([batch]), max_iters=1)
         trainer.model.train()
         losses = trainer.step(diagnose)
         results.append((losses, trainer.model.state_dict()))
     (plain, plain_state), (diagnosed, diagnosed_state) = results
     stats = diagnosed.pop("gradients")
+    box_stats = diagnosed.pop("box_gradients", None)
     assert plain == diagnosed
     for name, value in plain_state.items():
         torch.testing.assert_close(diagnosed_state[name], value, rtol=0, atol=0, msg=name)
     assert stats.g_negative.total > stats.g_positive.total > 0
     assert stats.g_negative.total + stats.g_positive.total == plain["num_neg"] + plain["num_pos"]  # every element
+    if box_loss == "giou":  # its inputs are boxes in pixels: no residual axis
+        assert box_stats is None
+    else:  # every coordinate of every positive, and a box gradient on them
+        assert box_stats.g.total == 4 * plain["num_pos"] and box_stats.gradient_by_g.total > 0
+        assert 0.0 < box_stats.scalars["box_mean_abs_residual"] < 10.0
     assert 0.0 < stats.scalars["easy_negative_gradient_share"] < 1.0
     assert 0.0 < stats.scalars.get("easy_negative_loss_share", 0.5) < 1.0 and (loss == "ghm_c") != (
         "easy_negative_loss_share" in stats.scalars

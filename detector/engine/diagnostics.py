@@ -1,5 +1,5 @@
-"""Where the classification gradient goes: the GHM paper's gradient-density view (§3, Fig. 1)
-and the FL paper's easy-negative argument (§3, §5).
+"""Where the classification and box gradients go: the GHM paper's gradient-density view (§3,
+Fig. 1; §4 for regression) and the FL paper's easy-negative argument (§3, §5).
 
 Each element (anchor, class) of the classification loss is a binary example with logit x,
 p = σ(x) and target y. Its gradient norm under cross-entropy is g = |p − y| (GHM eq. 3).
@@ -7,6 +7,12 @@ Every loss here is a function of the same logits, so the picture compares them d
 the density of g for positive (y = 1) and negative elements, how the loss's own gradient
 |∂L/∂x| is spread over g, and the share of loss and gradient spent on easy negatives
 (y = 0 and p < 0.1) — most of CE's, little of FL's or GHM-C's.
+
+The box loss of a positive anchor sees four residuals d = t̂ − t (predicted minus target deltas).
+Its gradient-norm axis is GHM-R's, g_r = |d| / √(d² + μ²) with μ = 0.02 (GHM §4), the gradient
+norm of ASL1: near 0 for a precise coordinate, near 1 for any residual well above μ. The picture
+holds the density of g_r over the positives' coordinates and how the box loss's own gradient
+|∂L/∂t̂| is spread over it, for every loss on deltas (Smooth L1, ASL1, GHM-R, …).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 EASY_NEGATIVE_P = 0.1
+ASL1_MU = 0.02
 
 
 @dataclass
@@ -60,13 +67,20 @@ class GradientStatistics:
     scalars: dict[str, float]  # easy_negative_fraction, _gradient_share and (sum losses only) _loss_share
 
 
+@dataclass
+class BoxGradientStatistics:
+    g: Histogram  # coordinate counts of the positives by g_r
+    gradient_by_g: Histogram  # Σ |∂L/∂t̂| of the coordinates by g_r
+    scalars: dict[str, float]  # box_mean_abs_residual: the mean |d|
+
+
 @contextmanager
-def classification_inputs(cls_loss: nn.Module, enabled: bool = True) -> Iterator[list[tuple[Tensor, Tensor]]]:
-    """While open (and `enabled`), records the (logits, targets) of every call of `cls_loss`: one
-    call, or one per level for a `per_level` loss. The criterion returns losses only; this is how
-    the diagnostics see what it passed to the loss."""
+def loss_inputs(loss: nn.Module, enabled: bool = True) -> Iterator[list[tuple[Tensor, Tensor]]]:
+    """While open (and `enabled`), records the (inputs, targets) of every call of `loss`: one call,
+    or one per level for a `per_level` loss. The criterion returns losses only; this is how the
+    diagnostics see what it passed to the loss."""
     calls: list[tuple[Tensor, Tensor]] = []
-    handle = cls_loss.register_forward_hook(lambda module, args, output: calls.append(args[:2])) if enabled else None
+    handle = loss.register_forward_hook(lambda module, args, output: calls.append(args[:2])) if enabled else None
     try:
         yield calls
     finally:
@@ -110,6 +124,35 @@ def gradient_statistics(
             Histogram.of(g[negative], bins),
             Histogram.of(g, bins, weights=magnitude),
             scalars,
+        )
+
+
+def box_gradient_statistics(
+    loss_box: Tensor,
+    predictions: Tensor | Sequence[Tensor],
+    targets: Tensor | Sequence[Tensor],
+    bins: int = 50,
+) -> BoxGradientStatistics:
+    """Statistics of one batch's positives; `predictions` ([P, 4] deltas, in the graph of `loss_box`,
+    or the chunks of one call per level) and `targets` are what the criterion passed to a box loss
+    on deltas. The graph is kept for the training step's backward; a batch without positives gives
+    empty histograms."""
+    chunks = [predictions] if isinstance(predictions, Tensor) else list(predictions)
+    found = (
+        torch.autograd.grad(loss_box, chunks, retain_graph=True, allow_unused=True)
+        if loss_box.requires_grad
+        else [None] * len(chunks)
+    )
+    gradient = torch.cat([torch.zeros_like(c) if g is None else g for c, g in zip(chunks, found)])
+    predictions = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
+    targets = targets if isinstance(targets, Tensor) else torch.cat(list(targets))
+    with torch.no_grad():
+        residual = (predictions.detach() - targets).abs().flatten()
+        g = residual / torch.sqrt(residual * residual + ASL1_MU * ASL1_MU)
+        return BoxGradientStatistics(
+            Histogram.of(g, bins),
+            Histogram.of(g, bins, weights=gradient.abs().flatten()),
+            {"box_mean_abs_residual": float(residual.mean()) if residual.numel() else 0.0},
         )
 
 

@@ -105,8 +105,9 @@ def _values_under(factor, max_iters: int, iterations: int) -> list[float]:
 
 
 class GradientDiagnostics(Hook):
-    """Every `period` iterations, where the classification gradient goes (`detector.engine.diagnostics`):
-    the step computes it (`trainer.diagnose`), rank 0 sends it to TensorBoard."""
+    """Every `period` iterations, where the classification and box gradients go
+    (`detector.engine.diagnostics`): the step computes them (`trainer.diagnose`), rank 0 sends them
+    to TensorBoard under gradients/ (the box loss's as gradients/box_*)."""
 
     def __init__(self, period: int):
         self.period = period
@@ -116,13 +117,19 @@ class GradientDiagnostics(Hook):
 
     def after_step(self, trainer, losses: dict) -> None:
         gradients = losses.pop("gradients", None)
-        if trainer.writer is None or gradients is None:
+        box_gradients = losses.pop("box_gradients", None)
+        if trainer.writer is None:
             return
-        for name, histogram in (
-            ("g_positive", gradients.g_positive),
-            ("g_negative", gradients.g_negative),
-            ("gradient_by_g", gradients.gradient_by_g),
-        ):
+        histograms = {}
+        if gradients is not None:
+            histograms.update(
+                g_positive=gradients.g_positive,
+                g_negative=gradients.g_negative,
+                gradient_by_g=gradients.gradient_by_g,
+            )
+        if box_gradients is not None:
+            histograms.update(box_g=box_gradients.g, box_gradient_by_g=box_gradients.gradient_by_g)
+        for name, histogram in histograms.items():
             trainer.writer.add_histogram_raw(
                 f"gradients/{name}",
                 histogram.min,
@@ -134,8 +141,9 @@ class GradientDiagnostics(Hook):
                 histogram.counts.tolist(),
                 trainer.iteration,
             )
-        for name, value in gradients.scalars.items():
-            trainer.writer.add_scalar(f"gradients/{name}", value, trainer.iteration)
+        for statistics in (gradients, box_gradients):
+            for name, value in ({} if statistics is None else statistics.scalars).items():
+                trainer.writer.add_scalar(f"gradients/{name}", value, trainer.iteration)
 
 
 class LossLog(Hook):

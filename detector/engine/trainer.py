@@ -26,7 +26,7 @@ from detector.engine.checkpoint import (
     restore_rng_state,
     upgrade_training_state,
 )
-from detector.engine.diagnostics import classification_inputs, gradient_statistics
+from detector.engine.diagnostics import box_gradient_statistics, gradient_statistics, loss_inputs
 from detector.engine.distributed import Distributed, broadcast_from_main, gather_to_main, sum_over_processes
 from detector.engine.evaluator import STAT_NAMES, format_metrics
 from detector.engine.hooks import Evaluation, GradientDiagnostics, Hook, LastCheckpoint, LossLog, TimeBudget
@@ -82,12 +82,13 @@ class Trainer:
     and only rank 0 writes logs, TensorBoard events, checkpoints and metrics.
 
     The loop itself only steps; around each step its hooks (`detector.engine.hooks`, in this order,
-    then any `hooks` given) fix the time budget, log where the classification gradient goes every
-    `diagnostics_period` iterations, log losses, learning rate and ETA every `log_period` (log file,
-    TensorBoard), run `validator(model)` every `eval_period` and keep `checkpoints/best.pt` by AP, and
-    write `checkpoints/last.pt` every `checkpoint_period` and at the end. A step whose loss is not
-    finite updates nothing and is logged with the loss terms at fault; `max_consecutive_nonfinite`
-    of them in a row stop training with a clear error.
+    then any `hooks` given) fix the time budget, log where the classification and box gradients go
+    every `diagnostics_period` iterations (what the criterion passes its `cls_loss` and `box_loss`),
+    log losses, learning rate and ETA every `log_period` (log file, TensorBoard), run
+    `validator(model)` every `eval_period` and keep `checkpoints/best.pt` by AP, and write
+    `checkpoints/last.pt` every `checkpoint_period` and at the end. A step whose loss is not finite
+    updates nothing and is logged with the loss terms at fault; `max_consecutive_nonfinite` of them
+    in a row stop training with a clear error.
     `train()` returns the final metrics, also written to metrics.json with the precision used and
     the machine, and, given `hparams` (`detector.engine.hparams.run_hparams`), to TensorBoard's
     HParams dashboard with them. Checkpoints hold everything a resumed run needs to continue
@@ -275,7 +276,8 @@ class Trainer:
 
     def step(self, diagnose: bool = False) -> dict:
         """One optimizer step; returns the losses as floats, averaged over processes (the positive
-        count summed), and, if `diagnose`, this process's "gradients" statistics."""
+        count summed), and, if `diagnose`, this process's "gradients" statistics (and "box_gradients" for a
+        box loss on deltas)."""
         if self.stream is None:
             self.stream = self.batches(self.iteration)
         images, targets = next(self.stream)
@@ -284,12 +286,22 @@ class Trainer:
         buffers = [*self.module.buffers(), *self.criterion.buffers()]  # BatchNorm statistics, loss EMAs
         saved = [b.detach().clone() for b in buffers]
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-        with classification_inputs(self.criterion.cls_loss, enabled=diagnose) as seen:
+        box_loss = self.criterion.box_loss
+        diagnose_box = diagnose and box_loss.input_space == "deltas"  # g_r is a residual's, not a box's
+        with (
+            loss_inputs(self.criterion.cls_loss, enabled=diagnose) as seen,
+            loss_inputs(box_loss, enabled=diagnose_box) as seen_box,
+        ):
             loss, loss_dict = forward_losses(self.model, self.criterion, images, targets, self.precision)
-        gradients = None
+        diagnostics = {}
         if diagnose:
             logits, cls_targets = zip(*seen)
-            gradients = gradient_statistics(loss_dict["loss_cls"], logits, cls_targets, self.criterion.cls_loss)
+            diagnostics["gradients"] = gradient_statistics(
+                loss_dict["loss_cls"], logits, cls_targets, self.criterion.cls_loss
+            )
+        if diagnose_box:
+            deltas, box_targets = zip(*seen_box)
+            diagnostics["box_gradients"] = box_gradient_statistics(loss_dict["loss_box"], deltas, box_targets)
         losses = self._reduce({"loss": loss, **loss_dict})
         if not math.isfinite(losses["loss"]):  # the same verdict on every process
             with torch.no_grad():
@@ -306,7 +318,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        return losses if gradients is None else {**losses, "gradients": gradients}
+        return {**losses, **diagnostics}
 
     def set_horizon(self, max_iters: int) -> None:
         """End training and the schedule (every factor with a `max_iters`) at `max_iters`."""
