@@ -51,10 +51,13 @@ def read_run(run_dir: Path, average: int) -> dict:
         raise SystemExit(f"{run_dir / 'tb'} has no gradient diagnostics; train with trainer.diagnostics_period > 0")
     densities = {}
     for tag in (*HISTOGRAM_TAGS, *(t for t in BOX_HISTOGRAM_TAGS if t in tags["histograms"])):
-        recent = events.Histograms(tag)[-average:]
+        logged = [h for h in events.Histograms(tag) if sum(h.histogram_value.bucket) > 0]  # a step without positives
+        recent = logged[-average:]
+        if not recent:
+            continue
         limits = np.asarray(recent[-1].histogram_value.bucket_limit)
         counts = [np.asarray(h.histogram_value.bucket, dtype=float) for h in recent]
-        mean = np.mean([c / max(c.sum(), 1e-300) for c in counts], axis=0)
+        mean = np.mean([c / c.sum() for c in counts], axis=0)
         centres = limits - limits[0] / 2  # equal bins: the first limit is the width
         densities[tag] = (centres, mean)
     scalars = {
@@ -120,9 +123,10 @@ def share_table(runs: list[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
-def box_table(runs: list[tuple[str, dict]]) -> str:
+def box_table(runs: list[tuple[str, dict]], average: int) -> str:
     """Per run with box diagnostics: the mean |d| of the positives' coordinates, the share of them
-    at g_r ≥ 0.9, and that share of the box gradient (histograms averaged as drawn)."""
+    at g_r ≥ 0.9, and that share of the box gradient, each averaged over the last `average` logged
+    steps (the histograms as drawn)."""
     lines = [
         f"| run | mean abs residual | coordinates at g_r ≥ {FAR_G} | their share of the box gradient |",
         "|---|---|---|---|",
@@ -130,10 +134,12 @@ def box_table(runs: list[tuple[str, dict]]) -> str:
     for label, run in runs:
         if BOX_HISTOGRAM_TAGS[0] not in run["densities"]:
             continue
-        cells = [f"{run['scalars'][BOX_SCALAR_TAG][1][-1]:.4f}" if BOX_SCALAR_TAG in run["scalars"] else "–"]
+        residuals = [v for v in run["scalars"].get(BOX_SCALAR_TAG, ([], []))[1] if v > 0][-average:]
+        cells = [f"{np.mean(residuals):.4f}" if residuals else "–"]
         for tag in BOX_HISTOGRAM_TAGS:
             centres, density = run["densities"][tag]
-            cells.append(f"{100 * density[centres >= FAR_G].sum():.1f} %")
+            lower_edges = centres - (1 - centres[-1])  # the last bin ends at 1: half a width is 1 − its centre
+            cells.append(f"{100 * density[lower_edges >= FAR_G - 1e-9].sum():.1f} %")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
@@ -153,7 +159,7 @@ def main() -> None:
     runs = [(label, read_run(run_dir, args.average)) for label, run_dir in zip(labels, args.runs)]
     plot(runs, args.out)
     print(share_table(runs))
-    box = box_table(runs)
+    box = box_table(runs, args.average)
     if box:
         print(f"\n{box}")
     print(f"\nwrote {args.out}")

@@ -163,9 +163,10 @@ def test_ghm_r_moves_box_gradient_off_the_crowded_bins():
     assert share(ghm_r) < share(asl1) - 0.2
 
 
-def test_a_batch_without_positives_gives_empty_box_histograms():
+def test_a_batch_without_positives_gives_no_box_statistics_and_huge_residuals_stay_far():
     empty = torch.zeros(0, 4, dtype=torch.float64, requires_grad=True)
     value = SmoothL1Loss()(empty, torch.zeros(0, 4, dtype=torch.float64), 1.0)
-    stats = box_gradient_statistics(value, empty, torch.zeros(0, 4, dtype=torch.float64))
-    assert stats.g.total == 0 and float(stats.gradient_by_g.counts.sum()) == 0.0
-    assert stats.scalars == {"box_mean_abs_residual": 0.0}
+    assert box_gradient_statistics(value, empty, torch.zeros(0, 4, dtype=torch.float64)) is None
+    huge = torch.tensor([[1e20, -1e20, 3e-4, 0.0]], requires_grad=True)  # float32: d² overflows
+    stats = box_gradient_statistics(SmoothL1Loss()(huge, torch.zeros(1, 4), 1.0), huge, torch.zeros(1, 4), bins=10)
+    assert stats.g.counts.tolist() == [2.0, 0, 0, 0, 0, 0, 0, 0, 0, 2.0]  # 3e-4 and 0 near 0; ±1e20 at g_r = 1

@@ -1,15 +1,19 @@
 """The trainer's loop runs its hooks in order, around each real step."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from detector.cli import build
+from detector.engine.diagnostics import box_gradient_statistics, gradient_statistics
 from detector.engine.evaluator import STAT_NAMES
 from detector.engine.hooks import Evaluation, GradientDiagnostics, Hook, LastCheckpoint, LossLog, TimeBudget
 from detector.engine.optimizer import build_optimizer
 from detector.engine.schedule import lambda_scheduler
 from detector.engine.settings import TrainerSettings
 from detector.engine.trainer import Trainer
+from detector.losses import FocalLoss, SmoothL1Loss
 
 
 class Recorder(Hook):
@@ -97,3 +101,36 @@ def test_a_time_budget_hook_comes_first(compose_cfg, cache_dir, tmp_path):
         device=torch.device("cpu"),
     )
     assert [type(hook) for hook in trainer.hooks] == [TimeBudget, GradientDiagnostics, LossLog, LastCheckpoint]
+
+
+class RecordingWriter:
+    def __init__(self):
+        self.histograms, self.scalars = {}, {}
+
+    def add_histogram_raw(self, tag, min, max, num, sum, sum_squares, bucket_limits, bucket_counts, global_step):
+        self.histograms[tag] = (num, bucket_counts, global_step)
+
+    def add_scalar(self, tag, value, global_step):
+        self.scalars[tag] = (value, global_step)
+
+
+def test_gradient_diagnostics_write_the_classification_and_box_pictures_and_take_them_out_of_the_losses():
+    logits = torch.tensor([[-3.0, 0.5], [2.0, -1.0]], requires_grad=True)
+    cls_targets = torch.tensor([[0.0, 1.0], [0.0, 0.0]])
+    deltas = torch.tensor([[0.01, -0.3, 0.0, 2.0]], requires_grad=True)
+    box_targets = torch.zeros(1, 4)
+    losses = {
+        "loss": 1.0,
+        "gradients": gradient_statistics(FocalLoss()(logits, cls_targets, 1.0), logits, cls_targets, FocalLoss()),
+        "box_gradients": box_gradient_statistics(SmoothL1Loss()(deltas, box_targets, 1.0), deltas, box_targets),
+    }
+    writer = RecordingWriter()
+    GradientDiagnostics(period=1).after_step(SimpleNamespace(writer=writer, iteration=7), losses)
+    assert losses == {"loss": 1.0}  # the statistics do not reach the loss log
+    assert set(writer.histograms) == {
+        f"gradients/{name}" for name in ("g_positive", "g_negative", "gradient_by_g", "box_g", "box_gradient_by_g")
+    }
+    num, counts, step = writer.histograms["gradients/box_g"]
+    assert (num, sum(counts), step) == (4, 4, 7)
+    assert writer.scalars["gradients/box_mean_abs_residual"] == (pytest.approx((0.01 + 0.3 + 0.0 + 2.0) / 4), 7)
+    assert {"gradients/easy_negative_fraction", "gradients/easy_negative_gradient_share"} <= set(writer.scalars)

@@ -128,7 +128,7 @@ def test_gradient_diagnostics_do_not_change_the_step(compose_cfg, cache_dir, smo
         trainer = smoke_trainer(*overrides, batches=lambda start: iter([batch]), max_iters=1)
         trainer.model.train()
         losses = trainer.step(diagnose)
-        results.append((losses, trainer.model.state_dict()))
+        results.append((losses, {**trainer.model.state_dict(), **trainer.criterion.state_dict()}))  # loss EMAs too
     (plain, plain_state), (diagnosed, diagnosed_state) = results
     stats = diagnosed.pop("gradients")
     box_stats = diagnosed.pop("box_gradients", None)

@@ -9,8 +9,9 @@ the density of g for positive (y = 1) and negative elements, how the loss's own 
 (y = 0 and p < 0.1) — most of CE's, little of FL's or GHM-C's.
 
 The box loss of a positive anchor sees four residuals d = t̂ − t (predicted minus target deltas).
-Its gradient-norm axis is GHM-R's, g_r = |d| / √(d² + μ²) with μ = 0.02 (GHM §4), the gradient
-norm of ASL1: near 0 for a precise coordinate, near 1 for any residual well above μ. The picture
+Its gradient-norm axis is GHM-R's, g_r = |d| / √(d² + μ²) with GHM-R's default μ = 0.02 (GHM §4),
+the gradient norm of ASL1: near 0 for a precise coordinate, near 1 for any residual well above μ.
+μ stays 0.02 whatever a run's loss uses, so that every run is drawn on the same axis. The picture
 holds the density of g_r over the positives' coordinates and how the box loss's own gradient
 |∂L/∂t̂| is spread over it, for every loss on deltas (Smooth L1, ASL1, GHM-R, …).
 """
@@ -132,12 +133,14 @@ def box_gradient_statistics(
     predictions: Tensor | Sequence[Tensor],
     targets: Tensor | Sequence[Tensor],
     bins: int = 50,
-) -> BoxGradientStatistics:
+) -> BoxGradientStatistics | None:
     """Statistics of one batch's positives; `predictions` ([P, 4] deltas, in the graph of `loss_box`,
     or the chunks of one call per level) and `targets` are what the criterion passed to a box loss
-    on deltas. The graph is kept for the training step's backward; a batch without positives gives
-    empty histograms."""
+    on deltas. The graph is kept for the training step's backward. None for a batch without
+    positives: it has no residuals to show."""
     chunks = [predictions] if isinstance(predictions, Tensor) else list(predictions)
+    if sum(c.numel() for c in chunks) == 0:
+        return None
     found = (
         torch.autograd.grad(loss_box, chunks, retain_graph=True, allow_unused=True)
         if loss_box.requires_grad
@@ -148,11 +151,11 @@ def box_gradient_statistics(
     targets = targets if isinstance(targets, Tensor) else torch.cat(list(targets))
     with torch.no_grad():
         residual = (predictions.detach() - targets).abs().flatten()
-        g = residual / torch.sqrt(residual * residual + ASL1_MU * ASL1_MU)
+        g = residual / torch.hypot(residual, residual.new_tensor(ASL1_MU))  # hypot: no overflow for a huge |d|
         return BoxGradientStatistics(
             Histogram.of(g, bins),
             Histogram.of(g, bins, weights=gradient.abs().flatten()),
-            {"box_mean_abs_residual": float(residual.mean()) if residual.numel() else 0.0},
+            {"box_mean_abs_residual": float(residual.mean())},
         )
 
 

@@ -286,8 +286,8 @@ class Trainer:
         buffers = [*self.module.buffers(), *self.criterion.buffers()]  # BatchNorm statistics, loss EMAs
         saved = [b.detach().clone() for b in buffers]
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-        box_loss = self.criterion.box_loss
-        diagnose_box = diagnose and box_loss.input_space == "deltas"  # g_r is a residual's, not a box's
+        box_loss = getattr(self.criterion, "box_loss", None)
+        diagnose_box = diagnose and getattr(box_loss, "input_space", None) == "deltas"  # g_r: a residual's axis
         with (
             loss_inputs(self.criterion.cls_loss, enabled=diagnose) as seen,
             loss_inputs(box_loss, enabled=diagnose_box) as seen_box,
@@ -299,9 +299,11 @@ class Trainer:
             diagnostics["gradients"] = gradient_statistics(
                 loss_dict["loss_cls"], logits, cls_targets, self.criterion.cls_loss
             )
-        if diagnose_box:
+        if seen_box:  # the criterion called the box loss (on deltas) at least once
             deltas, box_targets = zip(*seen_box)
-            diagnostics["box_gradients"] = box_gradient_statistics(loss_dict["loss_box"], deltas, box_targets)
+            box_statistics = box_gradient_statistics(loss_dict["loss_box"], deltas, box_targets)
+            if box_statistics is not None:
+                diagnostics["box_gradients"] = box_statistics
         losses = self._reduce({"loss": loss, **loss_dict})
         if not math.isfinite(losses["loss"]):  # the same verdict on every process
             with torch.no_grad():
