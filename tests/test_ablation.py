@@ -333,6 +333,50 @@ def test_rows_run_one_at_a_time_are_tabulated_against_their_sweep(tmp_path):
     assert table["+row/fl_table3=flstar_g4_b0"][-1] == "33.90 |" and table["loss=focal"][-1] == "34.00 |"
 
 
+def test_a_run_of_another_sweep_joins_the_row_with_its_resolved_configuration(tmp_path):
+    """GHM-C + Smooth L1 is a row of both GHM tables. Seed 0 ran in `sweep=ghm_reg`; seeds 1 and 2 were
+    copied in from `sweep=ghm_cls` (named there `loss=ghm_c`): the same resolved configuration, so one
+    row of three seeds, labelled as in this sweep and listed as borrowed. A `sweep=ghm_cls` run of
+    another configuration (FL) stays a row of its own."""
+
+    def job(name, sweep, row, loss, box, ap, seed):
+        run = tmp_path / name
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"seed={seed}", row, f"sweep={sweep}"]))
+        config = {"loss": {"_target_": loss}, "box_loss": {"_target_": box, "bins": 10}, "seed": seed}
+        (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+        (run / ".hydra" / "hydra.yaml").write_text(
+            yaml.safe_dump({"hydra": {"runtime": {"choices": {"sweep": sweep}}}})
+        )
+        (run / "metrics.json").write_text(json.dumps(metrics(ap)))
+
+    ghm_c, sl1, ghm_r = "detector.losses.GHMCLoss", "detector.losses.SmoothL1Loss", "detector.losses.GHMRLoss"
+    for seed, ap in enumerate([2.0, 3.0, 4.0]):
+        job(f"ghm_r_s{seed}", "ghm_reg", "+row/ghm_reg=ghm_r", ghm_c, ghm_r, ap, seed)
+    job("sl1_s0", "ghm_reg", "+row/ghm_reg=sl1", ghm_c, sl1, 4.0, 0)
+    job("sl1_s1_from_ghm_cls", "ghm_cls", "loss=ghm_c", ghm_c, sl1, 5.0, 1)
+    job("sl1_s2_from_ghm_cls", "ghm_cls", "loss=ghm_c", ghm_c, sl1, 6.0, 2)
+    job("fl_s0_from_ghm_cls", "ghm_cls", "loss=focal", "detector.losses.FocalLoss", sl1, 9.0, 0)
+    lines = tabulate(tmp_path)
+    assert lines[0] == f"# ghm_reg: {tmp_path}"  # the sweep of most jobs
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in lines if line.startswith("| ")}
+    assert rows["+row/ghm_reg=sl1"][1:3] == ["3 ok", "5.00 ± 1.00"] and rows["+row/ghm_reg=sl1"][-1] == "35.80 |"
+    assert rows["+row/ghm_reg=ghm_r"][1:3] == ["3 ok", "3.00 ± 1.00"]
+    # the FL run has no twin here: labelled among all the jobs, by what sets it apart
+    assert list(rows)[1:] == ["loss=focal sweep=ghm_cls", "+row/ghm_reg=ghm_r", "+row/ghm_reg=sl1"]
+    borrowed = next(line for line in lines if line.startswith("Runs from another sweep"))
+    assert borrowed.endswith("; +row/ghm_reg=sl1: sl1_s1_from_ghm_cls (ghm_cls), sl1_s2_from_ghm_cls (ghm_cls)")
+    runs = (tmp_path / "runs.csv").read_text().splitlines()
+    assert runs[0].endswith(",dir,sweep") and any(r.endswith(",sl1_s2_from_ghm_cls,ghm_cls") for r in runs)
+    assert "borrowed" not in (tmp_path / "table.csv").read_text().splitlines()[0]
+    # a seed that finished in both sweeps is two runs of one seed: refused
+    job("sl1_s0_from_ghm_cls", "ghm_cls", "loss=ghm_c", ghm_c, sl1, 4.0, 0)
+    refused = run_tool(ablation_table.main, tmp_path)
+    assert (
+        refused.returncode == 1 and "seed 0 finished in 2 job folders (sl1_s0, sl1_s0_from_ghm_cls)" in refused.stderr
+    )
+
+
 @pytest.mark.slow  # 27 s; the fast tier keeps a real multirun (test_scale's parallel launcher) and the table's parsing
 def test_two_job_smoke_multirun_completes_and_tabulates(tmp_path, cache_dir):
     sweep_dir = tmp_path / "sweep"

@@ -6,7 +6,10 @@ MULTIRUN_DIR is a multirun, or a folder of runs started one at a time (`python t
 +row/fl_table3=ce seed=0 hydra.run.dir=DIR/ce_s0`, a row a session). Reads every job folder's
 `.hydra/` (overrides, config, the sweep it belongs to: its `sweep=` choice or its `+row/SWEEP=`
 group) and `metrics.json`. Jobs that differ only in their seed form one row: each metric is shown as
-mean ± sample std over the seeds that finished, and the row's runs column counts them. A job
+mean ± sample std over the seeds that finished, and the row's runs column counts them. A run copied
+in from another sweep joins the row whose resolved configuration (`.hydra/config.yaml`, the seed
+aside) is the same as its own, so that a row two of the papers' tables share (GHM-C + Smooth L1) is
+trained once; the table lists every such run under its row. A job
 that did not finish stays visible there: "diverged" if its metrics.json says so, "unfinished" if
 it has a checkpoint and no metrics.json (stopped or still running; `trainer.resume=auto` continues
 it), "failed" otherwise. A row with two finished runs of one seed is refused: they are not two samples.
@@ -55,6 +58,7 @@ def read_job(job_dir: Path) -> dict:
         "dir": job_dir,
         "overrides": overrides,
         "config": config,
+        "resolved": (hydra_dir / "config.yaml").is_file(),
         "sweep": None if hydra is None else sweep_of(hydra.hydra.runtime.choices),
         "metrics": None,
         "status": "failed",
@@ -129,12 +133,13 @@ def build_table(multirun_dir: Path, paper_file: Path = DEFAULT_PAPER) -> tuple[s
     jobs = find_jobs(multirun_dir)
     if not jobs:
         raise SystemExit(f"{multirun_dir}: no job folders (numbered, or with .hydra/); is this a multirun directory?")
-    sweep = next((job["sweep"] for job in jobs if job["sweep"]), None)
+    sweeps = [job["sweep"] for job in jobs if job["sweep"]]
+    sweep = max(sweeps, key=sweeps.count) if sweeps else None  # the most jobs'; a tie: the first job's
     tables = OmegaConf.to_container(OmegaConf.load(paper_file)) if paper_file.is_file() else {}
     table = tables.get(sweep) if sweep else None
     groups: dict[str, list[dict]] = {}
     runs = []
-    for job, label in zip(jobs, row_labels(jobs, ignore=("seed",))):
+    for job, label in zip(jobs, labels_with_borrowed_runs(jobs, sweep)):
         groups.setdefault(label, []).append(job)
         metrics = job["metrics"] or {}
         runs.append(
@@ -146,12 +151,37 @@ def build_table(multirun_dir: Path, paper_file: Path = DEFAULT_PAPER) -> tuple[s
                 "iterations": metrics.get("iteration"),
                 "train_seconds": metrics.get("train_seconds"),
                 "dir": job["dir"].name,
+                "sweep": job["sweep"],
             }
         )
     for label, members in groups.items():
         refuse_repeated_seeds(label, members)
-    rows = [_row(label, members, table) for label, members in groups.items()]
+    rows = [_row(label, members, table, sweep) for label, members in groups.items()]
     return _markdown(multirun_dir, sweep, table, rows), rows, runs
+
+
+def labels_with_borrowed_runs(jobs: list[dict], sweep: str | None) -> list[str]:
+    """Each job's row label. The jobs of `sweep` (and those of no known sweep) are labelled among
+    themselves; a job of another sweep whose resolved configuration, the seed aside, is that of one of
+    them takes its label, and any other job is labelled among all jobs."""
+    own = [i for i, job in enumerate(jobs) if job["sweep"] in (sweep, None)]
+    if len(own) == len(jobs):
+        return row_labels(jobs, ignore=("seed",))
+    labels = row_labels(jobs, ignore=("seed",))
+    for i, label in zip(own, row_labels([jobs[i] for i in own], ignore=("seed",))):
+        labels[i] = label
+    label_of = {configuration(jobs[i]): labels[i] for i in own if jobs[i]["resolved"]}
+    for i, job in enumerate(jobs):
+        if i not in own and job["resolved"]:
+            labels[i] = label_of.get(configuration(job), labels[i])
+    return labels
+
+
+def configuration(job: dict) -> str:
+    """A job's resolved configuration without its seed, as canonical JSON."""
+    config = OmegaConf.to_container(job["config"])
+    config.pop("seed", None)
+    return json.dumps(config, sort_keys=True, default=str)
 
 
 def refuse_repeated_seeds(label: str, jobs: list[dict]) -> None:
@@ -173,13 +203,14 @@ def refuse_repeated_seeds(label: str, jobs: list[dict]) -> None:
         )
 
 
-def _row(label: str, jobs: list[dict], table: dict | None) -> dict:
+def _row(label: str, jobs: list[dict], table: dict | None, sweep: str | None) -> dict:
     finished = [job for job in jobs if job["status"] == "ok"]
     row = {
         "row": label,
         "runs": runs_column(jobs),
         "n": len(finished),
         "seeds": " ".join(str(job["config"].get("seed")) for job in jobs),
+        "borrowed": [f"{job['dir'].name} ({job['sweep']})" for job in jobs if job["sweep"] not in (sweep, None)],
     }
     for metric in METRICS:
         values = [float(job["metrics"][metric]) for job in finished]
@@ -281,6 +312,13 @@ def _markdown(multirun_dir: Path, sweep: str | None, table: dict | None, rows: l
                 f"Spearman rank correlation of the mean AP with the paper's AP over {count} rows: ρ = {rho:.3f}, "
                 + interval,
             ]
+    borrowed = [f"{row['row']}: {', '.join(row['borrowed'])}" for row in rows if row["borrowed"]]
+    if borrowed:
+        lines += [
+            "",
+            "Runs from another sweep, in the row with their resolved configuration (the seed aside): "
+            + "; ".join(borrowed),
+        ]
     close, single = pairs_within_noise(rows)
     if close:
         lines += [
@@ -353,7 +391,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> str:
     args = parser.parse_args(argv)
     markdown, rows, runs = build_table(args.multirun_dir, args.paper)
     (args.multirun_dir / "table.md").write_text(markdown)
-    _write_csv(args.multirun_dir / "table.csv", [{k: v for k, v in r.items() if k != "AP_values"} for r in rows])
+    _write_csv(
+        args.multirun_dir / "table.csv",
+        [{k: v for k, v in r.items() if k not in ("AP_values", "borrowed")} for r in rows],
+    )
     _write_csv(args.multirun_dir / "runs.csv", runs)
     if not args.no_picture:
         try:
