@@ -40,6 +40,7 @@ SHARE_TAGS = (
 )
 BOX_SCALAR_TAG = "gradients/box_mean_abs_residual"
 FAR_G = 0.9  # g_r ≥ 0.9: |d| ≥ 0.041, past about 2μ
+NEAR_G = 0.7  # g_r < 0.7: |d| < 0.0196, within about μ
 
 
 def read_run(run_dir: Path, average: int) -> dict:
@@ -124,21 +125,25 @@ def share_table(runs: list[tuple[str, dict]]) -> str:
 
 
 def box_table(runs: list[tuple[str, dict]], average: int) -> str:
-    """Per run with box diagnostics: the mean |d| of the positives' coordinates, the share of them
-    at g_r ≥ 0.9, and that share of the box gradient, each averaged over the last `average` logged
-    steps (the histograms as drawn)."""
+    """Per run with box diagnostics: the mean |d| of the positives' coordinates, the shares of them
+    at g_r < 0.7 and at g_r ≥ 0.9, and the latter's share of the box gradient, each averaged over the
+    last `average` logged steps (the histograms as drawn)."""
     lines = [
-        f"| run | mean abs residual | coordinates at g_r ≥ {FAR_G} | their share of the box gradient |",
-        "|---|---|---|---|",
+        f"| run | mean abs residual | coordinates at g_r < {NEAR_G} | at g_r ≥ {FAR_G} | "
+        "their share of the box gradient |",
+        "|---|---|---|---|---|",
     ]
     for label, run in runs:
         if BOX_HISTOGRAM_TAGS[0] not in run["densities"]:
             continue
         residuals = [v for v in run["scalars"].get(BOX_SCALAR_TAG, ([], []))[1] if v > 0][-average:]
         cells = [f"{np.mean(residuals):.4f}" if residuals else "–"]
+        centres, density = run["densities"][BOX_HISTOGRAM_TAGS[0]]
+        lower_edges = centres - (1 - centres[-1])  # the last bin ends at 1: half a width is 1 − its centre
+        cells.append(f"{100 * density[lower_edges < NEAR_G - 1e-9].sum():.1f} %")
         for tag in BOX_HISTOGRAM_TAGS:
             centres, density = run["densities"][tag]
-            lower_edges = centres - (1 - centres[-1])  # the last bin ends at 1: half a width is 1 − its centre
+            lower_edges = centres - (1 - centres[-1])
             cells.append(f"{100 * density[lower_edges >= FAR_G - 1e-9].sum():.1f} %")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""

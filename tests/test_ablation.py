@@ -434,7 +434,9 @@ def test_two_job_smoke_multirun_completes_and_tabulates(tmp_path, cache_dir):
     assert float(box["| loss=focal"][0]) == pytest.approx(
         events.Scalars("gradients/box_mean_abs_residual")[-1].value, abs=1e-4
     )
-    assert all(0.0 < float(cell.rstrip(" %|")) <= 100.0 for row in box.values() for cell in row[1:])
+    shares = [[float(cell.rstrip(" %|")) for cell in row[1:]] for row in box.values()]
+    assert all(0.0 <= share <= 100.0 for row in shares for share in row)
+    assert all(near + far <= 100.05 and far > 0.0 and gradient > 0.0 for near, far, gradient in shares)
     assert Image.open(picture).size[1] > 1200  # three rows of panels
     labelled = subprocess.run(
         [
