@@ -138,13 +138,11 @@ def box_table(runs: list[tuple[str, dict]], average: int) -> str:
             continue
         residuals = [v for v in run["scalars"].get(BOX_SCALAR_TAG, ([], []))[1] if v > 0][-average:]
         cells = [f"{np.mean(residuals):.4f}" if residuals else "–"]
-        centres, density = run["densities"][BOX_HISTOGRAM_TAGS[0]]
+        centres, counts = run["densities"][BOX_HISTOGRAM_TAGS[0]]
+        _, gradient = run["densities"][BOX_HISTOGRAM_TAGS[1]]  # the same bins
         lower_edges = centres - (1 - centres[-1])  # the last bin ends at 1: half a width is 1 − its centre
-        cells.append(f"{100 * density[lower_edges < NEAR_G - 1e-9].sum():.1f} %")
-        for tag in BOX_HISTOGRAM_TAGS:
-            centres, density = run["densities"][tag]
-            lower_edges = centres - (1 - centres[-1])
-            cells.append(f"{100 * density[lower_edges >= FAR_G - 1e-9].sum():.1f} %")
+        near, far = lower_edges < NEAR_G - 1e-9, lower_edges >= FAR_G - 1e-9
+        cells += [f"{100 * share:.1f} %" for share in (counts[near].sum(), counts[far].sum(), gradient[far].sum())]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
