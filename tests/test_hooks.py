@@ -134,3 +134,26 @@ def test_gradient_diagnostics_write_the_classification_and_box_pictures_and_take
     assert (num, sum(counts), step) == (4, 4, 7)
     assert writer.scalars["gradients/box_mean_abs_residual"] == (pytest.approx((0.01 + 0.3 + 0.0 + 2.0) / 4), 7)
     assert {"gradients/easy_negative_fraction", "gradients/easy_negative_gradient_share"} <= set(writer.scalars)
+
+
+def test_the_loss_log_writes_the_gradient_norm_and_a_dash_after_a_skipped_step(caplog):
+    writer = RecordingWriter()
+    losses = {"loss": 2.0, "loss_cls": 1.5, "loss_box": 0.5, "num_pos": 4.0, "num_neg": 40000.0}
+    trainer = SimpleNamespace(
+        writer=writer,
+        iteration=20,
+        max_iters=100,
+        train_seconds=10.0,
+        grad_norm=torch.tensor(37.25),
+        optimizer=SimpleNamespace(param_groups=[{"lr": 0.01}]),
+    )
+    with caplog.at_level("INFO", logger="detector.engine.trainer"):
+        LossLog(period=20).after_step(trainer, losses)
+        trainer.grad_norm = None  # the step was skipped: its loss was not finite
+        trainer.iteration = 40
+        LossLog(period=20).after_step(trainer, losses)
+    first, second = [r.getMessage() for r in caplog.records]
+    assert "cls 1.5000  box 0.5000  pos 4.0  neg/pos 10000  lr 0.01000  grad 37.2  0.500s/it" in first
+    assert "grad -  0.250s/it" in second
+    assert writer.scalars["train/grad_norm"] == (pytest.approx(37.25), 20)  # the skipped step writes none
+    assert writer.scalars["train/loss_cls"] == (1.5, 40)

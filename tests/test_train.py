@@ -53,6 +53,7 @@ def test_smoke_training_writes_metrics_checkpoints_and_events_then_evaluates(tmp
     assert events.Images("eval/detections_0")[-1].width == 128
     assert "eval/pr_curves" in events.Tags()["images"] and (run / "pr_curves.png").is_file()
     assert "eval/errors" in events.Tags()["images"] and (run / "errors.png").is_file()  # the TIDE breakdown
+    assert events.Scalars("train/grad_norm")[-1].value > 0 and " grad " in (run / "train.log").read_text()
     star = next(row for row in metrics["per_class"] if row["class"] == "star")
     for name, tag in (("AP", "eval_per_class"), ("AP50", "eval_per_class_AP50"), ("AP75", "eval_per_class_AP75")):
         assert events.Scalars(f"{tag}/star")[-1].value == pytest.approx(star[name])  # the final evaluation's
@@ -146,6 +147,33 @@ def test_gradient_diagnostics_do_not_change_the_step(compose_cfg, cache_dir, smo
     assert 0.0 < stats.scalars.get("easy_negative_loss_share", 0.5) < 1.0 and (loss == "ghm_c") != (
         "easy_negative_loss_share" in stats.scalars
     )  # a per-level loss reports the gradient share only
+
+
+def test_the_gradient_norm_is_taken_before_clipping_and_clipping_scales_every_gradient_to_the_limit(
+    compose_cfg, cache_dir, smoke_trainer
+):
+    train_set, _ = build_datasets(compose_cfg(["debug=smoke", f"data.cache_dir={cache_dir}"]).data)
+    batch = next(infinite_train_batches(train_set, 2, 0, seed=0))
+
+    def one_step(**settings):
+        trainer = smoke_trainer(batches=lambda start: iter([batch]), max_iters=1, **settings)
+        trainer.model.train()
+        trainer.step()
+        grads = {name: p.grad.double() for name, p in trainer.model.named_parameters() if p.grad is not None}
+        return trainer.grad_norm, grads
+
+    def norm_of(grads):  # float64, by hand
+        return float(torch.stack([g.square().sum() for g in grads.values()]).sum().sqrt())
+
+    free_norm, free = one_step()
+    norm = norm_of(free)
+    assert free_norm.dtype == torch.float32 and float(free_norm) == pytest.approx(norm, rel=1e-5)
+    limit = norm / 4
+    clipped_norm, clipped = one_step(clip_grad_norm=limit)
+    assert float(clipped_norm) == float(free_norm)  # the norm the step had, not the clipped one
+    for name, g in free.items():
+        torch.testing.assert_close(clipped[name], g * limit / (norm + 1e-6), rtol=1e-5, atol=1e-12)
+    assert norm_of(clipped) == pytest.approx(limit, rel=1e-5)
 
 
 def test_bf16_autocast_on_cpu_trains_with_float32_losses(compose_cfg, cache_dir, smoke_trainer):

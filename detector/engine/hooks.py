@@ -148,7 +148,8 @@ class GradientDiagnostics(Hook):
 
 class LossLog(Hook):
     """Every `period` iterations, on rank 0: the losses, positives, negatives per positive, learning
-    rate and ETA in the log, and every value in TensorBoard."""
+    rate, the step's gradient norm (the L2 norm over all parameters, before `trainer.clip_grad_norm`;
+    "-" after a skipped step) and ETA in the log, and every value in TensorBoard."""
 
     def __init__(self, period: int):
         self.period = period
@@ -161,8 +162,9 @@ class LossLog(Hook):
         eta = seconds_per_iter * (trainer.max_iters - trainer.iteration)
         neg_per_pos = losses["num_neg"] / max(losses["num_pos"], 1.0)
         terms = "  ".join(f"{key[5:]} {value:.4f}" for key, value in losses.items() if key.startswith("loss_"))
+        grad_norm = None if trainer.grad_norm is None else float(trainer.grad_norm)
         log.info(
-            "iter %d/%d  loss %.4f  %s  pos %.1f  neg/pos %.0f  lr %.5f  %.3fs/it  eta %s",
+            "iter %d/%d  loss %.4f  %s  pos %.1f  neg/pos %.0f  lr %.5f  grad %s  %.3fs/it  eta %s",
             trainer.iteration,
             trainer.max_iters,
             losses["loss"],
@@ -170,6 +172,7 @@ class LossLog(Hook):
             losses["num_pos"],
             neg_per_pos,
             lr,
+            "-" if grad_norm is None else f"{grad_norm:.3g}",
             seconds_per_iter,
             time.strftime("%H:%M:%S", time.gmtime(eta)),
         )
@@ -177,6 +180,8 @@ class LossLog(Hook):
             trainer.writer.add_scalar(f"train/{key}", value, trainer.iteration)
         trainer.writer.add_scalar("train/negatives_per_positive", neg_per_pos, trainer.iteration)
         trainer.writer.add_scalar("train/lr", lr, trainer.iteration)
+        if grad_norm is not None:
+            trainer.writer.add_scalar("train/grad_norm", grad_norm, trainer.iteration)
 
 
 class Evaluation(Hook):

@@ -84,8 +84,8 @@ class Trainer:
     The loop itself only steps; around each step its hooks (`detector.engine.hooks`, in this order,
     then any `hooks` given) fix the time budget, log where the classification and box gradients go
     every `diagnostics_period` iterations (what the criterion passes its `cls_loss` and `box_loss`),
-    log losses, learning rate and ETA every `log_period` (log file, TensorBoard), run
-    `validator(model)` every `eval_period` and keep `checkpoints/best.pt` by AP, and write
+    log losses, learning rate, the gradient norm (before clipping) and ETA every `log_period` (log
+    file, TensorBoard), run `validator(model)` every `eval_period` and keep `checkpoints/best.pt` by AP, and write
     `checkpoints/last.pt` every `checkpoint_period` and at the end. A step whose loss is not finite
     updates nothing and is logged with the loss terms at fault; `max_consecutive_nonfinite` of them
     in a row stop training with a clear error.
@@ -143,6 +143,7 @@ class Trainer:
         self.train_seconds = 0.0
         self.nonfinite_in_a_row = 0
         self.skipped_steps = 0
+        self.grad_norm: torch.Tensor | None = None  # the last step's gradient norm, before clipping
         self.replaced_images: set[int] = set()
         self.writer: SummaryWriter | None = None  # rank 0's, while train() runs
         self.metrics: dict | None = None  # the latest evaluation's stats
@@ -314,9 +315,11 @@ class Trainer:
         self.nonfinite_in_a_row = 0
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)  # a no-op without float16's loss scaling
+        gradients = [p.grad for p in self.model.parameters() if p.grad is not None]
+        self.grad_norm = torch.nn.utils.get_total_norm(gradients)  # read only when logged: no wait for the device
         if self.settings.clip_grad_norm is not None:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.clip_grad_norm)
+            torch.nn.utils.clip_grads_with_norm_(self.model.parameters(), self.settings.clip_grad_norm, self.grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -335,6 +338,7 @@ class Trainer:
         `max_consecutive_nonfinite` such steps in a row, before anything is written from them."""
         self.nonfinite_in_a_row += 1
         self.skipped_steps += 1
+        self.grad_norm = None
         terms = ", ".join(k for k, v in losses.items() if k.startswith("loss_") and not math.isfinite(v))
         log.error(
             "non-finite loss at iteration %d (%s): %s; step skipped, %d in a row",
