@@ -240,6 +240,16 @@ def test_ablation_table_on_a_fabricated_multirun(tmp_path):
     assert Image.open(tmp_path / "table.png").size[0] >= 600
 
 
+def test_rows_of_a_papers_table_come_in_its_order_whatever_their_folders_are_named(tmp_path):
+    """Run records copied into named folders list as text (alpha0.99 before alpha0.9); the table keeps the
+    paper's order, and a row the paper does not have comes after its rows."""
+    for alpha in (0.6, 0.999, 0.99, 0.9, 0.1):
+        fake_job(tmp_path, f"alpha{alpha}_s0", alpha, metrics(alpha * 10), seed=0)
+    rows = [line.split(" | ")[0][2:] for line in tabulate(tmp_path) if line.startswith("| loss.alpha")]
+    assert rows == [f"loss.alpha={alpha}" for alpha in (0.1, 0.9, 0.99, 0.999, 0.6)]
+    assert [line.split(",")[0] for line in (tmp_path / "table.csv").read_text().splitlines()[1:]] == rows
+
+
 def test_seeds_are_one_row_with_mean_std_interval_and_noise(tmp_path):
     """Three seeds a row. α .25: 4, 5, 6 (mean 5, std 1); α .5: 20, 22 and a diverged seed; α .75:
     21, 23, 25 (mean 23, std 2); α .9: 30, 30, 30. The paper's order is .25 < .5 < .9 < .75 (10.8,
@@ -362,8 +372,9 @@ def test_a_run_of_another_sweep_joins_the_row_with_its_resolved_configuration(tm
     rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in lines if line.startswith("| ")}
     assert rows["+row/ghm_reg=sl1"][1:3] == ["3 ok", "5.00 ± 1.00"] and rows["+row/ghm_reg=sl1"][-1] == "35.80 |"
     assert rows["+row/ghm_reg=ghm_r"][1:3] == ["3 ok", "3.00 ± 1.00"]
-    # the FL run has no twin here: labelled among all the jobs, by what sets it apart
-    assert list(rows)[1:] == ["loss=focal sweep=ghm_cls", "+row/ghm_reg=ghm_r", "+row/ghm_reg=sl1"]
+    # the paper's order (the FL run matches the Smooth L1 row's keys, its box loss, and comes first as the first
+    # job); it has no twin here: labelled among all the jobs, by what sets it apart
+    assert list(rows)[1:] == ["loss=focal sweep=ghm_cls", "+row/ghm_reg=sl1", "+row/ghm_reg=ghm_r"]
     borrowed = next(line for line in lines if line.startswith("Runs from another sweep"))
     assert borrowed.endswith("; +row/ghm_reg=sl1: sl1_s1_from_ghm_cls (ghm_cls), sl1_s2_from_ghm_cls (ghm_cls)")
     runs = (tmp_path / "runs.csv").read_text().splitlines()

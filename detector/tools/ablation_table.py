@@ -14,11 +14,12 @@ that did not finish stays visible there: "diverged" if its metrics.json says so,
 it has a checkpoint and no metrics.json (stopped or still running; `trainer.resume=auto` continues
 it), "failed" otherwise. A row with two finished runs of one seed is refused: they are not two samples.
 
-When the sweep is one of the papers' tables, the published AP of the matching row stands beside
-ours, with the Spearman rank correlation ρ between our mean AP and the paper's, and its 95 %
-bootstrap interval: each row's seeds are resampled with replacement (2,000 times, a fixed
-generator). Pairs of rows whose AP differs by less than the noise (Welch's t-test, p ≥ 0.05;
-rows with one seed cannot be told apart from noise) are listed.
+When the sweep is one of the papers' tables, the rows come in the paper's order (rows it does not
+have after them) and the published AP of the matching row stands beside ours, with the Spearman
+rank correlation ρ between our mean AP and the paper's, and its 95 % bootstrap interval: each
+row's seeds are resampled with replacement (2,000 times, a fixed generator). Pairs of rows whose AP
+differs by less than the noise (Welch's t-test, p ≥ 0.05; rows with one seed cannot be told apart
+from noise) are listed.
 
 Writes into MULTIRUN_DIR: `table.md` (printed too), `table.csv` (a line per row), `runs.csv`
 (a line per job) and `table.png` (our AP with ± std bars beside the paper's, row by row).
@@ -157,6 +158,8 @@ def build_table(multirun_dir: Path, paper_file: Path = DEFAULT_PAPER) -> tuple[s
     for label, members in groups.items():
         refuse_repeated_seeds(label, members)
     rows = [_row(label, members, table, sweep) for label, members in groups.items()]
+    if table is not None:  # the paper's order; rows it does not have after them, in the jobs' order
+        rows.sort(key=lambda row: len(table["rows"]) if row["paper_index"] is None else row["paper_index"])
     return _markdown(multirun_dir, sweep, table, rows), rows, runs
 
 
@@ -225,6 +228,7 @@ def _row(label: str, jobs: list[dict], table: dict | None, sweep: str | None) ->
     if table is not None:
         published = paper_row(jobs[0], table)
         row["paper_AP"] = published["AP"] if published else None
+        row["paper_index"] = table["rows"].index(published) if published else None
     return row
 
 
@@ -393,7 +397,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> str:
     (args.multirun_dir / "table.md").write_text(markdown)
     _write_csv(
         args.multirun_dir / "table.csv",
-        [{k: v for k, v in r.items() if k not in ("AP_values", "borrowed")} for r in rows],
+        [{k: v for k, v in r.items() if k not in ("AP_values", "borrowed", "paper_index")} for r in rows],
     )
     _write_csv(args.multirun_dir / "runs.csv", runs)
     if not args.no_picture:
