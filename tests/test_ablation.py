@@ -209,6 +209,11 @@ def tabulate(root, as_script=False):
     return table.splitlines()
 
 
+def main_table(lines: list[str]) -> list[str]:
+    """The lines before the per-seed table, which repeats the row labels."""
+    return lines[: next((i for i, line in enumerate(lines) if line.startswith("Per seed: ")), len(lines))]
+
+
 def test_ablation_table_on_a_fabricated_multirun(tmp_path):
     fake_job(tmp_path, 0, 0.25, metrics(5.0))
     fake_job(tmp_path, 1, 0.5, metrics(20.0))
@@ -231,9 +236,19 @@ def test_ablation_table_on_a_fabricated_multirun(tmp_path):
         "Spearman rank correlation of the mean AP with the paper's AP over 4 rows: ρ = 0.800, "
         "no interval: one seed a row"
     )
-    assert lines[-1].startswith(
+    assert lines[17].startswith(
         "Rows with fewer than 2 finished seeds (no test can separate them from noise): loss.alpha=0.25;"
     )
+    assert lines[21:] == [  # jobs without a seed: one column; a run's status where it has no AP
+        "| row | no seed |",
+        "|---|---|",
+        "| loss.alpha=0.25 | 5.00 |",
+        "| loss.alpha=0.5 | 20.00 |",
+        "| loss.alpha=0.75 | 25.00 |",
+        "| loss.alpha=0.9 | diverged at iteration 7 |",
+        "| loss.alpha=0.99 | failed |",
+        "| loss.alpha=0.999 | 1.00 |",
+    ]
     csv_lines = (tmp_path / "table.csv").read_text().splitlines()
     assert csv_lines[0].startswith("row,runs,n,seeds,AP,AP_std,AP50,AP50_std,") and csv_lines[0].endswith(",paper_AP")
     assert len(csv_lines) == 7 and "diverged" in csv_lines[4]
@@ -245,8 +260,11 @@ def test_rows_of_a_papers_table_come_in_its_order_whatever_their_folders_are_nam
     paper's order, and a row the paper does not have comes after its rows."""
     for alpha in (0.6, 0.999, 0.99, 0.9, 0.1):
         fake_job(tmp_path, f"alpha{alpha}_s0", alpha, metrics(alpha * 10), seed=0)
-    rows = [line.split(" | ")[0][2:] for line in tabulate(tmp_path) if line.startswith("| loss.alpha")]
+    lines = tabulate(tmp_path)
+    rows = [line.split(" | ")[0][2:] for line in main_table(lines) if line.startswith("| loss.alpha")]
     assert rows == [f"loss.alpha={alpha}" for alpha in (0.1, 0.9, 0.99, 0.999, 0.6)]
+    per_seed = lines[next(i for i, line in enumerate(lines) if line.startswith("Per seed")) + 4 :]
+    assert [line.split(" | ")[0][2:] for line in per_seed] == rows
     assert [line.split(",")[0] for line in (tmp_path / "table.csv").read_text().splitlines()[1:]] == rows
 
 
@@ -263,7 +281,9 @@ def test_seeds_are_one_row_with_mean_std_interval_and_noise(tmp_path):
             fake_job(tmp_path, index, alpha, metrics(ap) if ap is not None else DIVERGED, seed=seed)
             index += 1
     lines = tabulate(tmp_path)
-    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in lines if line.startswith("| loss.alpha")}
+    rows = {
+        line.split(" | ")[0][2:]: line.split(" | ") for line in main_table(lines) if line.startswith("| loss.alpha")
+    }
     assert list(rows) == ["loss.alpha=0.25", "loss.alpha=0.5", "loss.alpha=0.75", "loss.alpha=0.9"]
     assert rows["loss.alpha=0.25"][1:4] == ["3 ok", "5.00 ± 1.00", "25.00 ± 1.00"]
     assert rows["loss.alpha=0.5"][1:3] == ["2 ok, 1 diverged (seed 2)", "21.00 ± 1.41"]
@@ -276,6 +296,45 @@ def test_seeds_are_one_row_with_mean_std_interval_and_noise(tmp_path):
     assert "loss.alpha=0.75 ~ loss.alpha=0.9" not in noise  # 21/23/25 against 30/30/30: p < 0.05
     runs = (tmp_path / "runs.csv").read_text().splitlines()
     assert len(runs) == 13 and runs[6].split(",")[:3] == ["loss.alpha=0.5", "2", "diverged"]
+
+
+def coco_summary(ap: float) -> str:
+    """The first two lines of a COCO summary, as the evaluation hook logs it."""
+    return (
+        f" Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = {ap:.3f}\n"
+        " Average Precision  (AP) @[ IoU=0.50      | area=   all | maxDets=100 ] = 0.900\n"
+    )
+
+
+def test_the_per_seed_table_shows_each_runs_curve_machine_and_classes(tmp_path):
+    """α .25, seed 0: evaluated at 500 and 1,000, stopped, resumed, evaluated 1,000 again (the later value
+    stands) and 1,500, on the AMX kind in bf16; classes 12 and 10 AP reach 10, 0.5 stays below 1, 3 does
+    neither, and the class without ground truth (-1) is not counted. Seed 1 diverged at iteration 7.
+    α .5 ran seed 1 only, evaluated once (no curve), on a GPU in fp16, without per-class AP."""
+    evaluations = [
+        f"[x][detector.engine.trainer][INFO] - evaluation at iteration {iteration}:\n"
+        f"Evaluate annotation type *bbox*\n{coco_summary(ap)}"
+        "[x][detector.engine.trainer][INFO] - iter 1/2  loss 1.0\n"
+        for iteration, ap in ((500, 0.012), (1000, 0.031), (1000, 0.034), (1500, 0.05))
+    ]
+    per_class = [
+        {"class": name, "AP": ap, "gt_boxes": boxes}
+        for name, ap, boxes in (("a", 12.0, 3), ("b", 10.0, 2), ("c", 0.5, 4), ("d", 3.0, 1), ("e", -1.0, 0))
+    ]
+    amx = {"machine": {"cpu_kind": "AMX", "cuda": None}, "precision": {"used": "bf16"}, "per_class": per_class}
+    gpu = {"machine": {"cpu_kind": "AVX2", "cuda": "NVIDIA H100"}, "precision": {"used": "fp16"}}
+    fake_job(tmp_path, 0, 0.25, {**metrics(5.0), **amx}, log="".join(evaluations), seed=0)
+    fake_job(tmp_path, 1, 0.25, DIVERGED, seed=1)
+    fake_job(tmp_path, 2, 0.5, {**metrics(20.0), **gpu}, log=evaluations[0], seed=1)
+    lines = tabulate(tmp_path)
+    start = next(i for i, line in enumerate(lines) if line.startswith("Per seed: final AP"))
+    assert lines[start + 2 :] == [
+        "| row | seed 0 | seed 1 |",
+        "|---|---|---|",
+        "| loss.alpha=0.25 | 5.00 (1.2 · 3.4 · 5.0); AMX, bf16; 2 / 1 of 4 | diverged at iteration 7 |",
+        "| loss.alpha=0.5 | – | 20.00; NVIDIA H100, fp16 |",
+    ]
+    assert "per_seed" not in (tmp_path / "table.csv").read_text().splitlines()[0]
 
 
 def test_jobs_killed_before_hydra_wrote_their_folder_stay_visible_as_failed(tmp_path):
@@ -294,7 +353,7 @@ def test_jobs_killed_before_hydra_wrote_their_folder_stay_visible_as_failed(tmp_
     (tmp_path / "2").mkdir()
     lines = tabulate(tmp_path)
     assert lines[0] == f"# fl_table1a: {tmp_path}"  # the sweep, read from the jobs that have it
-    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in lines if line.startswith("| ")}
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in main_table(lines) if line.startswith("| ")}
     assert rows["loss.alpha=0.25"][1] == "1 ok, 1 failed (seed 1)" and rows["loss.alpha=0.25"][2] == "5.00"
     assert rows["loss.alpha=0.5"][1] == "1 ok, 1 diverged (seed 1), 1 unfinished (seed 2)"  # from metrics.json
     assert rows["job 2 (no .hydra/overrides.yaml)"][1] == "0 ok, 1 failed (seed None)"
@@ -314,7 +373,9 @@ def test_a_seed_finished_twice_in_one_row_is_refused_and_a_failed_attempt_beside
     shutil.rmtree(tmp_path / "2")
     fake_job(tmp_path, 4, 0.5, DIVERGED, seed=0)
     lines = tabulate(tmp_path)
-    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in lines if line.startswith("| loss.alpha")}
+    rows = {
+        line.split(" | ")[0][2:]: line.split(" | ") for line in main_table(lines) if line.startswith("| loss.alpha")
+    }
     assert rows["loss.alpha=0.25"][1:3] == ["2 ok", "5.50 ± 0.71"]
     assert rows["loss.alpha=0.5"][1:3] == ["1 ok, 1 diverged (seed 0)", "20.00"]
 
@@ -338,7 +399,11 @@ def test_rows_run_one_at_a_time_are_tabulated_against_their_sweep(tmp_path):
         (job / "metrics.json").write_text(json.dumps(metrics(ap)))
     lines = tabulate(tmp_path)
     assert lines[0] == f"# fl_table3: {tmp_path}"
-    table = {line.split(" | ")[0][2:]: line.split(" | ") for line in lines if line.startswith(("| +row", "| loss"))}
+    table = {
+        line.split(" | ")[0][2:]: line.split(" | ")
+        for line in main_table(lines)
+        if line.startswith(("| +row", "| loss"))
+    }
     assert table["+row/fl_table3=ce"][2] == "1.00" and table["+row/fl_table3=ce"][-1] == "31.10 |"
     assert table["+row/fl_table3=flstar_g4_b0"][-1] == "33.90 |" and table["loss=focal"][-1] == "34.00 |"
 
@@ -369,7 +434,7 @@ def test_a_run_of_another_sweep_joins_the_row_with_its_resolved_configuration(tm
     job("fl_s0_from_ghm_cls", "ghm_cls", "loss=focal", "detector.losses.FocalLoss", sl1, 9.0, 0)
     lines = tabulate(tmp_path)
     assert lines[0] == f"# ghm_reg: {tmp_path}"  # the sweep of most jobs
-    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in lines if line.startswith("| ")}
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in main_table(lines) if line.startswith("| ")}
     assert rows["+row/ghm_reg=sl1"][1:3] == ["3 ok", "5.00 ± 1.00"] and rows["+row/ghm_reg=sl1"][-1] == "35.80 |"
     assert rows["+row/ghm_reg=ghm_r"][1:3] == ["3 ok", "3.00 ± 1.00"]
     # the paper's order (the FL run matches the Smooth L1 row's keys, its box loss, and comes first as the first
@@ -395,7 +460,7 @@ def test_two_job_smoke_multirun_completes_and_tabulates(tmp_path, cache_dir):
         "train.py", "-m", "debug=smoke", "loss=focal,ce", f"data.cache_dir={cache_dir}", f"hydra.sweep.dir={sweep_dir}"
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = [line for line in tabulate(sweep_dir, as_script=True) if line.startswith("| loss=")]
+    rows = [line for line in main_table(tabulate(sweep_dir, as_script=True)) if line.startswith("| loss=")]
     assert [r.split(" | ")[:2] for r in rows] == [["| loss=focal", "1 ok"], ["| loss=ce", "1 ok"]]
 
     # the two real runs compared: every section, with the values their metrics.json and events hold

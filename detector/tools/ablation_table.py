@@ -21,6 +21,11 @@ row's seeds are resampled with replacement (2,000 times, a fixed generator). Pai
 differs by less than the noise (Welch's t-test, p ≥ 0.05; rows with one seed cannot be told apart
 from noise) are listed.
 
+A per-seed table follows: each run's final AP with the AP of every evaluation its `train.log` holds,
+the CPU kind (or GPU) and precision it ran with, and how many classes reached 10 AP and how many
+stayed below 1 (from `metrics.json`), or its status; rows of one table may mix machines, and this is
+where it shows.
+
 Writes into MULTIRUN_DIR: `table.md` (printed too), `table.csv` (a line per row), `runs.csv`
 (a line per job) and `table.png` (our AP with ± std bars beside the paper's, row by row).
 """
@@ -31,6 +36,7 @@ import argparse
 import csv
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -39,6 +45,10 @@ from omegaconf import OmegaConf
 from scipy.stats import spearmanr, ttest_ind
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+EVALUATION = re.compile(r"evaluation at iteration (\d+):")
+COCO_AP = re.compile(
+    r"Average Precision\s+\(AP\) @\[ IoU=0\.50:0\.95 \| area=\s*all \| maxDets=\s*100 \] = (-?\d+\.\d+)"
+)
 DEFAULT_PAPER = Path(__file__).resolve().parents[2] / "docs" / "paper_tables.yaml"
 
 
@@ -63,6 +73,7 @@ def read_job(job_dir: Path) -> dict:
         "sweep": None if hydra is None else sweep_of(hydra.hydra.runtime.choices),
         "metrics": None,
         "status": "failed",
+        "curve": ap_curve((job_dir / "train.log").read_text()) if (job_dir / "train.log").is_file() else {},
     }
     metrics_file = job_dir / "metrics.json"
     if metrics_file.is_file():
@@ -72,6 +83,19 @@ def read_job(job_dir: Path) -> dict:
     elif (job_dir / "checkpoints" / "last.pt").is_file():  # stopped mid-way; trainer.resume=auto continues it
         job["status"] = "unfinished"
     return job
+
+
+def ap_curve(log: str) -> dict[int, float]:
+    """{iteration: AP in percent} of every evaluation in a run's train.log: the first line of the COCO
+    summary that follows each "evaluation at iteration N:". A resumed run that evaluated an iteration
+    twice keeps the later value."""
+    pieces = EVALUATION.split(log)
+    curve = {}
+    for iteration, text in zip(pieces[1::2], pieces[2::2]):
+        found = COCO_AP.search(text)
+        if found:
+            curve[int(iteration)] = 100 * float(found.group(1))
+    return curve
 
 
 def sweep_of(choices) -> str | None:
@@ -220,6 +244,9 @@ def _row(label: str, jobs: list[dict], table: dict | None, sweep: str | None) ->
         row[metric] = float(np.mean(values)) if values else None
         row[f"{metric}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
     row["AP_values"] = [float(job["metrics"]["AP"]) for job in finished]
+    row["per_seed"] = {}
+    for job in jobs:
+        row["per_seed"].setdefault(job["config"].get("seed"), []).append(seed_cell(job))
     row["iterations"] = _single([job["metrics"].get("iteration") for job in finished])
     seconds = [
         job["metrics"].get("train_seconds") for job in finished if job["metrics"].get("train_seconds") is not None
@@ -230,6 +257,27 @@ def _row(label: str, jobs: list[dict], table: dict | None, sweep: str | None) ->
         row["paper_AP"] = published["AP"] if published else None
         row["paper_index"] = table["rows"].index(published) if published else None
     return row
+
+
+def seed_cell(job: dict) -> str:
+    """A run in the per-seed table: "0.87 (0.3 · 0.5 · 0.8 · 0.9); AMX, bf16; 1 / 66 of 80" (final AP,
+    the AP at each evaluation when there were several; where and in what precision it ran; classes at
+    ≥ 10 AP / < 1 AP of those evaluated), or its status ("diverged at iteration 7")."""
+    metrics = job["metrics"] or {}
+    if job["status"] != "ok":
+        return job["status"] + (f" at iteration {metrics['iteration']}" if metrics.get("iteration") else "")
+    curve = job["curve"]
+    parts = [f"{float(metrics['AP']):.2f}"]
+    if len(curve) > 1:
+        parts[0] += " (" + " · ".join(f"{curve[i]:.1f}" for i in sorted(curve)) + ")"
+    machine, precision = metrics.get("machine") or {}, metrics.get("precision") or {}
+    ran_on = [machine.get("cuda") or machine.get("cpu_kind"), precision.get("used")]
+    if any(ran_on):
+        parts.append(", ".join(filter(None, ran_on)))
+    classes = [c["AP"] for c in metrics.get("per_class") or [] if c.get("AP") is not None and c["AP"] >= 0]
+    if classes:
+        parts.append(f"{sum(ap >= 10 for ap in classes)} / {sum(ap < 1 for ap in classes)} of {len(classes)}")
+    return "; ".join(parts)
 
 
 def runs_column(jobs: list[dict]) -> str:
@@ -335,7 +383,24 @@ def _markdown(multirun_dir: Path, sweep: str | None, table: dict | None, rows: l
             "",
             "Rows with fewer than 2 finished seeds (no test can separate them from noise): " + "; ".join(single),
         ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + per_seed_table(rows)) + "\n"
+
+
+def per_seed_table(rows: list[dict]) -> list[str]:
+    """The per-seed section: a column per seed, a cell per run (`seed_cell`), "–" where a row lacks it."""
+    seeds = sorted({seed for row in rows for seed in row["per_seed"]}, key=lambda s: (s is None, str(s).zfill(9)))
+    lines = [
+        "",
+        "Per seed: final AP (the AP at each evaluation in train.log); CPU kind or GPU, precision; "
+        "classes at ≥ 10 AP / < 1 AP of those evaluated.",
+        "",
+        "| row | " + " | ".join("no seed" if seed is None else f"seed {seed}" for seed in seeds) + " |",
+        "|" + "---|" * (len(seeds) + 1),
+    ]
+    for row in rows:
+        cells = [" / ".join(row["per_seed"].get(seed, ["–"])) for seed in seeds]
+        lines.append(f"| {row['row']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _metric(row: dict, metric: str) -> str:
@@ -397,7 +462,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> str:
     (args.multirun_dir / "table.md").write_text(markdown)
     _write_csv(
         args.multirun_dir / "table.csv",
-        [{k: v for k, v in r.items() if k not in ("AP_values", "borrowed", "paper_index")} for r in rows],
+        [{k: v for k, v in r.items() if k not in ("AP_values", "borrowed", "paper_index", "per_seed")} for r in rows],
     )
     _write_csv(args.multirun_dir / "runs.csv", runs)
     if not args.no_picture:
