@@ -73,7 +73,6 @@ def read_job(job_dir: Path) -> dict:
         "sweep": None if hydra is None else sweep_of(hydra.hydra.runtime.choices),
         "metrics": None,
         "status": "failed",
-        "curve": ap_curve((job_dir / "train.log").read_text()) if (job_dir / "train.log").is_file() else {},
     }
     metrics_file = job_dir / "metrics.json"
     if metrics_file.is_file():
@@ -266,7 +265,8 @@ def seed_cell(job: dict) -> str:
     metrics = job["metrics"] or {}
     if job["status"] != "ok":
         return job["status"] + (f" at iteration {metrics['iteration']}" if metrics.get("iteration") else "")
-    curve = job["curve"]
+    log = job["dir"] / "train.log"
+    curve = ap_curve(log.read_text()) if log.is_file() else {}
     parts = [f"{float(metrics['AP']):.2f}"]
     if len(curve) > 1:
         parts[0] += " (" + " · ".join(f"{curve[i]:.1f}" for i in sorted(curve)) + ")"
