@@ -1,5 +1,6 @@
 """Stored sweeps compose, and scripts/ablation_table.py turns multirun folders into honest tables."""
 
+import copy
 import json
 import re
 import shutil
@@ -125,6 +126,28 @@ def test_a_stored_sweep_rerun_resumes_in_its_folder_and_a_changed_line_cannot_ta
     assert OmegaConf.load(job / ".hydra" / "config.yaml").loss._target_ == "detector.losses.SigmoidCrossEntropyLoss"
 
 
+@pytest.mark.parametrize("name", [name for name in SWEEPS if name in yaml.safe_load(DEFAULT_PAPER.read_text())])
+def test_each_row_of_a_papers_sweep_gets_its_own_published_row_and_another_loss_gets_none(compose_cfg, name):
+    """A published number stands beside a row only when the row is the paper's: the swept value and both
+    losses (GHM-C in the GHM regression table, Smooth L1 in the classification ones). The same row with
+    another classification or box loss gets none."""
+    table = yaml.safe_load(DEFAULT_PAPER.read_text())[name]
+    rows = [row for row in sweep_rows(name) if not row.startswith("seed=")]
+    configs = [compose_cfg([f"sweep={name}", "experiment=paper_cpu", row]) for row in rows]
+    published = [paper_row({"config": cfg}, table) for cfg in configs]
+    if name == "modern_losses":  # the zoo has three of its eight rows (test_modern_losses_rows_swap_...)
+        assert sum(p is not None for p in published) == 3
+        return
+    assert all(p is not None for p in published), [r for r, p in zip(rows, published) if p is None]
+    assert len({id(p) for p in published}) == len(rows)  # no two rows share a published row
+    for row, cfg, own in zip(rows, configs, published):
+        assert {"loss._target_", "box_loss._target_"} <= {*table.get("match", {}), *own["match"]}, row
+        for key, foreign in (("loss", "detector.losses.VarifocalLoss"), ("box_loss", "detector.losses.SIoULoss")):
+            changed = copy.deepcopy(cfg)
+            changed[key]._target_ = foreign
+            assert paper_row({"config": changed}, table) is None, (row, key)
+
+
 def test_fl_table1b_rows_are_the_papers(compose_cfg):
     pairs = set()
     for row in (row for row in sweep_rows("fl_table1b") if not row.startswith("seed=")):
@@ -164,7 +187,11 @@ def fake_job(root, index, alpha, metrics=None, log="", seed=None):
         [f"seed={seed}"] * (seed is not None)
     )
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    config = {"loss": {"alpha": alpha, "gamma": 0.0}, **({"seed": seed} if seed is not None else {})}
+    config = {
+        "loss": {"_target_": "detector.losses.SigmoidCrossEntropyLoss", "alpha": alpha},
+        "box_loss": {"_target_": "detector.losses.SmoothL1Loss"},
+        **({"seed": seed} if seed is not None else {}),
+    }
     (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     (job / ".hydra" / "hydra.yaml").write_text(
         yaml.safe_dump({"hydra": {"runtime": {"choices": {"sweep": "fl_table1a"}}}})
@@ -394,7 +421,8 @@ def test_rows_run_one_at_a_time_are_tabulated_against_their_sweep(tmp_path):
         row = f"+row/fl_table3={choices['row/fl_table3']}" if "row/fl_table3" in choices else "loss=focal"
         (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["experiment=paper_cpu", row]))
         loss = {"_target_": target, "gamma": 4.0 if extra else 2.0, **extra}
-        (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"loss": loss, "seed": 0}))
+        box_loss = {"_target_": "detector.losses.SmoothL1Loss"}
+        (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"loss": loss, "box_loss": box_loss, "seed": 0}))
         (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": choices}}}))
         (job / "metrics.json").write_text(json.dumps(metrics(ap)))
     lines = tabulate(tmp_path)
@@ -437,11 +465,15 @@ def test_a_run_of_another_sweep_joins_the_row_with_its_resolved_configuration(tm
     rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in main_table(lines) if line.startswith("| ")}
     assert rows["+row/ghm_reg=sl1"][1:3] == ["3 ok", "5.00 ± 1.00"] and rows["+row/ghm_reg=sl1"][-1] == "35.80 |"
     assert rows["+row/ghm_reg=ghm_r"][1:3] == ["3 ok", "3.00 ± 1.00"]
-    # the paper's order (the FL run matches the Smooth L1 row's keys, its box loss, and comes first as the first
-    # job); it has no twin here: labelled among all the jobs, by what sets it apart
-    assert list(rows)[1:] == ["loss=focal sweep=ghm_cls", "+row/ghm_reg=sl1", "+row/ghm_reg=ghm_r"]
+    # the paper's order; the FL run is no row of the paper's (its classification loss is not GHM-C), so it comes
+    # last, without a published AP, and has no twin here: labelled among all the jobs, by what sets it apart
+    assert list(rows)[1:] == ["+row/ghm_reg=sl1", "+row/ghm_reg=ghm_r", "loss=focal sweep=ghm_cls"]
+    assert rows["loss=focal sweep=ghm_cls"][-1] == "– |"
     borrowed = next(line for line in lines if line.startswith("Runs from another sweep"))
-    assert borrowed.endswith("; +row/ghm_reg=sl1: sl1_s1_from_ghm_cls (ghm_cls), sl1_s2_from_ghm_cls (ghm_cls)")
+    assert borrowed.endswith(
+        "(the seed aside): +row/ghm_reg=sl1: sl1_s1_from_ghm_cls (ghm_cls), sl1_s2_from_ghm_cls (ghm_cls); "
+        "loss=focal sweep=ghm_cls: fl_s0_from_ghm_cls (ghm_cls)"
+    )
     runs = (tmp_path / "runs.csv").read_text().splitlines()
     assert runs[0].endswith(",dir,sweep") and any(r.endswith(",sl1_s2_from_ghm_cls,ghm_cls") for r in runs)
     assert "borrowed" not in (tmp_path / "table.csv").read_text().splitlines()[0]

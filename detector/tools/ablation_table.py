@@ -142,8 +142,11 @@ def _same(value, expected) -> bool:
 
 
 def paper_row(job: dict, table: dict) -> dict | None:
+    """The paper's row whose `match`, with the table's own (the settings its rows share), the job's
+    configuration has."""
     for row in table["rows"]:
-        if all(_same(_plain(OmegaConf.select(job["config"], key)), value) for key, value in row["match"].items()):
+        match = {**table.get("match", {}), **row["match"]}
+        if all(_same(_plain(OmegaConf.select(job["config"], key)), value) for key, value in match.items()):
             return row
     return None
 
