@@ -130,7 +130,8 @@ def test_a_stored_sweep_rerun_resumes_in_its_folder_and_a_changed_line_cannot_ta
 def test_each_row_of_a_papers_sweep_gets_its_own_published_row_and_another_loss_gets_none(compose_cfg, name):
     """A published number stands beside a row only when the row is the paper's: the swept value and both
     losses (GHM-C in the GHM regression table, Smooth L1 in the classification ones). The same row with
-    another classification or box loss gets none."""
+    another classification or box loss gets none. modern_losses is the exception: the zoo's models differ
+    from ours beyond the loss, and its rows name what they change (test_modern_losses_rows_swap_...)."""
     table = yaml.safe_load(DEFAULT_PAPER.read_text())[name]
     rows = [row for row in sweep_rows(name) if not row.startswith("seed=")]
     configs = [compose_cfg([f"sweep={name}", "experiment=paper_cpu", row]) for row in rows]
@@ -365,23 +366,24 @@ def test_the_per_seed_table_shows_each_runs_curve_machine_and_classes(tmp_path):
 
 
 def test_jobs_killed_before_hydra_wrote_their_folder_stay_visible_as_failed(tmp_path):
-    """Jobs 0 and 3 finished; job 1 was killed after Hydra wrote its overrides (no hydra.yaml, no
+    """Jobs 1 and 3 finished; job 0 was killed after Hydra wrote its overrides (no hydra.yaml, no
     config.yaml), job 2 before it wrote anything; job 4 diverged (metrics.json has its status); job 5
-    stopped after a checkpoint (resumable)."""
-    fake_job(tmp_path, 0, 0.25, metrics(5.0), seed=0)
-    fake_job(tmp_path, 1, 0.25, seed=1)
+    stopped after a checkpoint (resumable). The paper's row is found from a job with a full config."""
+    fake_job(tmp_path, 0, 0.25, seed=1)
+    fake_job(tmp_path, 1, 0.25, metrics(5.0), seed=0)
     fake_job(tmp_path, 3, 0.5, metrics(20.0), seed=0)
     fake_job(tmp_path, 4, 0.5, {"status": "diverged", "iteration": 9, "error": "non-finite loss …"}, seed=1)
     fake_job(tmp_path, 5, 0.5, seed=2)
     (tmp_path / "5" / "checkpoints").mkdir()
     (tmp_path / "5" / "checkpoints" / "last.pt").write_bytes(b"")
     for name in ("hydra.yaml", "config.yaml"):
-        (tmp_path / "1" / ".hydra" / name).unlink()
+        (tmp_path / "0" / ".hydra" / name).unlink()
     (tmp_path / "2").mkdir()
     lines = tabulate(tmp_path)
     assert lines[0] == f"# fl_table1a: {tmp_path}"  # the sweep, read from the jobs that have it
     rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in main_table(lines) if line.startswith("| ")}
     assert rows["loss.alpha=0.25"][1] == "1 ok, 1 failed (seed 1)" and rows["loss.alpha=0.25"][2] == "5.00"
+    assert rows["loss.alpha=0.25"][-1] == "10.80 |" and rows["loss.alpha=0.5"][-1] == "30.20 |"
     assert rows["loss.alpha=0.5"][1] == "1 ok, 1 diverged (seed 1), 1 unfinished (seed 2)"  # from metrics.json
     assert rows["job 2 (no .hydra/overrides.yaml)"][1] == "0 ok, 1 failed (seed None)"
 

@@ -142,8 +142,8 @@ def _same(value, expected) -> bool:
 
 
 def paper_row(job: dict, table: dict) -> dict | None:
-    """The paper's row whose `match`, with the table's own (the settings its rows share), the job's
-    configuration has."""
+    """The first of the paper's rows whose `match`, with the table's own (the settings its rows share),
+    the job's configuration has; None if none."""
     for row in table["rows"]:
         match = {**table.get("match", {}), **row["match"]}
         if all(_same(_plain(OmegaConf.select(job["config"], key)), value) for key, value in match.items()):
@@ -255,7 +255,7 @@ def _row(label: str, jobs: list[dict], table: dict | None, sweep: str | None) ->
     ]
     row["train_seconds"] = float(np.mean(seconds)) if seconds else None
     if table is not None:
-        published = paper_row(jobs[0], table)
+        published = paper_row(next((job for job in jobs if job["resolved"]), jobs[0]), table)  # a full config
         row["paper_AP"] = published["AP"] if published else None
         row["paper_index"] = table["rows"].index(published) if published else None
     return row
