@@ -18,6 +18,7 @@ from detector.tools.ablation_table import DEFAULT_PAPER, paper_row
 from tests.conftest import CONFIGS, ROOT, run_script, run_tool
 
 SWEEPS = sorted(p.stem for p in (CONFIGS / "sweep").glob("*.yaml"))
+PAPER_TABLES = yaml.safe_load(DEFAULT_PAPER.read_text())
 
 
 def sweep_rows(name):
@@ -54,11 +55,10 @@ def test_every_stored_sweep_composes_at_every_scale(compose_cfg, name, preset):
 
 
 def test_modern_losses_rows_swap_the_loss_the_box_head_and_the_matcher(compose_cfg):
-    papers = yaml.safe_load(DEFAULT_PAPER.read_text())
     rows = {}
     for row in (row for row in sweep_rows("modern_losses") if not row.startswith("seed=")):
         cfg = compose_cfg(["sweep=modern_losses", "experiment=paper_cpu", row])
-        published = paper_row({"config": cfg}, papers["modern_losses"])
+        published = paper_row({"config": cfg}, PAPER_TABLES["modern_losses"])
         rows[row.split("=")[1]] = (
             cfg.loss._target_.rsplit(".")[-1],
             cfg.box_loss._target_.rsplit(".")[-1],
@@ -126,13 +126,13 @@ def test_a_stored_sweep_rerun_resumes_in_its_folder_and_a_changed_line_cannot_ta
     assert OmegaConf.load(job / ".hydra" / "config.yaml").loss._target_ == "detector.losses.SigmoidCrossEntropyLoss"
 
 
-@pytest.mark.parametrize("name", [name for name in SWEEPS if name in yaml.safe_load(DEFAULT_PAPER.read_text())])
+@pytest.mark.parametrize("name", [name for name in SWEEPS if name in PAPER_TABLES])
 def test_each_row_of_a_papers_sweep_gets_its_own_published_row_and_another_loss_gets_none(compose_cfg, name):
     """A published number stands beside a row only when the row is the paper's: the swept value and both
     losses (GHM-C in the GHM regression table, Smooth L1 in the classification ones). The same row with
     another classification or box loss gets none. modern_losses is the exception: the zoo's models differ
     from ours beyond the loss, and its rows name what they change (test_modern_losses_rows_swap_...)."""
-    table = yaml.safe_load(DEFAULT_PAPER.read_text())[name]
+    table = PAPER_TABLES[name]
     rows = [row for row in sweep_rows(name) if not row.startswith("seed=")]
     configs = [compose_cfg([f"sweep={name}", "experiment=paper_cpu", row]) for row in rows]
     published = [paper_row({"config": cfg}, table) for cfg in configs]
